@@ -12,7 +12,9 @@ A task turns a config into four things the trainer needs and nothing more:
 * data: random-access sources (``len(src)``, ``src[i] -> dict of numpy arrays``) for
   training and for each named evaluation split (``"validation"`` drives early stopping).
 * ``analyse(predict, workdir)``: the study's final analysis (figures, tables) from a
-  prediction function ``predict(split_name) -> dict of numpy arrays`` over a whole split.
+  prediction function over a whole split (best weights, padding removed, source order):
+  ``predict(split, fields=None) -> {"outputs": {name: [N, ...]}, field: [N, ...], ...}``
+  where ``fields`` selects the example fields returned beside the outputs (None = all).
 
 Batches are dicts of numpy arrays with a leading batch axis. The pipeline adds
 ``batch["mask"]`` (float32, [B]): 1 for real examples, 0 for padding in the last
@@ -30,7 +32,7 @@ import ml_collections
 
 Batch = Mapping[str, Any]
 LossTerms = dict[str, tuple[jax.Array, jax.Array]]
-PredictFn = Callable[[str], dict[str, Any]]
+PredictFn = Callable[..., dict[str, Any]]
 
 
 class RandomAccessSource(Protocol):

@@ -1,0 +1,155 @@
+"""Shared config helpers: the fields every study has, variants, locking, optimisers.
+
+Config files (``configs/*.py``) build on :func:`base_config`::
+
+  from recoil_jax import config_lib
+
+  def get_config(variant: str | None = None):
+    config = config_lib.base_config()
+    config.task = "toy_regression"
+    ...
+    if variant == "smoke":
+      config_lib.apply_smoke(config)
+    return config_lib.lock(config)
+
+The defaults are the optimiser and early stopping of seed 001 (Adam, lr 1e-4,
+beta1 0.94, beta2 0.999, eps 1e-7; stop after 2 epochs without improvement).
+``optax`` is imported lazily so that config files stay cheap to import.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULES = ("constant", "cosine", "warmup_cosine")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The fields every study has, with the seed-001 defaults.
+
+  Returns:
+    An unlocked ConfigDict with ``task``, ``seed``, ``optimizer``, ``train`` and
+    ``parallel``; studies add their own sub-dicts (e.g. ``data``, ``model``).
+  """
+  config = ml_collections.ConfigDict()
+  config.task = ""  # Name in the registry (recoil_jax.tasks).
+  config.seed = 0
+
+  opt = config.optimizer = ml_collections.ConfigDict()
+  opt.name = "adam"  # One of OPTIMIZERS.
+  opt.learning_rate = 1e-4  # Peak learning rate.
+  opt.b1 = 0.94  # Adam/AdamW beta1.
+  opt.b2 = 0.999  # Adam/AdamW beta2.
+  opt.eps = 1e-7  # Adam/AdamW/RMSprop epsilon.
+  opt.weight_decay = 0.0  # Decoupled (AdamW); L2 added to the gradient otherwise.
+  opt.momentum = 0.0  # SGD / RMSprop momentum.
+  opt.rmsprop_decay = 0.9  # RMSprop squared-gradient decay.
+  opt.grad_clip_norm = 0.0  # Global-norm clipping; 0 = off.
+  opt.schedule = "constant"  # One of SCHEDULES.
+  opt.warmup_steps = 0  # Linear warm-up (warmup_cosine only).
+  opt.end_learning_rate_factor = 0.0  # Cosine end value = factor * learning_rate.
+
+  train = config.train = ml_collections.ConfigDict()
+  train.global_batch_size = 64  # Examples per step over all devices and hosts.
+  train.num_epochs = 10
+  train.steps_per_epoch = 0  # 0 = len(train) // global_batch_size.
+  train.eval_batch_size = 64  # Global evaluation batch (last batch padded).
+  train.log_every_steps = 50
+  train.checkpoint_every_steps = 500  # 0 = only at epoch ends.
+  train.max_checkpoints_to_keep = 3
+  train.early_stopping_patience = 2  # Epochs without improvement; 0 = off.
+  train.progress_bar = True  # tqdm on process 0.
+  train.prefetch_batches = 2  # Batches prepared ahead by grain.
+  train.data_threads = 2  # grain read threads.
+
+  par = config.parallel = ml_collections.ConfigDict()
+  par.distributed = False  # jax.distributed.initialize() with auto-detection.
+  par.coordinator_address = ""  # "host:port"; non-empty = explicit multi-process.
+  par.num_processes = 1
+  par.process_id = 0
+  return config
+
+
+def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks the training sizes so the same code path runs in seconds on CPU.
+
+  Studies shrink their own dataset sizes; this only touches ``config.train``.
+  """
+  train = config.train
+  train.num_epochs = min(train.num_epochs, 2)
+  train.steps_per_epoch = 0 if train.steps_per_epoch == 0 else min(train.steps_per_epoch, 10)
+  train.global_batch_size = min(train.global_batch_size, 16)
+  train.eval_batch_size = min(train.eval_batch_size, 16)
+  train.log_every_steps = 5
+  train.checkpoint_every_steps = 10
+  train.progress_bar = False
+  return config
+
+
+def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Locks the dict (unknown keys become errors) and returns it."""
+  config.lock()
+  return config
+
+
+def make_schedule(opt: ml_collections.ConfigDict, total_steps: int):
+  """The learning-rate schedule ``step -> lr`` (an optax schedule)."""
+  import optax  # pylint: disable=g-import-not-at-top
+
+  lr = float(opt.learning_rate)
+  end = lr * float(opt.end_learning_rate_factor)
+  if total_steps < 1:
+    raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+  if opt.schedule == "constant":
+    return optax.constant_schedule(lr)
+  if opt.schedule == "cosine":
+    return optax.cosine_decay_schedule(lr, decay_steps=total_steps, alpha=end / lr if lr else 0.0)
+  if opt.schedule == "warmup_cosine":
+    warmup = int(opt.warmup_steps)
+    if not 0 <= warmup < total_steps:
+      raise ValueError(
+          f"optimizer.warmup_steps={warmup} must be in [0, total_steps={total_steps})")
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=total_steps,
+        end_value=end)
+  raise ValueError(f"optimizer.schedule={opt.schedule!r} is not one of {SCHEDULES}")
+
+
+def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int):
+  """Builds the optax optimiser described by ``config.optimizer``.
+
+  Args:
+    opt: the ``optimizer`` sub-config (see :func:`base_config`).
+    total_steps: number of training steps (for decaying schedules).
+
+  Returns:
+    An ``optax.GradientTransformation`` (clipping, optional L2, then the optimiser).
+  """
+  import optax  # pylint: disable=g-import-not-at-top
+
+  schedule = make_schedule(opt, total_steps)
+  name = opt.name
+  if name == "adam":
+    core = optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps)
+  elif name == "adamw":
+    core = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                       weight_decay=opt.weight_decay)
+  elif name == "sgd":
+    core = optax.sgd(schedule, momentum=opt.momentum or None)
+  elif name == "rmsprop":
+    core = optax.rmsprop(schedule, decay=opt.rmsprop_decay, eps=opt.eps,
+                         momentum=opt.momentum or None)
+  else:
+    raise ValueError(f"optimizer.name={name!r} is not one of {OPTIMIZERS}")
+  chain: list[Any] = []
+  if opt.grad_clip_norm < 0:
+    raise ValueError(f"optimizer.grad_clip_norm must be >= 0, got {opt.grad_clip_norm}")
+  if opt.grad_clip_norm > 0:
+    chain.append(optax.clip_by_global_norm(opt.grad_clip_norm))
+  if opt.weight_decay and name != "adamw":
+    chain.append(optax.add_decayed_weights(opt.weight_decay))
+  chain.append(core)
+  return optax.chain(*chain)
