@@ -1,0 +1,154 @@
+"""Flax Linen sparse 3D layers with spconv semantics (channels-last, static capacities).
+
+Tensor layouts (see `tensor.SparseTensor`):
+  coords   [N, 4] int32 (batch, i0, i1, i2), inactive rows batch = -1
+  features [N, C]
+  kernel   [K0, K1, K2, C_in, C_out] (as ``nn.Conv``), bias [C_out] added on active sites only
+  dense    [B, D0, D1, D2, C]
+
+Capacities: a regular conv / pool has ``out_capacity`` output rows (static). ``None`` uses
+`kernel_map.default_out_capacity`, N_in * (max outputs one input reaches) capped at B*prod(out_grid):
+it cannot overflow but is generous (27x for k6/s2, 64x for k4/s1, exact 1x for k2/s2 pooling), so set
+measured capacities for speed. Overflow raises `CapacityOverflowError` (naming the layer and the
+numbers) in eager execution; under jit it is counted in ``SparseTensor.overflow``: check it with
+`tensor.check_overflow` on the returned tensor.
+
+Only ``backend="xla"`` (the pure-XLA reference in `reference.py`) exists for now; Pallas GPU kernels
+will plug in behind the same attribute.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from recoil_jax.ops.sparse import reference
+from recoil_jax.ops.sparse.kernel_map import triple
+from recoil_jax.ops.sparse.tensor import SparseTensor, to_dense
+
+BACKENDS = ("xla",)
+IntOr3 = int | Sequence[int]
+Initializer = Callable[..., jax.Array]
+
+
+def _check_backend(backend: str, where: str) -> None:
+  if backend not in BACKENDS:
+    raise ValueError(f"{where}: backend {backend!r} is not available; implemented backends: {BACKENDS}")
+
+
+def _layer_name(module: nn.Module) -> str:
+  path = "/".join(str(p) for p in module.scope.path) if module.scope is not None else ""
+  return f"{type(module).__name__}({path or module.name or 'unnamed'})"
+
+
+class SparseConv3d(nn.Module):
+  """spconv ``SparseConv3d``: output site o exists iff o*s - p + k*d is active for some offset k.
+
+  Attributes:
+    features: C_out.
+    kernel_size, strides, padding, dilation: int or 3 ints (voxels).
+    use_bias: add a bias on active output sites.
+    out_capacity: static output rows (None: see module docstring).
+    method: kernel-map implementation ("auto", "sort", "grid").
+    compute: arithmetic ("auto", "gather_first", "matmul_gather", "matmul_scatter").
+    backend: "xla" only for now.
+  """
+  features: int
+  kernel_size: IntOr3
+  strides: IntOr3 = 1
+  padding: IntOr3 = 0
+  dilation: IntOr3 = 1
+  use_bias: bool = True
+  out_capacity: int | None = None
+  method: str = "auto"
+  compute: str = "auto"
+  backend: str = "xla"
+  param_dtype: jnp.dtype = jnp.float32
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  bias_init: Initializer = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, st: SparseTensor) -> SparseTensor:
+    """[N_in, C_in] sparse input -> [out_capacity, C_out] sparse output on the strided grid."""
+    name = _layer_name(self)
+    _check_backend(self.backend, name)
+    ks = triple(self.kernel_size, "kernel_size")
+    kernel = self.param("kernel", self.kernel_init, ks + (st.num_channels, self.features),
+                        self.param_dtype)
+    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+    return reference.sparse_conv(st, kernel, bias, strides=self.strides, padding=self.padding,
+                                 dilation=self.dilation, out_capacity=self.out_capacity,
+                                 method=self.method, compute=self.compute, where=name)
+
+
+class SubMConv3d(nn.Module):
+  """spconv ``SubMConv3d``: submanifold conv, output sites = input sites (odd kernel sizes).
+
+  Attributes:
+    features: C_out.
+    kernel_size: odd int or 3 odd ints.
+    dilation: int or 3 ints.
+    use_bias, method, compute, backend, param_dtype, kernel_init, bias_init: as `SparseConv3d`.
+  """
+  features: int
+  kernel_size: IntOr3
+  dilation: IntOr3 = 1
+  use_bias: bool = True
+  method: str = "auto"
+  compute: str = "auto"
+  backend: str = "xla"
+  param_dtype: jnp.dtype = jnp.float32
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  bias_init: Initializer = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, st: SparseTensor) -> SparseTensor:
+    """[N, C_in] -> [N, C_out] on the same sites."""
+    name = _layer_name(self)
+    _check_backend(self.backend, name)
+    ks = triple(self.kernel_size, "kernel_size")
+    if any(k % 2 == 0 for k in ks):
+      raise ValueError(f"{name}: SubMConv3d needs odd kernel sizes, got {ks}")
+    kernel = self.param("kernel", self.kernel_init, ks + (st.num_channels, self.features),
+                        self.param_dtype)
+    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+    return reference.subm_conv(st, kernel, bias, dilation=self.dilation, method=self.method,
+                               compute=self.compute, where=name)
+
+
+class SparseMaxPool3d(nn.Module):
+  """spconv ``SparseMaxPool3d``: regular-conv site rule, out = max(0, max over active window inputs).
+
+  Attributes:
+    kernel_size: int or 3 ints.
+    strides: int or 3 ints (None: = kernel_size).
+    padding, dilation: int or 3 ints.
+    out_capacity: static output rows (None: N_in when kernel <= stride, see module docstring).
+    method, backend: as `SparseConv3d`.
+  """
+  kernel_size: IntOr3
+  strides: IntOr3 | None = None
+  padding: IntOr3 = 0
+  dilation: IntOr3 = 1
+  out_capacity: int | None = None
+  method: str = "auto"
+  backend: str = "xla"
+
+  @nn.compact
+  def __call__(self, st: SparseTensor) -> SparseTensor:
+    name = _layer_name(self)
+    _check_backend(self.backend, name)
+    return reference.sparse_max_pool(st, self.kernel_size, strides=self.strides, padding=self.padding,
+                                     dilation=self.dilation, out_capacity=self.out_capacity,
+                                     method=self.method, where=name)
+
+
+class ToDense(nn.Module):
+  """SparseTensor -> dense [B, D0, D1, D2, C] (channels-last)."""
+
+  @nn.compact
+  def __call__(self, st: SparseTensor) -> jax.Array:
+    return to_dense(st)

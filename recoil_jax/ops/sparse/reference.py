@@ -1,0 +1,316 @@
+"""Pure-XLA reference sparse convolution and max pooling (the CPU path and the oracle for later kernels).
+
+Shapes: features [N, C] (rows of a `SparseTensor`), kernels [K0, K1, K2, C_in, C_out] (like ``nn.Conv``),
+flattened here to [K, C_in, C_out] with K = K0*K1*K2 in the order of `kernel_map`.
+
+The rulebook (`kernel_map`) and the arithmetic are separate functions so that a later backend can swap
+either. Three equivalent ways to evaluate out[o] = sum_k W_k^T x[map(o, k)]:
+
+* ``"gather_first"``: gather [N_out, G, C_in] for a chunk of G offsets, then one matmul with
+  [G*C_in, C_out] (output-stationary, no scatter). Best when C_in is small (first layer).
+* ``"matmul_gather"``: Y = x @ W_chunk on the inputs, then gather [N_out, G, C_out] and sum
+  (output-stationary). Best when C_out < C_in and N_out is small.
+* ``"matmul_scatter"``: Y = x @ W_chunk, then segment-sum into the outputs through the input-stationary
+  map (stride-1 convs). Moves N_in*K*C_out numbers instead of N_out*K*C_in.
+
+All loop over chunks of offsets with `lax.scan` (bodies rematerialised under autodiff) so that at most
+``max_chunk_elements`` gathered numbers are alive; ``"auto"`` picks the cheapest by a static cost model.
+Gradients come from JAX autodiff; rows marked -1 read a zero padding row, so inactive rows neither
+contribute nor receive gradient.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from recoil_jax.ops.sparse import kernel_map as km
+from recoil_jax.ops.sparse.tensor import CapacityOverflowError, SparseTensor, is_concrete
+
+COMPUTES = ("auto", "gather_first", "matmul_gather", "matmul_scatter")
+DEFAULT_CHUNK_ELEMENTS = 1 << 23  # 8 Mi numbers (32 MiB in float32) per gathered chunk
+
+
+def _chunking(k: int, per_offset: int, max_chunk_elements: int) -> tuple[int, int]:
+  """(offsets per chunk G, number of chunks) so that G * per_offset <= max_chunk_elements (G >= 1)."""
+  g = max(1, min(k, max_chunk_elements // max(per_offset, 1)))
+  n = math.ceil(k / g)
+  g = math.ceil(k / n)  # balance chunks
+  return g, n
+
+
+def _pad_offsets(index_map: jax.Array, kernel: jax.Array, g: int, n: int):
+  """Pads the offset axis to n*g (-1 map columns, zero weights) and splits it into n chunks.
+
+  Returns map chunks [n, rows, g] and kernel chunks [n, g, C_in, C_out].
+  """
+  k = index_map.shape[1]
+  pad = n * g - k
+  if pad:
+    index_map = jnp.pad(index_map, ((0, 0), (0, pad)), constant_values=-1)
+    kernel = jnp.pad(kernel, ((0, pad), (0, 0), (0, 0)))
+  rows = index_map.shape[0]
+  maps = index_map.reshape(rows, n, g).transpose(1, 0, 2)
+  return maps, kernel.reshape((n, g) + kernel.shape[1:])
+
+
+def _scan_sum(body, init, xs, n: int):
+  if n == 1:
+    return body(init, jax.tree_util.tree_map(lambda x: x[0], xs))[0]
+  return lax.scan(jax.checkpoint(body), init, xs)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("order", "max_chunk_elements"))
+def gather_matmul(features: jax.Array, out_map: jax.Array, kernel: jax.Array, *,
+                  order: str = "gather_first",
+                  max_chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> jax.Array:
+  """Output-stationary sparse conv arithmetic.
+
+  Args:
+    features: [N_in, C_in].
+    out_map: [N_out, K] int32 input row per (output, offset), -1 = none.
+    kernel: [K, C_in, C_out].
+    order: "gather_first" or "matmul_gather" (see module docstring).
+    max_chunk_elements: bound on the numbers gathered per scan step.
+
+  Returns:
+    [N_out, C_out] (rows with no input are 0; bias not included).
+  """
+  n_in, c_in = features.shape
+  n_out, k = out_map.shape
+  c_out = kernel.shape[-1]
+  dtype = jnp.result_type(features.dtype, kernel.dtype)
+  x = jnp.concatenate([features.astype(dtype), jnp.zeros((1, c_in), dtype)], 0)  # row n_in = 0
+  kernel = kernel.astype(dtype)
+  if order == "gather_first":
+    g, n = _chunking(k, n_out * c_in, max_chunk_elements)
+    maps, ws = _pad_offsets(out_map, kernel, g, n)
+
+    def body(acc, xs):
+      idx, w = xs
+      idx = jnp.where(idx < 0, n_in, idx)
+      gathered = x.at[idx].get(mode="promise_in_bounds")  # [N_out, g, C_in]
+      return acc + gathered.reshape(n_out, g * c_in) @ w.reshape(g * c_in, c_out), None
+
+  elif order == "matmul_gather":
+    g, n = _chunking(k, n_out * c_out, max_chunk_elements)
+    maps, ws = _pad_offsets(out_map, kernel, g, n)
+
+    def body(acc, xs):
+      idx, w = xs
+      y = jnp.einsum("nc,gcd->ngd", x, w).reshape((n_in + 1) * g, c_out)
+      flat = jnp.where(idx < 0, n_in, idx) * g + jnp.arange(g, dtype=jnp.int32)
+      return acc + y.at[flat].get(mode="promise_in_bounds").sum(1), None
+
+  else:
+    raise ValueError(f"gather_matmul: order must be 'gather_first' or 'matmul_gather', got {order!r}")
+  return _scan_sum(body, jnp.zeros((n_out, c_out), dtype), (maps, ws), n)
+
+
+@functools.partial(jax.jit, static_argnames=("num_out", "max_chunk_elements"))
+def matmul_scatter(features: jax.Array, in_map: jax.Array, kernel: jax.Array, num_out: int, *,
+                   max_chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> jax.Array:
+  """Input-stationary sparse conv arithmetic: out = segment_sum over (n, k) of x[n] @ W_k.
+
+  Args:
+    features: [N_in, C_in].
+    in_map: [N_in, K] int32 output row per (input, offset), -1 = none.
+    kernel: [K, C_in, C_out].
+    num_out: N_out (static).
+    max_chunk_elements: bound on the numbers scattered per scan step.
+
+  Returns:
+    [N_out, C_out].
+  """
+  n_in, _ = features.shape
+  k = in_map.shape[1]
+  c_out = kernel.shape[-1]
+  dtype = jnp.result_type(features.dtype, kernel.dtype)
+  x = features.astype(dtype)
+  g, n = _chunking(k, n_in * c_out, max_chunk_elements)
+  maps, ws = _pad_offsets(in_map, kernel.astype(dtype), g, n)
+
+  def body(acc, xs):
+    idx, w = xs
+    y = jnp.einsum("nc,gcd->ngd", x, w).reshape(n_in * g, c_out)
+    seg = jnp.where(idx < 0, num_out, idx).reshape(-1)
+    return acc + jax.ops.segment_sum(y, seg, num_segments=num_out), None
+
+  return _scan_sum(body, jnp.zeros((num_out, c_out), dtype), (maps, ws), n)
+
+
+@functools.partial(jax.jit, static_argnames=("max_chunk_elements",))
+def gather_max(features: jax.Array, out_map: jax.Array, *,
+               max_chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> jax.Array:
+  """spconv max pooling arithmetic: out[o] = max(0, max_k x[out_map[o, k]]) (-1 entries read 0).
+
+  Args:
+    features: [N_in, C]; out_map: [N_out, K].
+
+  Returns:
+    [N_out, C].
+  """
+  n_in, c = features.shape
+  n_out, k = out_map.shape
+  x = jnp.concatenate([features, jnp.zeros((1, c), features.dtype)], 0)
+  g, n = _chunking(k, n_out * c, max_chunk_elements)
+  maps, _ = _pad_offsets(out_map, jnp.zeros((k, 1, 1), features.dtype), g, n)
+
+  def body(acc, idx):
+    idx = jnp.where(idx < 0, n_in, idx)
+    return jnp.maximum(acc, x.at[idx].get(mode="promise_in_bounds").max(1)), None
+
+  init = jnp.zeros((n_out, c), features.dtype)  # spconv initialises the max with 0
+  if n == 1:
+    return body(init, maps[0])[0]
+  return lax.scan(jax.checkpoint(body), init, maps)[0]
+
+
+def choose_compute(n_in: int, n_out: int, k: int, c_in: int, c_out: int, has_in_map: bool) -> str:
+  """Static CPU cost model (gathered/scattered numbers weigh ~40 multiply-adds) -> compute name."""
+  costs = {
+      "gather_first": 40.0 * n_out * k * c_in + float(n_out) * k * c_in * c_out,
+      "matmul_gather": 40.0 * n_out * k * c_out + float(n_in + 1) * k * c_in * c_out,
+  }
+  if has_in_map:
+    costs["matmul_scatter"] = 20.0 * n_in * k * c_out + float(n_in) * k * c_in * c_out
+  return min(costs, key=costs.get)
+
+
+def conv_compute(features: jax.Array, kmap: km.KernelMap, kernel: jax.Array, *, compute: str = "auto",
+                 max_chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> jax.Array:
+  """Applies the flat kernel [K, C_in, C_out] through a `KernelMap`; returns [N_out, C_out]."""
+  if compute not in COMPUTES:
+    raise ValueError(f"compute must be one of {COMPUTES}, got {compute!r}")
+  n_in, c_in = features.shape
+  n_out, k = kmap.out_map.shape
+  c_out = kernel.shape[-1]
+  if compute == "auto":
+    compute = choose_compute(n_in, n_out, k, c_in, c_out, kmap.in_map is not None)
+  if compute == "matmul_scatter":
+    if kmap.in_map is None:
+      raise ValueError("compute='matmul_scatter' needs an input-stationary map (stride-1 conv or SubM)")
+    return matmul_scatter(features, kmap.in_map, kernel, n_out, max_chunk_elements=max_chunk_elements)
+  return gather_matmul(features, kmap.out_map, kernel, order=compute,
+                       max_chunk_elements=max_chunk_elements)
+
+
+def _raise_on_overflow(kmap: km.KernelMap, capacity: int, where: str) -> None:
+  if is_concrete(kmap.num_sites):
+    n = int(kmap.num_sites)
+    if n > capacity:
+      raise CapacityOverflowError(
+          f"{where}: {n} output sites exist but out_capacity={capacity}; {n - capacity} site(s) would "
+          f"be dropped. Pass out_capacity >= {n}.")
+
+
+def _check_kernel(st: SparseTensor, kernel: jax.Array, where: str) -> None:
+  if kernel.ndim != 5:
+    raise ValueError(f"{where}: kernel must be [K0, K1, K2, C_in, C_out], got shape {kernel.shape}")
+  if kernel.shape[3] != st.num_channels:
+    raise ValueError(f"{where}: kernel expects C_in={kernel.shape[3]} but features have "
+                     f"{st.num_channels} channels")
+
+
+def _finish(features: jax.Array, bias: jax.Array | None, coords: jax.Array) -> jax.Array:
+  if bias is not None:
+    features = features + bias.astype(features.dtype)
+  return jnp.where((coords[:, 0] >= 0)[:, None], features, 0)
+
+
+def sparse_conv(st: SparseTensor, kernel: jax.Array, bias: jax.Array | None = None, *,
+                strides: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
+                dilation: int | Sequence[int] = 1, out_capacity: int | None = None,
+                method: str = "auto", compute: str = "auto",
+                max_chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+                where: str = "sparse_conv") -> SparseTensor:
+  """Regular sparse 3D convolution (spconv ``SparseConv3d``).
+
+  Args:
+    st: input with features [N_in, C_in].
+    kernel: [K0, K1, K2, C_in, C_out]; out[o] = sum_k kernel[k]^T x[o*s - p + k*d].
+    bias: [C_out] or None, added on active output sites only.
+    strides, padding, dilation: int or 3 ints.
+    out_capacity: static number of output rows; default `kernel_map.default_out_capacity` (never
+      overflows, generous). Extra sites raise `CapacityOverflowError` eagerly, or are counted in
+      ``overflow`` under jit.
+    method: kernel-map implementation ("auto", "sort", "grid").
+    compute: arithmetic ("auto", "gather_first", "matmul_gather", "matmul_scatter").
+    max_chunk_elements: memory bound of one gathered chunk.
+    where: name used in error messages.
+
+  Returns:
+    SparseTensor on the output grid floor((in + 2p - d(k-1) - 1)/s) + 1.
+  """
+  _check_kernel(st, kernel, where)
+  ks = tuple(kernel.shape[:3])
+  ss, ps, ds = km.triple(strides, "strides"), km.triple(padding, "padding"), km.triple(dilation, "dilation")
+  out_shape = km.conv_output_shape(st.spatial_shape, ks, ss, ps, ds)
+  if out_capacity is None:
+    out_capacity = km.default_out_capacity(st.capacity, st.batch_size, out_shape, ks, ss, ds)
+  kmap = km.build_conv_map(st.coords, st.spatial_shape, st.batch_size, ks, ss, ps, ds, out_capacity,
+                           method=method)
+  _raise_on_overflow(kmap, out_capacity, where)
+  flat = kernel.reshape((-1,) + kernel.shape[3:])
+  out = conv_compute(st.features, kmap, flat, compute=compute, max_chunk_elements=max_chunk_elements)
+  return SparseTensor(coords=kmap.out_coords, features=_finish(out, bias, kmap.out_coords),
+                      spatial_shape=out_shape, batch_size=st.batch_size,
+                      overflow=st.overflow + kmap.overflow)
+
+
+def subm_conv(st: SparseTensor, kernel: jax.Array, bias: jax.Array | None = None, *,
+              dilation: int | Sequence[int] = 1, method: str = "auto", compute: str = "auto",
+              max_chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+              where: str = "subm_conv") -> SparseTensor:
+  """Submanifold sparse 3D convolution (spconv ``SubMConv3d``): output sites = input sites.
+
+  Args:
+    st: input with features [N, C_in].
+    kernel: [K0, K1, K2, C_in, C_out] with odd K; out[i] = sum_k kernel[k]^T x[i + (k - (K-1)/2)*d].
+    bias: [C_out] or None (active sites only).
+    dilation: int or 3 ints.
+    method, compute, max_chunk_elements, where: as in `sparse_conv`.
+  """
+  _check_kernel(st, kernel, where)
+  ks = tuple(kernel.shape[:3])
+  if any(k % 2 == 0 for k in ks):
+    raise ValueError(f"{where}: submanifold convolution needs odd kernel sizes, got {ks}")
+  kmap = km.build_subm_map(st.coords, st.spatial_shape, st.batch_size, ks,
+                           km.triple(dilation, "dilation"), method=method)
+  flat = kernel.reshape((-1,) + kernel.shape[3:])
+  out = conv_compute(st.features, kmap, flat, compute=compute, max_chunk_elements=max_chunk_elements)
+  return st.replace(features=_finish(out, bias, st.coords))
+
+
+def sparse_max_pool(st: SparseTensor, kernel_size: int | Sequence[int], *,
+                    strides: int | Sequence[int] | None = None, padding: int | Sequence[int] = 0,
+                    dilation: int | Sequence[int] = 1, out_capacity: int | None = None,
+                    method: str = "auto", max_chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+                    where: str = "sparse_max_pool") -> SparseTensor:
+  """spconv ``SparseMaxPool3d``: same site rule as `sparse_conv`, out = max(0, max of active inputs).
+
+  Args:
+    st: input [N_in, C].
+    kernel_size: int or 3 ints; strides default to kernel_size.
+    padding, dilation: int or 3 ints.
+    out_capacity: as in `sparse_conv` (default N_in when the kernel does not exceed the stride).
+    method, max_chunk_elements, where: as in `sparse_conv`.
+  """
+  ks = km.triple(kernel_size, "kernel_size")
+  ss = ks if strides is None else km.triple(strides, "strides")
+  ps, ds = km.triple(padding, "padding"), km.triple(dilation, "dilation")
+  out_shape = km.conv_output_shape(st.spatial_shape, ks, ss, ps, ds)
+  if out_capacity is None:
+    out_capacity = km.default_out_capacity(st.capacity, st.batch_size, out_shape, ks, ss, ds)
+  kmap = km.build_conv_map(st.coords, st.spatial_shape, st.batch_size, ks, ss, ps, ds, out_capacity,
+                           method=method, build_in_map=False)
+  _raise_on_overflow(kmap, out_capacity, where)
+  out = gather_max(st.features, kmap.out_map, max_chunk_elements=max_chunk_elements)
+  out = jnp.where((kmap.out_coords[:, 0] >= 0)[:, None], out, 0)
+  return SparseTensor(coords=kmap.out_coords, features=out, spatial_shape=out_shape,
+                      batch_size=st.batch_size, overflow=st.overflow + kmap.overflow)

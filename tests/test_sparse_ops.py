@@ -1,0 +1,389 @@
+"""Sparse 3D conv / pool (XLA reference) against dense `lax` oracles, gradients, jit and capacities."""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+from jax.test_util import check_grads
+
+from recoil_jax.ops import sparse as sp
+from recoil_jax.ops.sparse import kernel_map as km
+
+DN = ("NDHWC", "DHWIO", "NDHWC")
+
+
+# ------------------------------------------------------------------------------------------------
+# Dense oracles.
+
+def dense_conv(x, w, strides, padding, dilation):
+  return lax.conv_general_dilated(x, w, strides, [(p, p) for p in padding], rhs_dilation=dilation,
+                                  dimension_numbers=DN, precision=lax.Precision.HIGHEST)
+
+
+def dense_sites(occ, kernel_size, strides, padding, dilation):
+  """Output sites of a regular sparse conv: dense conv of the occupancy mask [B, D0, D1, D2] > 0."""
+  ones = jnp.ones(tuple(kernel_size) + (1, 1), jnp.float32)
+  return dense_conv(occ[..., None].astype(jnp.float32), ones, strides, padding, dilation)[..., 0] > 0
+
+
+def dense_max_pool(x, kernel_size, strides, padding, dilation):
+  y = lax.reduce_window(x, -jnp.inf, lax.max, (1,) + tuple(kernel_size) + (1,), (1,) + tuple(strides) + (1,),
+                        [(0, 0)] + [(p, p) for p in padding] + [(0, 0)],
+                        window_dilation=(1,) + tuple(dilation) + (1,))
+  return jnp.maximum(y, 0)
+
+
+def active_of(st):
+  """Dense [B, D0, D1, D2] bool of the active sites of a SparseTensor."""
+  ones = st.with_features(jnp.ones((st.capacity, 1), jnp.float32))
+  return sp.to_dense(ones)[..., 0] > 0
+
+
+def random_dense(rng, batch, shape, channels, density):
+  """Dense [B, D0, D1, D2, C]; event 0 is empty, event 1 (if any) has a single active site."""
+  occ = rng.random((batch,) + tuple(shape)) < density
+  occ[0] = False
+  if batch > 1:
+    occ[1] = False
+    occ[1][tuple(rng.integers(0, s) for s in shape)] = True
+  x = rng.normal(size=occ.shape + (channels,)) * occ[..., None]
+  return x.astype(np.float32), occ
+
+
+def random_conv_case(seed, subm=False, pool=False):
+  """A random valid (shape, kernel, strides, padding, dilation) configuration."""
+  rng = np.random.default_rng(seed)
+  while True:
+    shape = tuple(int(v) for v in rng.integers(3, 10, size=3))
+    if subm:
+      ks = tuple(int(v) for v in rng.choice([1, 3, 5], size=3))
+      ss, ps = (1, 1, 1), (0, 0, 0)
+    else:
+      ks = tuple(int(v) for v in rng.integers(1, 5, size=3))
+      ss = tuple(int(v) for v in rng.integers(1, 4, size=3))
+      ps = tuple(int(v) for v in rng.integers(0, 3, size=3))
+    ds = tuple(int(v) for v in rng.integers(1, 3, size=3))
+    try:
+      km.conv_output_shape(shape, ks, ss, ps, ds)
+    except ValueError:
+      continue
+    if pool and any(p > (k - 1) * d for p, k, d in zip(ps, ks, ds)):
+      continue
+    batch = int(rng.integers(1, 4))
+    return rng, batch, shape, ks, ss, ps, ds
+
+
+# ------------------------------------------------------------------------------------------------
+# Data structure.
+
+def test_dense_round_trip_and_padded_voxels():
+  rng = np.random.default_rng(0)
+  x, occ = random_dense(rng, 3, (5, 6, 7), 2, 0.3)
+  st = sp.from_dense(jnp.asarray(x), 300)
+  assert int(st.num_active) == occ.sum()
+  np.testing.assert_array_equal(np.asarray(sp.to_dense(st)), x)
+  np.testing.assert_array_equal(np.asarray(active_of(st)), occ)
+  # Padded voxel lists: an empty event, duplicates summed, rows past num_voxels ignored.
+  coords = np.array([[[1, 2, 3], [1, 2, 3], [0, 0, 0], [9, 9, 9]],
+                     [[4, 5, 6], [0, 0, 0], [0, 0, 0], [0, 0, 0]],
+                     [[0, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]]], np.int32)
+  feats = np.arange(1, 13, dtype=np.float32).reshape(3, 4, 1)
+  st = sp.from_padded_voxels(jnp.asarray(coords), jnp.asarray(feats), jnp.array([3, 2, 0]), (5, 6, 7))
+  dense = np.asarray(sp.to_dense(st))
+  assert int(st.num_active) == 4 and int(st.overflow) == 0
+  assert dense[0, 1, 2, 3, 0] == 1 + 2 and dense[0, 0, 0, 0, 0] == 3
+  assert dense[1, 4, 5, 6, 0] == 5 and dense[1, 0, 0, 0, 0] == 6
+  assert dense.sum() == 1 + 2 + 3 + 5 + 6
+  inactive = ~np.asarray(st.mask)
+  assert np.all(np.asarray(st.coords)[inactive] == [-1, 0, 0, 0])
+  assert np.all(np.asarray(st.features)[inactive] == 0)
+
+
+def test_padded_voxels_outside_grid():
+  coords = jnp.array([[[1, 2, 3], [5, 0, 0]]], jnp.int32)
+  feats = jnp.ones((1, 2, 1))
+  with pytest.raises(ValueError, match="outside the grid"):
+    sp.from_padded_voxels(coords, feats, jnp.array([2]), (5, 6, 7))
+  fn = jax.jit(lambda c, f, n: sp.from_padded_voxels(c, f, n, (5, 6, 7)))
+  st = fn(coords, feats, jnp.array([2]))
+  assert int(st.overflow) == 1 and int(st.num_active) == 1
+
+
+def test_key_range_and_argument_errors():
+  st = sp.from_dense(jnp.zeros((2, 3, 3, 3, 1)), 4)
+  big = st.replace(spatial_shape=(2048, 2048, 2048))
+  with pytest.raises(ValueError, match="int32"):
+    sp.sparse_conv(big, jnp.ones((2, 2, 2, 1, 1)))
+  with pytest.raises(ValueError, match="odd"):
+    sp.subm_conv(st, jnp.ones((2, 3, 3, 1, 1)))
+  with pytest.raises(ValueError, match="C_in"):
+    sp.sparse_conv(st, jnp.ones((2, 2, 2, 3, 1)))
+  with pytest.raises(ValueError, match="empty output grid"):
+    sp.sparse_conv(st, jnp.ones((4, 2, 2, 1, 1)))
+  with pytest.raises(ValueError, match="backend"):
+    sp.SparseConv3d(4, 3, backend="pallas").init(jax.random.key(0), st)
+  with pytest.raises(ValueError, match="method"):
+    sp.sparse_conv(st, jnp.ones((2, 2, 2, 1, 1)), method="hash")
+
+
+# ------------------------------------------------------------------------------------------------
+# Forward against the dense oracles.
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sparse_conv_matches_dense(seed):
+  rng, batch, shape, ks, ss, ps, ds = random_conv_case(seed)
+  c_in, c_out = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+  x, occ = random_dense(rng, batch, shape, c_in, float(rng.uniform(0.05, 0.5)))
+  w = rng.normal(size=ks + (c_in, c_out)).astype(np.float32)
+  bias = rng.normal(size=(c_out,)).astype(np.float32)
+  sites = np.asarray(dense_sites(jnp.asarray(occ), ks, ss, ps, ds))
+  want = np.where(sites[..., None], np.asarray(dense_conv(jnp.asarray(x), jnp.asarray(w), ss, ps, ds)) + bias, 0)
+  st = sp.from_dense(jnp.asarray(x), max(int(occ.sum()), 1) + 3)
+  cap = int(sites.sum()) + 5
+  computes = ["gather_first", "matmul_gather"] + (["matmul_scatter"] if ss == (1, 1, 1) else [])
+  for method in [("sort", "grid")[seed % 2]]:  # both methods are compared map-for-map below
+    for compute in computes:
+      out = sp.sparse_conv(st, jnp.asarray(w), jnp.asarray(bias), strides=ss, padding=ps, dilation=ds,
+                           out_capacity=cap, method=method, compute=compute)
+      case = f"{method}/{compute} shape={shape} k={ks} s={ss} p={ps} d={ds}"
+      assert out.spatial_shape == sites.shape[1:], case
+      np.testing.assert_array_equal(np.asarray(active_of(out)), sites, err_msg=case)
+      assert int(out.num_active) == sites.sum() and int(out.overflow) == 0, case
+      np.testing.assert_allclose(np.asarray(sp.to_dense(out)), want, rtol=1e-5, atol=1e-5, err_msg=case)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_subm_conv_matches_dense(seed):
+  rng, batch, shape, ks, _, _, ds = random_conv_case(100 + seed, subm=True)
+  c_in, c_out = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+  x, occ = random_dense(rng, batch, shape, c_in, float(rng.uniform(0.05, 0.5)))
+  w = rng.normal(size=ks + (c_in, c_out)).astype(np.float32)
+  bias = rng.normal(size=(c_out,)).astype(np.float32)
+  pads = tuple(d * (k - 1) // 2 for k, d in zip(ks, ds))  # SAME for odd kernels
+  want = np.where(occ[..., None],
+                  np.asarray(dense_conv(jnp.asarray(x), jnp.asarray(w), (1, 1, 1), pads, ds)) + bias, 0)
+  st = sp.from_dense(jnp.asarray(x), int(occ.sum()) + 2)
+  for method in [("sort", "grid")[seed % 2]]:
+    for compute in ("gather_first", "matmul_gather", "matmul_scatter"):
+      out = sp.subm_conv(st, jnp.asarray(w), jnp.asarray(bias), dilation=ds, method=method,
+                         compute=compute)
+      case = f"{method}/{compute} shape={shape} k={ks} d={ds}"
+      np.testing.assert_array_equal(np.asarray(out.coords), np.asarray(st.coords), err_msg=case)
+      np.testing.assert_allclose(np.asarray(sp.to_dense(out)), want, rtol=1e-5, atol=1e-5, err_msg=case)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_max_pool_matches_dense(seed):
+  rng, batch, shape, ks, ss, ps, ds = random_conv_case(200 + seed, pool=True)
+  x, occ = random_dense(rng, batch, shape, 2, float(rng.uniform(0.05, 0.5)))
+  sites = np.asarray(dense_sites(jnp.asarray(occ), ks, ss, ps, ds))
+  want = np.where(sites[..., None], np.asarray(dense_max_pool(jnp.asarray(x), ks, ss, ps, ds)), 0)
+  st = sp.from_dense(jnp.asarray(x), int(occ.sum()) + 1)
+  for method in [("sort", "grid")[seed % 2]]:
+    out = sp.sparse_max_pool(st, ks, strides=ss, padding=ps, dilation=ds,
+                             out_capacity=int(sites.sum()) + 2, method=method)
+    case = f"{method} shape={shape} k={ks} s={ss} p={ps} d={ds}"
+    np.testing.assert_array_equal(np.asarray(active_of(out)), sites, err_msg=case)
+    np.testing.assert_allclose(np.asarray(sp.to_dense(out)), want, rtol=0, atol=0, err_msg=case)
+
+
+@pytest.mark.parametrize("case", ["strided", "unit", "subm", "overflow"])
+def test_sort_and_grid_maps_are_identical(case):
+  rng = np.random.default_rng(11)
+  x, occ = random_dense(rng, 3, (9, 7, 8), 1, 0.25)
+  st = sp.from_dense(jnp.asarray(x), int(occ.sum()) + 4)
+  maps = {}
+  for method in ("sort", "grid"):
+    if case == "subm":
+      maps[method] = km.build_subm_map(st.coords, st.spatial_shape, 3, (3, 5, 3), (1, 2, 1), method=method)
+    else:
+      s, cap = ((3, 2, 2), 300) if case == "strided" else ((1, 1, 1), 900 if case == "unit" else 100)
+      maps[method] = km.build_conv_map(st.coords, st.spatial_shape, 3, (4, 3, 2), s, (1, 0, 2), (1, 2, 1),
+                                       cap, method=method, build_in_map=True)
+  for a, b in zip(jax.tree_util.tree_leaves(maps["sort"]), jax.tree_util.tree_leaves(maps["grid"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  kmap = maps["sort"]
+  # in_map and out_map describe the same pairs.
+  pairs_out = {(int(o), int(k), int(n)) for o, k in zip(*np.nonzero(np.asarray(kmap.out_map) >= 0))
+               for n in [np.asarray(kmap.out_map)[o, k]]}
+  pairs_in = {(int(np.asarray(kmap.in_map)[n, k]), int(k), int(n))
+              for n, k in zip(*np.nonzero(np.asarray(kmap.in_map) >= 0))}
+  assert pairs_out == pairs_in and len(pairs_out) > 0
+  if case == "overflow":
+    assert int(kmap.overflow) > 0 and int(kmap.num_sites) == 100 + int(kmap.overflow)
+
+
+def test_chunked_scan_equals_single_chunk():
+  rng = np.random.default_rng(7)
+  x, _ = random_dense(rng, 2, (8, 8, 8), 3, 0.3)
+  st = sp.from_dense(jnp.asarray(x), 400)
+  w = jnp.asarray(rng.normal(size=(3, 3, 3, 3, 4)), jnp.float32)
+  kmap = km.build_conv_map(st.coords, st.spatial_shape, 2, (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 600)
+  flat = w.reshape(27, 3, 4)
+  ref = sp.gather_matmul(st.features, kmap.out_map, flat, max_chunk_elements=1 << 30)
+  for compute in ("gather_first", "matmul_gather", "matmul_scatter"):
+    got = sp.conv_compute(st.features, kmap, flat, compute=compute, max_chunk_elements=600 * 3 * 5)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5, err_msg=compute)
+  pooled = sp.gather_max(st.features, kmap.out_map, max_chunk_elements=600 * 3 * 4)
+  np.testing.assert_array_equal(np.asarray(pooled),
+                                np.asarray(sp.gather_max(st.features, kmap.out_map)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Gradients (float64).
+
+@pytest.fixture
+def x64():
+  previous = jax.config.jax_enable_x64
+  jax.config.update("jax_enable_x64", True)
+  yield
+  jax.config.update("jax_enable_x64", previous)
+
+
+# Every op here is linear (conv) or piecewise linear (max) in each argument, so central differences in
+# float64 are exact up to rounding, ~1e-16 * |f| / eps ~ 1e-10 with eps = 1e-6: 1e-6 tolerances leave
+# room while catching any wrong gradient (errors of O(1)).
+GRAD_TOL = dict(atol=1e-6, rtol=1e-6, eps=1e-6)
+
+
+def _grad_setup(seed):
+  rng = np.random.default_rng(seed)
+  x, occ = random_dense(rng, 2, (6, 5, 7), 2, 0.35)
+  st = sp.from_dense(jnp.asarray(x, jnp.float64), int(occ.sum()) + 3)
+  assert st.features.dtype == jnp.float64
+  return rng, st
+
+
+@pytest.mark.parametrize("compute", ["gather_first", "matmul_gather"])
+def test_sparse_conv_grads(x64, compute):
+  rng, st = _grad_setup(1)
+  w = jnp.asarray(rng.normal(size=(3, 2, 3, 2, 3)))
+  b = jnp.asarray(rng.normal(size=(3,)))
+
+  def f(feats, kernel, bias):
+    out = sp.sparse_conv(st.replace(features=feats), kernel, bias, strides=(2, 1, 2), padding=1,
+                         out_capacity=200, compute=compute, max_chunk_elements=400)
+    return out.features
+
+  check_grads(f, (st.features, w, b), order=1, modes=("rev", "fwd"), **GRAD_TOL)
+
+
+@pytest.mark.parametrize("compute", ["matmul_scatter", "gather_first"])
+def test_subm_conv_grads(x64, compute):
+  rng, st = _grad_setup(2)
+  w = jnp.asarray(rng.normal(size=(3, 3, 3, 2, 2)))
+
+  def f(feats, kernel):
+    return sp.subm_conv(st.replace(features=feats), kernel, None, compute=compute).features
+
+  check_grads(f, (st.features, w), order=1, modes=("rev", "fwd"), **GRAD_TOL)
+
+
+def test_max_pool_grads(x64):
+  _, st = _grad_setup(3)
+
+  def f(feats):
+    return sp.sparse_max_pool(st.replace(features=feats), 2, strides=2, padding=1,
+                              out_capacity=120).features
+
+  check_grads(f, (st.features,), order=1, modes=("rev", "fwd"), **GRAD_TOL)
+
+
+def test_inactive_rows_do_not_contribute():
+  """Garbage in inactive rows changes nothing and receives exactly zero gradient."""
+  rng = np.random.default_rng(4)
+  x, occ = random_dense(rng, 2, (6, 6, 6), 2, 0.3)
+  st = sp.from_dense(jnp.asarray(x), int(occ.sum()) + 10)
+  mask = np.asarray(st.mask)
+  assert (~mask).sum() == 10
+  garbage = st.features + jnp.asarray(~mask[:, None] * rng.normal(size=st.features.shape), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, 3, 2, 3)), jnp.float32)
+
+  def loss(feats, kernel):
+    s = st.replace(features=feats)
+    a = sp.sparse_conv(s, kernel, None, strides=2, padding=1, out_capacity=150).features
+    b = sp.subm_conv(s, kernel, None).features
+    c = sp.sparse_max_pool(s, 2, out_capacity=150).features
+    return jnp.sum(a ** 2) + jnp.sum(jnp.sin(b)) + jnp.sum(c ** 3)
+
+  np.testing.assert_allclose(float(loss(garbage, w)), float(loss(st.features, w)), rtol=1e-6)
+  g = jax.grad(loss)(garbage, w)
+  assert np.all(np.asarray(g)[~mask] == 0)
+  assert np.any(np.asarray(g)[mask] != 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Layers, jit, capacities.
+
+class _Chain(nn.Module):
+  cap: int = 400
+
+  @nn.compact
+  def __call__(self, st):
+    st = sp.SubMConv3d(4, 3)(st).map_features(nn.relu)
+    st = sp.SparseConv3d(5, (3, 2, 3), strides=2, padding=1, out_capacity=self.cap)(st)
+    st = st.map_features(nn.relu)
+    st = sp.SparseMaxPool3d(2, out_capacity=self.cap)(st)
+    return sp.ToDense()(st), st.overflow
+
+
+def test_layers_chain_jits():
+  rng = np.random.default_rng(5)
+  x, _ = random_dense(rng, 3, (9, 8, 10), 2, 0.2)
+  st = sp.from_dense(jnp.asarray(x), 200)
+  model = _Chain()
+  params = model.init(jax.random.key(0), st)
+  shapes = jax.tree_util.tree_map(jnp.shape, params["params"])
+  assert shapes["SubMConv3d_0"] == {"kernel": (3, 3, 3, 2, 4), "bias": (4,)}
+  assert shapes["SparseConv3d_0"] == {"kernel": (3, 2, 3, 4, 5), "bias": (5,)}
+  dense, overflow = jax.jit(model.apply)(params, st)
+  assert dense.shape == (3, 2, 2, 2, 5) and int(overflow) == 0
+  # Same chain through the functional forms, op by op.
+  p = params["params"]
+  h = sp.subm_conv(st, p["SubMConv3d_0"]["kernel"], p["SubMConv3d_0"]["bias"]).map_features(nn.relu)
+  h = sp.sparse_conv(h, p["SparseConv3d_0"]["kernel"], p["SparseConv3d_0"]["bias"], strides=2, padding=1,
+                     out_capacity=400).map_features(nn.relu)
+  want = sp.to_dense(sp.sparse_max_pool(h, 2, out_capacity=400))
+  np.testing.assert_allclose(np.asarray(dense), np.asarray(want), rtol=1e-5, atol=1e-6)
+  assert np.any(np.asarray(dense) > 0)
+  grads = jax.jit(jax.grad(lambda q: jnp.sum(model.apply(q, st)[0] ** 2)))(params)
+  assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
+  assert np.any(np.asarray(grads["params"]["SubMConv3d_0"]["kernel"]) != 0)
+
+
+def test_capacity_overflow_is_an_error():
+  rng = np.random.default_rng(6)
+  x, occ = random_dense(rng, 4, (8, 8, 8), 1, 0.3)
+  st = sp.from_dense(jnp.asarray(x), int(occ.sum()))
+  need = int(dense_sites(jnp.asarray(occ), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1)).sum())
+  layer = sp.SparseConv3d(2, 3, strides=2, padding=1, out_capacity=need - 7)
+  with pytest.raises(sp.CapacityOverflowError,
+                     match=rf"SparseConv3d.*: {need} output sites exist but out_capacity={need - 7}"):
+    layer.init(jax.random.key(0), st)
+  params = sp.SparseConv3d(2, 3, strides=2, padding=1, out_capacity=need).init(jax.random.key(0), st)
+  out = jax.jit(layer.apply)(params, st)
+  assert int(out.overflow) == 7 and int(out.num_active) == need - 7
+  sp.check_overflow(st, "input")  # no overflow: no error
+  with pytest.raises(sp.CapacityOverflowError, match="after conv.*7"):
+    sp.check_overflow(out, "after conv")
+  with pytest.raises(sp.CapacityOverflowError, match="from_dense"):
+    sp.from_dense(jnp.asarray(x), int(occ.sum()) - 1)
+  # Overflow accumulates over layers under jit.
+  pooled = jax.jit(functools.partial(sp.sparse_max_pool, kernel_size=2, out_capacity=3))(out)
+  assert int(pooled.overflow) > 7
+
+
+def test_default_capacity_never_overflows():
+  rng = np.random.default_rng(8)
+  x, occ = random_dense(rng, 2, (7, 7, 7), 1, 0.6)
+  st = sp.from_dense(jnp.asarray(x), int(occ.sum()))
+  out = sp.sparse_conv(st, jnp.ones((3, 3, 3, 1, 1)), strides=1, padding=1)
+  assert out.capacity == min(st.capacity * 27, 2 * 7 ** 3) and int(out.overflow) == 0
+  pooled = sp.sparse_max_pool(st, 2)
+  assert pooled.capacity == st.capacity and int(pooled.overflow) == 0
