@@ -33,7 +33,9 @@ def main(argv) -> None:
   parallel.initialize_distributed(config.parallel)
   results = train.train_and_evaluate(config, _WORKDIR.value)
   for split, metrics in results.items():
-    logging.info("%s: %s", split, metrics)
+    if split != "analysis":  # The analysis is in the workdir (tables, plots).
+      logging.info("%s: %s", split, metrics)
+  logging.info("Results, plots and checkpoints are in %s", _WORKDIR.value)
 
 
 if __name__ == "__main__":

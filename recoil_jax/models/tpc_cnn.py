@@ -1,0 +1,173 @@
+"""Sparse 3D CNNs for electron-recoil direction (seed 001) and their output heads.
+
+Layouts:
+  batch["coords"]     int32   [B, V, 3]  voxel indices (x, y, z) on the 120³ grid of 0.5 mm
+  batch["charges"]    float32 [B, V]     ionisation electrons per voxel (0 = padding row)
+  batch["num_voxels"] int32   [B]        active rows per event
+Outputs (dict, leading axis B):
+  "pred_direction" float32 [B, 3] unit vector; "kappa" float32 [B] (vMF / Kent heads);
+  "beta" [B], "frame" [B, 3, 3] (Kent head: rows γ1, γ2, γ3); "overflow" int32 [B]
+  (sparse-capacity overflow count of the local batch, repeated per example so it shards
+  like every other output).
+
+Trunks (channels-last sparse tensors, spconv semantics, see ``recoil_jax.ops.sparse``):
+  "seed": the seed's Figure 3 — SparseConv3d(1→50, k6, s2) → ReLU → SparseMaxPool(2, 2)
+          → SparseConv3d(50→30, k4) → ReLU → SparseConv3d(30→20, k3) → ReLU
+          → SparseMaxPool(2, 2) → dense 12³×20 = 34 560 features.
+  "deep": the authors' later paper (arXiv 2403.15949; REFERENCE.md §1b) — SubM(1→32, k7)
+          → SubM(32→40, k5) → SparseConv(40→50, k6, s2) → MaxPool(2, 2)
+          → SparseConv(50→30, k3, s2) → SparseConv(30→10, k3) → MaxPool(2, 2) → 2 160.
+Heads follow the authors' published code (the seed's Figure 4 is not in its text): a
+shared Dense(500) + ReLU, then a direction branch 200 ReLU → 50 tanh → 3 → L2-normalise,
+and for the heteroscedastic model a κ branch 200 ReLU → 50 ReLU → 1 → softplus.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from recoil_jax.ops import sparse
+
+GRID_SHAPE = (120, 120, 120)
+
+# (kind, features, kernel, stride) per layer; "pool" layers have no features.
+TRUNKS: dict[str, tuple[tuple[str, int, int, int], ...]] = {
+    "seed": (
+        ("conv", 50, 6, 2),
+        ("pool", 0, 2, 2),
+        ("conv", 30, 4, 1),
+        ("conv", 20, 3, 1),
+        ("pool", 0, 2, 2),
+    ),
+    "deep": (
+        ("subm", 32, 7, 1),
+        ("subm", 40, 5, 1),
+        ("conv", 50, 6, 2),
+        ("pool", 0, 2, 2),
+        ("conv", 30, 3, 2),
+        ("conv", 10, 3, 1),
+        ("pool", 0, 2, 2),
+    ),
+}
+
+
+def _normalise(v: jax.Array, eps: float = 1e-12) -> jax.Array:
+  return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), eps)
+
+
+class SparseTrunk(nn.Module):
+  """Sparse conv/pool stack → dense features [B, D0·D1·D2·C] (channels-last flatten).
+
+  Attributes:
+    layers: the layer table (see ``TRUNKS``).
+    capacity_per_event: static number of active sites reserved per event after each
+      strided/regular layer (one entry per non-SubM layer); the sparse tensor capacity is
+      this times the local batch size. Sites beyond it are counted in ``overflow``.
+  """
+
+  layers: Sequence[tuple[str, int, int, int]]
+  capacity_per_event: Sequence[int]
+  spatial_shape: tuple[int, int, int] = GRID_SHAPE
+
+  @nn.compact
+  def __call__(self, coords, charges, num_voxels):
+    batch = coords.shape[0]
+    st = sparse.from_padded_voxels(
+        coords, charges[..., None], num_voxels, self.spatial_shape)
+    caps = iter(self.capacity_per_event)
+    for i, (kind, features, kernel, stride) in enumerate(self.layers):
+      if kind == "subm":
+        st = sparse.SubMConv3d(features, kernel, name=f"subm{i}")(st)
+      elif kind == "conv":
+        st = sparse.SparseConv3d(features, kernel, strides=stride,
+                                 out_capacity=next(caps) * batch, name=f"conv{i}")(st)
+      elif kind == "pool":
+        st = sparse.SparseMaxPool3d(kernel, strides=stride,
+                                    out_capacity=next(caps) * batch, name=f"pool{i}")(st)
+      else:
+        raise ValueError(f"model.trunk layer {i}: unknown kind {kind!r}")
+      if kind != "pool":
+        st = st.replace(features=nn.relu(st.features))
+    dense = sparse.ToDense()(st)
+    return dense.reshape(batch, -1), st.overflow
+
+
+class DirectionHead(nn.Module):
+  """Dense(200) ReLU → Dense(50) tanh → Dense(3) → unit vector [B, 3]."""
+
+  @nn.compact
+  def __call__(self, h):
+    h = nn.relu(nn.Dense(200)(h))
+    h = jnp.tanh(nn.Dense(50)(h))
+    return _normalise(nn.Dense(3)(h))
+
+
+class ConcentrationHead(nn.Module):
+  """Dense(200) ReLU → Dense(50) ReLU → Dense(n) → softplus (+ floor): positive [B, n]."""
+
+  num_outputs: int = 1
+  floor: float = 1e-6
+
+  @nn.compact
+  def __call__(self, h):
+    h = nn.relu(nn.Dense(200)(h))
+    h = nn.relu(nn.Dense(50)(h))
+    return nn.softplus(nn.Dense(self.num_outputs)(h)) + self.floor
+
+
+class TpcDirectionNet(nn.Module):
+  """Sparse CNN + head. ``head`` ∈ {"cosine" (homoscedastic), "vmf", "kent"}."""
+
+  trunk: str = "seed"
+  head: str = "vmf"
+  capacity_per_event: Sequence[int] = (1920, 384, 1920, 3456, 576)
+  hidden: int = 500
+  charge_scale: float = 1.0
+
+  @nn.compact
+  def __call__(self, batch: dict[str, Any], train: bool = False) -> dict[str, jax.Array]:
+    del train  # no dropout / batch norm in the seed network
+    if self.trunk not in TRUNKS:
+      raise ValueError(f"model.trunk={self.trunk!r}; known: {sorted(TRUNKS)}")
+    layers = TRUNKS[self.trunk]
+    num_caps = sum(kind != "subm" for kind, *_ in layers)
+    if len(self.capacity_per_event) != num_caps:
+      raise ValueError(
+          f"model.capacity_per_event has {len(self.capacity_per_event)} entries; trunk "
+          f"{self.trunk!r} has {num_caps} regular conv/pool layers that need one each")
+    charges = batch["charges"].astype(jnp.float32) * self.charge_scale
+    h, overflow = SparseTrunk(layers, tuple(self.capacity_per_event), name="trunk")(
+        batch["coords"], charges, batch["num_voxels"])
+    h = nn.relu(nn.Dense(self.hidden, name="shared")(h))
+    batch_size = h.shape[0]
+    out = {"overflow": jnp.full((batch_size,), overflow, jnp.int32)}
+    if self.head == "cosine":
+      out["pred_direction"] = DirectionHead(name="direction")(h)
+    elif self.head == "vmf":
+      out["pred_direction"] = DirectionHead(name="direction")(h)
+      out["kappa"] = ConcentrationHead(1, name="kappa")(h)[:, 0]
+    elif self.head == "kent":
+      out.update(_kent_head(h))
+    else:
+      raise ValueError(f"model.head={self.head!r}; known: 'cosine', 'vmf', 'kent'")
+    return out
+
+
+def _kent_head(h: jax.Array) -> dict[str, jax.Array]:
+  """Kent (FB5) parameters: frame from 6 numbers (Gram–Schmidt), κ > 0, 0 < 2β < 0.8κ."""
+  from recoil_jax import losses  # local import: losses is a sibling leaf module
+
+  g = nn.Dense(200, name="kent_frame_hidden")(h)
+  g = jnp.tanh(nn.Dense(50, name="kent_frame_hidden2")(nn.relu(g)))
+  frame = losses.orthonormal_frame(nn.Dense(6, name="kent_frame")(g))
+  k = nn.relu(nn.Dense(200, name="kent_concentration_hidden")(h))
+  k = nn.relu(nn.Dense(50, name="kent_concentration_hidden2")(k))
+  raw = nn.Dense(2, name="kent_concentration")(k)
+  # 2β/κ < losses.KENT_MAX_ELLIPTICITY < 1: unimodal, and the normaliser series converges.
+  kappa, beta = losses.kent_parameters(raw[:, 0], raw[:, 1])
+  kappa = kappa + 1e-6
+  return {"pred_direction": frame[:, 0], "kappa": kappa, "beta": beta, "frame": frame}
