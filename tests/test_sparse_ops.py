@@ -235,6 +235,30 @@ def test_chunked_scan_equals_single_chunk():
                                 np.asarray(sp.gather_max(st.features, kmap.out_map)))
 
 
+def test_chunked_ops_run_inside_shard_map():
+  """The trainer runs models under ``jax.shard_map``, where features are device-varying:
+  chunked scans must accept them (regression: a fresh zeros carry is not varying)."""
+  rng = np.random.default_rng(8)
+  x, _ = random_dense(rng, 2, (8, 8, 8), 3, 0.3)
+  st = sp.from_dense(jnp.asarray(x), 400)
+  w = jnp.asarray(rng.normal(size=(27, 3, 4)), jnp.float32)
+  kmap = km.build_conv_map(st.coords, st.spatial_shape, 2, (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 600)
+  mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  P = jax.sharding.PartitionSpec
+
+  def run(features, out_map, kernel):
+    conv = sp.gather_matmul(features, out_map, kernel, max_chunk_elements=600 * 3 * 5)
+    pooled = sp.gather_max(features, out_map, max_chunk_elements=600 * 3 * 4)
+    return conv, pooled
+
+  sharded = jax.jit(jax.shard_map(run, mesh=mesh, in_specs=(P("data"), P("data"), P()),
+                                  out_specs=(P("data"), P("data"))))
+  conv, pooled = sharded(st.features, kmap.out_map, w)
+  ref_conv, ref_pooled = run(st.features, kmap.out_map, w)
+  np.testing.assert_allclose(np.asarray(conv), np.asarray(ref_conv), rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(pooled), np.asarray(ref_pooled))
+
+
 # ------------------------------------------------------------------------------------------------
 # Gradients (float64).
 

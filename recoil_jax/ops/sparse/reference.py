@@ -60,9 +60,17 @@ def _pad_offsets(index_map: jax.Array, kernel: jax.Array, g: int, n: int):
 
 
 def _scan_sum(body, init, xs, n: int):
+  """Folds ``body`` over the n chunks of ``xs`` starting from ``init``.
+
+  The first chunk is applied outside the scan so that the carry takes the type of the
+  body's output: inside ``shard_map`` the features are device-varying while a fresh
+  ``jnp.zeros`` init is not, and ``lax.scan`` requires equal carry types.
+  """
+  acc = body(init, jax.tree_util.tree_map(lambda x: x[0], xs))[0]
   if n == 1:
-    return body(init, jax.tree_util.tree_map(lambda x: x[0], xs))[0]
-  return lax.scan(jax.checkpoint(body), init, xs)[0]
+    return acc
+  rest = jax.tree_util.tree_map(lambda x: x[1:], xs)
+  return lax.scan(jax.checkpoint(body), acc, rest)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("order", "max_chunk_elements"))
@@ -166,9 +174,7 @@ def gather_max(features: jax.Array, out_map: jax.Array, *,
     return jnp.maximum(acc, x.at[idx].get(mode="promise_in_bounds").max(1)), None
 
   init = jnp.zeros((n_out, c), features.dtype)  # spconv initialises the max with 0
-  if n == 1:
-    return body(init, maps[0])[0]
-  return lax.scan(jax.checkpoint(body), init, maps)[0]
+  return _scan_sum(body, init, maps, n)
 
 
 def choose_compute(n_in: int, n_out: int, k: int, c_in: int, c_out: int, has_in_map: bool) -> str:
