@@ -291,6 +291,8 @@ def read_electron_file(path: str | os.PathLike, **kwargs) -> list[np.ndarray]:
   suffix = os.path.splitext(os.fspath(path))[1].lower()
   if suffix in ROOT_SUFFIXES:
     return read_degrad_root(path, **kwargs)
+  # ROOT-only options (a config sets them for every file) do not apply to flat formats.
+  kwargs = {k: v for k, v in kwargs.items() if k not in ("tree", "branches")}
   if suffix in TEXT_SUFFIXES:
     return read_electron_text(path, **kwargs)
   if suffix in NPZ_SUFFIXES:

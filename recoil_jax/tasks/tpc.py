@@ -51,7 +51,9 @@ class TpcDirectionTask(base.Task):
     if self._builder is None:
       d = self.config.data
       data_dir = os.path.abspath(os.path.expanduser(d.data_dir))
-      degrad_files = dict(d.degrad_files) if d.degrad_files else None
+      degrad_files = {k: v for k, v in d.degrad_files.items() if v} or None
+      reader_kwargs = {"tree": d.degrad_tree or None, "branches": tuple(d.degrad_branches),
+                       "unit": d.degrad_unit} if degrad_files else None
       self._builder = tpc_tfds.build_tpc_dataset(
           data_dir,
           num_train_val=d.num_train_val,
@@ -60,7 +62,8 @@ class TpcDirectionTask(base.Task):
           seed=d.seed,
           energies_kev=tuple(d.energies_kev),
           sigma_range_um=tuple(d.sigma_range_um),
-          degrad_files=degrad_files)
+          degrad_files=degrad_files,
+          degrad_reader_kwargs=reader_kwargs)
     return self._builder
 
   def _source(self, split: str) -> base.RandomAccessSource:
@@ -112,7 +115,8 @@ class TpcDirectionTask(base.Task):
   def analyse(self, predict: base.PredictFn, workdir: str) -> dict[str, Any]:
     a = self.config.analysis
     head = self.config.model.head
-    label_kind = "simulated" if not self.config.data.degrad_files else "DEGRAD files"
+    from_files = any(v for v in self.config.data.degrad_files.values())
+    label_kind = "DEGRAD files" if from_files else "simulated"
     nml_params = self._tune_nml_on_validation()
     homo_preds = _load_homoscedastic(a.homoscedastic_workdir, head, workdir)
     results: dict[str, Any] = {"data": label_kind, "model_head": head,
