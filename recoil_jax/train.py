@@ -535,3 +535,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   ckpt.close()
   best_ckpt.close()
   return final
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+def load_trained(config: ml_collections.ConfigDict, workdir: str, *,
+                 which: str = "best") -> tuple[Task, nn.Module, dict]:
+  """(task, model, variables) of a trained run: the weights of the newest checkpoint in workdir/<which> ("best" or "checkpoints").
+
+  The task is built from ``config`` (its training source gives the example the state
+  tree is traced on; no model is initialised or compiled), and the TrainState of the
+  newest step is restored onto the first local CPU device. ``variables`` is
+  ``{"params": ..., **model_state}``, ready for ``model.apply(variables, batch,
+  train=False)``; the optimiser state is dropped.
+
+  Raises:
+    ValueError: ``which`` is neither "best" nor "checkpoints".
+    FileNotFoundError: no complete checkpoint in ``workdir/<which>``.
+  """
+  if which not in ("best", "checkpoints"):
+    raise ValueError(f"load_trained: which={which!r}; expected 'best' or 'checkpoints'")
+  directory = os.path.join(os.path.abspath(os.path.expanduser(workdir)), which)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"load_trained: {directory} does not exist (not a trained "
+                            "workdir, or training has not saved a checkpoint yet)")
+  task = tasks.get_task(config)
+  model = task.build_model()
+  cpu = jax.local_devices(backend="cpu")[0]
+  mesh = parallel.make_mesh([cpu])
+  train_source = task.train_source()
+  steps_per_epoch = pipeline.num_steps_per_epoch(
+      len(train_source), config.train.global_batch_size, config.train.steps_per_epoch)
+  tx = config_lib.make_optimizer(config.optimizer, steps_per_epoch * config.train.num_epochs)
+  example = pipeline.stack_examples([train_source[0]], name="train", indices=[0])
+  example["mask"] = np.ones((1,), np.float32)
+  # Shapes and dtypes of the TrainState only (tracing, no compilation or initialisation).
+  abstract = jax.eval_shape(lambda: create_train_state(model, tx, example, config.seed, mesh))
+  single = jax.sharding.SingleDeviceSharding(cpu)
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=single),
+                        abstract)
+  ckpt = checkpointing.Checkpointer(directory, max_to_keep=None)
+  try:
+    step = ckpt.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"load_trained: no complete checkpoint in {directory}")
+    state, _ = ckpt.restore(step, target)
+  finally:
+    ckpt.close()
+  logging.info("load_trained: step %d from %s onto %s", step, directory, cpu)
+  return task, model, _variables(state.params, state.model_state)
