@@ -44,6 +44,15 @@ def _layer_name(module: nn.Module) -> str:
   return f"{type(module).__name__}({path or module.name or 'unnamed'})"
 
 
+def _conv_params(module: nn.Module, ks: tuple[int, int, int], c_in: int):
+  """``kernel`` [K0, K1, K2, C_in, C_out] and optional ``bias`` [C_out] of a conv layer."""
+  kernel = module.param("kernel", module.kernel_init, ks + (c_in, module.features),
+                        module.param_dtype)
+  bias = (module.param("bias", module.bias_init, (module.features,), module.param_dtype)
+          if module.use_bias else None)
+  return kernel, bias
+
+
 class SparseConv3d(nn.Module):
   """spconv ``SparseConv3d``: output site o exists iff o*s - p + k*d is active for some offset k.
 
@@ -76,9 +85,7 @@ class SparseConv3d(nn.Module):
     name = _layer_name(self)
     _check_backend(self.backend, name)
     ks = triple(self.kernel_size, "kernel_size")
-    kernel = self.param("kernel", self.kernel_init, ks + (st.num_channels, self.features),
-                        self.param_dtype)
-    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+    kernel, bias = _conv_params(self, ks, st.num_channels)
     return reference.sparse_conv(st, kernel, bias, strides=self.strides, padding=self.padding,
                                  dilation=self.dilation, out_capacity=self.out_capacity,
                                  method=self.method, compute=self.compute, where=name)
@@ -112,9 +119,7 @@ class SubMConv3d(nn.Module):
     ks = triple(self.kernel_size, "kernel_size")
     if any(k % 2 == 0 for k in ks):
       raise ValueError(f"{name}: SubMConv3d needs odd kernel sizes, got {ks}")
-    kernel = self.param("kernel", self.kernel_init, ks + (st.num_channels, self.features),
-                        self.param_dtype)
-    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+    kernel, bias = _conv_params(self, ks, st.num_channels)
     return reference.subm_conv(st, kernel, bias, dilation=self.dilation, method=self.method,
                                compute=self.compute, where=name)
 
