@@ -23,10 +23,12 @@ Variants (combine with "+", e.g. ``:cpu_hour+homoscedastic``):
   kent           5-parameter Fisher–Bingham (Kent) head (the seed's future work).
   deep           the deeper trunk of the authors' later paper (SubM k7, k5, ...).
 
-Expected runtime: default ≈ see README (2-core CPU); one GPU: a minute. smoke: < 1 min.
-Expected result (simulated): the vMF model's mean cosine-similarity loss on both test sets
-is below the non-ML method's (with skewness and with true head/tail); see README for the
-measured numbers of each variant.
+Expected runtime (2-core CPU): smoke ≈ 40 s; default ≈ 10 min; cpu_hour ≈ 1 h (measured:
+59 min, ~1.5 s per step of 64). One GPU: not measured yet (no GPU was lent to this work).
+Expected result (simulated, measured for cpu_hour): mean cosine-similarity loss of the vMF
+model −0.834 (40 keV/200 µm) and −0.783 (50 keV/443 µm) on all events, vs −0.805 and
+−0.710 for the non-ML method with skewness head/tail (on the 97 % / 42 % of events where
+it does not fail); details and the true-head/tail comparison in README.
 """
 
 import ml_collections

@@ -41,16 +41,16 @@ def make_batch(batch: int, seed: int, max_voxels: int):
   from recoil_jax.sim import electron_recoil
 
   t0 = time.perf_counter()
-  tracks = electron_recoil.simulate_electron_recoils(seed, 50.0, num_tracks=2 * batch)
+  tracks = electron_recoil.simulate_electron_recoils(seed, 50.0, num_tracks=4 * batch)
   sim_seconds = time.perf_counter() - t0
   vox, counts = tpc_preprocess.preprocess_tracks(
       tracks.positions_mm, tracks.num_electrons, tracks.energy_kev,
       np.random.default_rng(seed), sigma_um=443.0, max_voxels=max_voxels)
   if vox.coords.shape[0] < batch:
-    raise RuntimeError(f"only {vox.coords.shape[0]} of {2 * batch} tracks kept ({counts})")
+    raise RuntimeError(f"only {vox.coords.shape[0]} of {4 * batch} tracks kept ({counts})")
   sl = slice(0, batch)
   return (vox.coords[sl], vox.charges[sl], vox.num_voxels[sl], vox.direction[sl],
-          {"simulated_tracks": 2 * batch, "simulate_seconds_incl_compile": sim_seconds})
+          {"simulated_tracks": 4 * batch, "simulate_seconds_incl_compile": sim_seconds})
 
 
 def _timeit(fn, repeats: int, budget_s: float = 60.0):
