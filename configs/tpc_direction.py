@@ -14,7 +14,8 @@ Command (variants after the colon):
   python -m recoil_jax.main --config=configs/tpc_direction.py:full --workdir=runs/tpc_full
 
 Variants (combine with "+", e.g. ``:cpu_hour+homoscedastic``):
-  (default)      small: 5k simulated events, 3 epochs, ~10 minutes on a 2-core CPU.
+  (default)      small: 5k simulated events, 3 epochs, ~6 minutes on a 2-core CPU
+                 (simulated result: −0.66 / −0.61, still worse than the non-ML method).
   smoke          tiny: the same code path in well under a minute (tests use it).
   cpu_hour       the "about an hour on a 2-core CPU" configuration of the README results.
   full           the seed's sizes: 553k train+validation events, 20k per test set, batch
@@ -23,7 +24,7 @@ Variants (combine with "+", e.g. ``:cpu_hour+homoscedastic``):
   kent           5-parameter Fisher–Bingham (Kent) head (the seed's future work).
   deep           the deeper trunk of the authors' later paper (SubM k7, k5, ...).
 
-Expected runtime (2-core CPU): smoke ≈ 40 s; default ≈ 10 min; cpu_hour ≈ 1 h (measured:
+Expected runtime (2-core CPU): smoke ≈ 40 s; default ≈ 6 min (measured 6 min 18 s); cpu_hour ≈ 1 h (measured:
 59 min, ~1.5 s per step of 64). One GPU: not measured yet (no GPU was lent to this work).
 Expected result (simulated, measured for cpu_hour): mean cosine-similarity loss of the vMF
 model −0.834 (40 keV/200 µm) and −0.783 (50 keV/443 µm) on all events, vs −0.805 and
