@@ -170,6 +170,10 @@ def test_write_table(tmp_path, calibrated):
   assert row["nml_true_head_tail"] == pytest.approx(e["nml_true_head_tail"]["loss"])
   idx = e["hetero"]["cut_fractions"].index(0.25)
   assert row["hetero_cut_25pct"] == pytest.approx(e["hetero"]["losses"][idx])
+  # The vMF loss at the non-ML efficiency lies on the curve at cut = 1 − efficiency.
+  cut = 1.0 - e["nml"]["efficiency"]
+  expected = np.interp(cut, e["hetero"]["cut_fractions"], e["hetero"]["losses"])
+  assert row["hetero_at_nml_efficiency"] == pytest.approx(expected)
   md = open(md_path).read()
   assert "simulated" in md
   assert md.count("| 40 keV, σ 200 µm |") == 1
