@@ -66,7 +66,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   model.trunk = "seed"  # "seed" (Figure 3) or "deep" (later paper).
   model.head = "vmf"  # "vmf" (heteroscedastic), "cosine" (homoscedastic) or "kent".
   # Active sites reserved per event after each regular conv/pool layer (static shapes;
-  # measured maxima of 50 keV / 443 µm simulated events: 1867, 369, 1870, 3432, 553);
+  # maxima over 64 simulated 50 keV / 443 µm events: 1867, 369, 1870, 3432, 553, from
+  # `python scripts/measure_sparse_capacity.py`);
   # overflow is an error naming the step, so raise these if a run reports it.
   model.capacity_per_event = (1920, 384, 1920, 3456, 576)
   model.hidden = 500  # Shared dense layer after the flattened trunk.

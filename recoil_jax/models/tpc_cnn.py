@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from recoil_jax import losses
 from recoil_jax.ops import sparse
 
 GRID_SHAPE = (120, 120, 120)
@@ -151,23 +152,24 @@ class TpcDirectionNet(nn.Module):
       out["pred_direction"] = DirectionHead(name="direction")(h)
       out["kappa"] = ConcentrationHead(1, name="kappa")(h)[:, 0]
     elif self.head == "kent":
-      out.update(_kent_head(h))
+      out.update(KentHead(name="kent")(h))
     else:
       raise ValueError(f"model.head={self.head!r}; known: 'cosine', 'vmf', 'kent'")
     return out
 
 
-def _kent_head(h: jax.Array) -> dict[str, jax.Array]:
-  """Kent (FB5) parameters: frame from 6 numbers (Gram–Schmidt), κ > 0, 0 < 2β < 0.8κ."""
-  from recoil_jax import losses  # local import: losses is a sibling leaf module
+class KentHead(nn.Module):
+  """Kent (FB5) parameters: a frame from 6 numbers (Gram–Schmidt), κ > 0, 0 < 2β < 0.8κ."""
 
-  g = nn.Dense(200, name="kent_frame_hidden")(h)
-  g = jnp.tanh(nn.Dense(50, name="kent_frame_hidden2")(nn.relu(g)))
-  frame = losses.orthonormal_frame(nn.Dense(6, name="kent_frame")(g))
-  k = nn.relu(nn.Dense(200, name="kent_concentration_hidden")(h))
-  k = nn.relu(nn.Dense(50, name="kent_concentration_hidden2")(k))
-  raw = nn.Dense(2, name="kent_concentration")(k)
-  # 2β/κ < losses.KENT_MAX_ELLIPTICITY < 1: unimodal, and the normaliser series converges.
-  kappa, beta = losses.kent_parameters(raw[:, 0], raw[:, 1])
-  kappa = kappa + 1e-6
-  return {"pred_direction": frame[:, 0], "kappa": kappa, "beta": beta, "frame": frame}
+  @nn.compact
+  def __call__(self, h: jax.Array) -> dict[str, jax.Array]:
+    g = nn.relu(nn.Dense(200, name="frame_hidden")(h))
+    g = jnp.tanh(nn.Dense(50, name="frame_hidden2")(g))
+    frame = losses.orthonormal_frame(nn.Dense(6, name="frame")(g))  # rows γ1, γ2, γ3
+    k = nn.relu(nn.Dense(200, name="concentration_hidden")(h))
+    k = nn.relu(nn.Dense(50, name="concentration_hidden2")(k))
+    raw = nn.Dense(2, name="concentration")(k)
+    # 2β/κ < losses.KENT_MAX_ELLIPTICITY < 1: unimodal, and the normaliser series converges.
+    kappa, beta = losses.kent_parameters(raw[:, 0], raw[:, 1])
+    return {"pred_direction": frame[:, 0], "kappa": kappa + 1e-6, "beta": beta,
+            "frame": frame}
