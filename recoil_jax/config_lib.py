@@ -25,6 +25,7 @@ import ml_collections
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
+STRATEGIES = ("shard_map", "pmap")  # Data-parallel training strategies (recoil_jax.train).
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -64,6 +65,8 @@ def base_config() -> ml_collections.ConfigDict:
   train.progress_bar = True  # tqdm on process 0.
   train.prefetch_batches = 2  # Batches prepared ahead by grain.
   train.data_threads = 2  # grain read threads.
+  train.strategy = "shard_map"  # One of STRATEGIES: jit + shard_map, or jax.pmap.
+  train.grad_accum_steps = 1  # Micro-batches per device batch (gradient accumulation).
 
   par = config.parallel = ml_collections.ConfigDict()
   par.distributed = False  # jax.distributed.initialize() with auto-detection.
@@ -87,6 +90,38 @@ def apply_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   train.checkpoint_every_steps = 10
   train.progress_bar = False
   return config
+
+
+def validate_train(train: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Checks ``config.train``'s strategy and batch sizes against the device count.
+
+  Args:
+    train: the ``train`` sub-config (see :func:`base_config`).
+    num_devices: devices taking part in training (all processes).
+
+  Raises:
+    ValueError: unknown ``train.strategy``; ``train.grad_accum_steps`` not an integer
+      >= 1; ``train.global_batch_size`` not divisible by ``num_devices *
+      train.grad_accum_steps``; ``train.eval_batch_size`` not divisible by
+      ``num_devices``. The message names the config keys and values.
+  """
+  if train.strategy not in STRATEGIES:
+    raise ValueError(f"config.train.strategy={train.strategy!r} is not one of {STRATEGIES}")
+  k = train.grad_accum_steps
+  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    raise ValueError(f"config.train.grad_accum_steps={k!r} must be an integer >= 1")
+  if num_devices < 1:
+    raise ValueError(f"num_devices must be >= 1, got {num_devices}")
+  if train.global_batch_size < 1 or train.global_batch_size % (num_devices * k):
+    raise ValueError(
+        f"config.train.global_batch_size={train.global_batch_size} must be a positive "
+        f"multiple of the number of devices ({num_devices}) x "
+        f"config.train.grad_accum_steps ({k}) = {num_devices * k}: every device splits its "
+        "batch into grad_accum_steps equal micro-batches")
+  if train.eval_batch_size < 1 or train.eval_batch_size % num_devices:
+    raise ValueError(
+        f"config.train.eval_batch_size={train.eval_batch_size} must be a positive multiple "
+        f"of the number of devices ({num_devices})")
 
 
 def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -4,6 +4,13 @@ One mesh axis, ``'data'``, over all devices of all processes (Auto axis type). P
 are replicated; batches are sharded on ``'data'``. The same code runs on one CPU, on 8
 fake CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count=8``) and on several
 processes (``jax.distributed``; CPU processes talk through gloo).
+
+``jax.pmap`` layout (the ``"pmap"`` training strategy): a pytree whose leaves have a
+leading device axis, ``[devices, ...]``, one slice per device of the mesh, in mesh
+order; ``pmap_replicate`` / ``pmap_unreplicate`` convert a replicated state to it and
+back, ``pmap_split_batch`` reshapes this process's batch to ``[local_devices,
+per_device, ...]``. ``pmap`` runs over the devices of the mesh with axis name ``'data'``
+(:data:`DATA_AXIS`), so collectives span all processes, as under ``shard_map``.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from typing import Any, Sequence
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -130,3 +138,64 @@ def fetch(tree: Any) -> Any:
     return np.asarray(x)
 
   return jax.tree.map(get, tree)
+
+
+# ----------------------------------------------------------------------------- pmap layout
+
+
+def pmap_devices(mesh: jax.sharding.Mesh) -> tuple[jax.Device, ...]:
+  """The devices ``jax.pmap(..., devices=...)`` runs over: those of ``mesh``, in mesh order."""
+  return tuple(mesh.devices.flat)
+
+
+def pmap_split_batch(local_batch: Any, mesh: jax.sharding.Mesh) -> Any:
+  """This process's batch ``[local_batch, ...]`` -> ``[local_devices, per_device, ...]``.
+
+  Args:
+    local_batch: pytree of numpy arrays with a common leading (batch) axis divisible by
+      this process's number of devices in ``mesh``.
+    mesh: the ``('data',)`` mesh.
+
+  Returns:
+    The same pytree, numpy arrays reshaped (no copy); row ``i`` of the local batch goes
+    to local device ``i // per_device``, as ``shard_batch`` places it.
+  """
+  num_local = len(local_devices(mesh))
+
+  def split(x):
+    x = np.asarray(x)
+    if x.ndim == 0 or x.shape[0] % num_local:
+      raise ValueError(
+          f"local batch of shape {x.shape} cannot be split over {num_local} local devices")
+    return x.reshape((num_local, x.shape[0] // num_local) + x.shape[1:])
+
+  return jax.tree.map(split, local_batch)
+
+
+def pmap_replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Replicated global arrays (``P()`` on ``mesh``) -> the pmap layout ``[devices, ...]``.
+
+  Every device copies its own replica (no communication). The result is a global array
+  sharded on ``'data'`` (one slice per device), which ``jax.pmap`` over
+  ``pmap_devices(mesh)`` takes as is, on one process or several.
+  """
+  n = mesh.size
+
+  def stack(t):
+    return jax.tree.map(lambda x: jnp.broadcast_to(x[None], (n,) + x.shape), t)
+
+  return jax.jit(stack, out_shardings=data_sharded(mesh))(tree)
+
+
+def pmap_unreplicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+  """The pmap layout ``[devices, ...]`` -> replicated global arrays (``P()`` on ``mesh``).
+
+  Takes the replica of the first device; the training step keeps all replicas equal
+  (gradients and mutable collections are reduced over ``'data'``). On several processes
+  ``jax.pmap`` returns process-local arrays; they are assembled into global ones first.
+  """
+  leaves = jax.tree.leaves(tree)
+  if jax.process_count() > 1 and leaves and leaves[0].is_fully_addressable:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    tree = multihost_utils.host_local_array_to_global_array(tree, mesh, P(DATA_AXIS))
+  return jax.jit(lambda t: jax.tree.map(lambda x: x[0], t), out_shardings=replicated(mesh))(tree)

@@ -4,17 +4,43 @@
 it data-parallel with early stopping on the ``validation`` split, keeps the best weights,
 evaluates every split with them and runs the task's analysis.
 
-Parallelism. A ``('data',)`` mesh over all devices; parameters are replicated, batches
-sharded on ``'data'``. ``train_step``/``eval_step`` are jitted once (the state is
-donated) and run the model per device with ``jax.shard_map``, so a model sees a
-device-local batch. Loss terms ``{name: (sum, count)}`` are ``psum``-reduced over
-``'data'`` and ``loss = psum(sum) / psum(count)``; its gradient, taken inside the
-shard_map, is the exact gradient of the global mean (JAX's transpose of the implicit
-replication is a psum). Mutable collections (e.g. ``batch_stats``) are updated from the
-device-local batch and averaged over devices with ``pmean`` (integer leaves: ``pmax``):
-BatchNorm uses per-device batch statistics, so its results depend on the per-device
-batch size. The dropout RNG is ``fold_in(fold_in(state.rng, step), device_index)``
-(``device_index`` is global over processes); models get it as the ``'dropout'`` stream.
+Parallelism. A ``('data',)`` mesh over all devices of all processes; the batch is split
+over ``'data'``. ``config.train.strategy`` picks how a training step runs:
+
+* ``"shard_map"`` (default): one ``jax.jit`` over the mesh (state replicated and donated,
+  batch sharded on ``'data'``) that runs the model per device with ``jax.shard_map``.
+* ``"pmap"``: ``jax.pmap`` over the mesh's devices with axis name ``'data'``; the state
+  carries a leading device axis (``parallel.pmap_replicate``) and this process's batch
+  is reshaped ``[local_devices, per_device, ...]``. On several processes every process
+  maps over its local devices and the collectives span all of them.
+
+Both run the same per-device function (``_device_gradients``), so they compute the same
+update. Each device differentiates the *sum* of its loss terms; the gradients and the
+``{name: (sum, count)}`` terms are ``psum``-reduced over ``'data'`` and ``grads =
+psum(grad sum) / psum(count)``: the exact gradient of the global masked mean (equal to
+``pmean`` of per-device mean-loss gradients when devices hold equal counts, and still
+exact when padding makes them unequal). ``config.train.grad_accum_steps = k`` splits each
+device's batch into ``k`` contiguous micro-batches run in a ``lax.scan``, accumulating
+gradients and (sum, count) terms and threading mutable collections through them; the
+update equals the full batch's up to float reassociation (not with BatchNorm in training
+mode, whose statistics are then those of a micro-batch). ``global_batch_size`` must be a
+multiple of ``devices * k`` (``config_lib.validate_train``).
+
+Mutable collections (``batch_stats``) are averaged over devices after the step with
+``pmean`` (integer leaves: ``pmax``). A BatchNorm without ``axis_name`` uses per-device
+(per micro-batch) statistics, so its results depend on the per-device batch size; with
+``axis_name=parallel.DATA_AXIS`` it uses cross-replica statistics of the whole global
+(micro-)batch under either strategy, and on any device count. The dropout RNG is
+``fold_in(fold_in(state.rng, step), device_index)`` (``device_index`` is global over
+processes), folded once more with the micro-batch index when ``k > 1``; models get it as
+the ``'dropout'`` stream.
+
+Checkpoints, resume, ``evaluate`` and ``predict`` use the canonical state: a TrainState
+replicated over the mesh (``pmap`` state is unreplicated for them at every checkpoint),
+so a checkpoint has the same layout whichever strategy wrote it and resumes under either.
+Evaluation and prediction always run as a jitted ``shard_map`` over the mesh on that
+state: they need no gradients, the canonical state exists at every evaluation point
+anyway, and one code path gives the same metrics whichever strategy trained.
 
 Health checks. Step ``s``'s scalars are fetched while step ``s + 1`` runs (one step of
 lag, no stall of the device). If the loss or gradient norm of step ``s`` is not finite,
@@ -106,20 +132,29 @@ def _variables(params, model_state) -> dict[str, Any]:
   return {"params": params, **model_state}
 
 
-def _reduce_terms(terms: Mapping[str, tuple[jax.Array, jax.Array]], outputs: Mapping[str, Any]
-                  ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-  """psum'd sums and counts of the loss terms plus ``error/*`` model outputs."""
+def _local_terms(terms: Mapping[str, tuple[jax.Array, jax.Array]], outputs: Mapping[str, Any]
+                 ) -> tuple[dict[str, jax.Array], dict[str, jax.Array], dict[str, jax.Array]]:
+  """This device's ``(sums, counts, totals)``: loss terms and ``error/*`` model outputs.
+
+  ``sums`` / ``counts`` hold every ``task.loss_terms`` entry, ``totals`` the sums of the
+  model outputs named ``error/*`` that are not loss terms (counters, reported as totals).
+  All float32 scalars; nothing is reduced over devices yet.
+  """
   if "loss" not in terms:
     raise KeyError(f"task.loss_terms must return a 'loss' term; got {sorted(terms)}")
-  sums, counts = {}, {}
-  for name, (s, c) in terms.items():
-    sums[name] = jax.lax.psum(jnp.asarray(s, jnp.float32), parallel.DATA_AXIS)
-    counts[name] = jax.lax.psum(jnp.asarray(c, jnp.float32), parallel.DATA_AXIS)
-  for name, value in outputs.items():
-    if name.startswith(ERROR_PREFIX) and name not in sums:
-      sums[name] = jax.lax.psum(jnp.sum(value).astype(jnp.float32), parallel.DATA_AXIS)
-      counts[name] = jnp.float32(1.0)  # A total, not a mean.
-  return sums, counts
+  sums = {k: jnp.asarray(s, jnp.float32) for k, (s, _) in terms.items()}
+  counts = {k: jnp.asarray(c, jnp.float32) for k, (_, c) in terms.items()}
+  totals = {k: jnp.sum(v).astype(jnp.float32) for k, v in outputs.items()
+            if k.startswith(ERROR_PREFIX) and k not in sums}
+  return sums, counts, totals
+
+
+def _global_terms(sums, counts, totals) -> dict[str, tuple[jax.Array, jax.Array]]:
+  """``{name: (sum, count)}`` summed over ``'data'`` (all devices of all processes)."""
+  psum = lambda x: jax.lax.psum(x, parallel.DATA_AXIS)  # noqa: E731
+  out = {k: (psum(sums[k]), psum(counts[k])) for k in sums}
+  out.update({k: (psum(v), jnp.float32(1.0)) for k, v in totals.items()})  # Totals, not means.
+  return out
 
 
 def _average_model_state(model_state):
@@ -130,34 +165,109 @@ def _average_model_state(model_state):
   return jax.tree.map(avg, model_state)
 
 
-def make_train_step(model: nn.Module, task: Task, mesh: jax.sharding.Mesh,
-                    schedule: Callable[[Any], Any]):
-  """The jitted ``train_step(state, batch) -> (state, metrics)`` (state donated).
+def _varying(tree):
+  """Marks every leaf as varying over ``'data'`` (shard_map's type system).
 
-  ``batch`` is a global batch sharded on ``'data'``; ``metrics`` are replicated scalars:
-  every loss term (global mean), ``grad_norm`` and ``learning_rate``.
+  Under ``shard_map`` replicated inputs are typed invariant, and ``lax.scan`` wants the
+  carry's types to match exactly; we differentiate per device and ``psum`` explicitly,
+  so parameters and carries are made varying. A no-op under ``pmap`` (no such types).
+  ``jax.typeof(x).mat`` is jax 0.10's manual-axis type (pyproject pins jax < 0.11).
+  """
+  def cast(x):
+    if parallel.DATA_AXIS in jax.typeof(x).mat.varying:
+      return x
+    return jax.lax.pcast(x, parallel.DATA_AXIS, to="varying")
+  return jax.tree.map(cast, tree)
+
+
+def _device_gradients(model: nn.Module, task: Task, params, model_state, rng, step, batch, *,
+                      grad_accum_steps: int):
+  """One device's part of a training step, under ``shard_map`` or ``pmap`` (axis ``'data'``).
+
+  The device batch ``[b, ...]`` is split into ``grad_accum_steps`` contiguous
+  micro-batches ``[b / k, ...]`` run one after another (``lax.scan``); mutable
+  collections thread through them. Gradients of the summed loss and the (sum, count)
+  terms are accumulated, then summed over devices, so ``grads = psum(d sum / d params) /
+  psum(count)`` is the gradient of the global masked mean whatever ``k`` and the device
+  count (up to float reassociation; BatchNorm statistics are those of each micro-batch).
+
+  Returns:
+    ``(grads, model_state, metrics)``, all the same on every device: global gradients,
+    mutable collections averaged over devices (``pmean``; integer leaves ``pmax``),
+    ``{term: global sum / count}`` plus ``error/*`` totals.
+  """
+  k = grad_accum_steps
+  rng = jax.random.fold_in(jax.random.fold_in(rng, step),
+                           jax.lax.axis_index(parallel.DATA_AXIS))
+  mutable = list(model_state.keys())
+  params, model_state = _varying(params), _varying(model_state)
+
+  def micro_step(model_state, micro_batch, micro_rng):
+    def loss_fn(params):
+      variables = _variables(params, model_state)
+      if mutable:
+        outputs, new_state = model.apply(variables, micro_batch, train=True,
+                                         rngs={"dropout": micro_rng}, mutable=mutable)
+      else:
+        outputs = model.apply(variables, micro_batch, train=True, rngs={"dropout": micro_rng})
+        new_state = {}
+      sums, counts, totals = _local_terms(task.loss_terms(outputs, micro_batch), outputs)
+      return sums["loss"], (sums, counts, totals, dict(new_state))
+
+    (_, (sums, counts, totals, new_state)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(params)
+    return new_state, (grads, sums, counts, totals)
+
+  if k == 1:
+    model_state, acc = micro_step(model_state, batch, rng)
+  else:
+    def split(x):
+      if x.ndim == 0 or x.shape[0] % k:
+        raise ValueError(f"a device batch of shape {x.shape} cannot be split into "
+                         f"config.train.grad_accum_steps={k} equal micro-batches")
+      return x.reshape((k, x.shape[0] // k) + x.shape[1:])
+
+    micro_batches = jax.tree.map(split, batch)
+    first = jax.tree.map(lambda x: x[0], micro_batches)
+    shapes = jax.eval_shape(lambda: micro_step(model_state, first, rng)[1])
+    zeros = _varying(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
+
+    def body(carry, xs):
+      model_state, acc = carry
+      micro_batch, index = xs
+      new_state, terms = micro_step(model_state, micro_batch, jax.random.fold_in(rng, index))
+      return _varying((new_state, jax.tree.map(jnp.add, acc, terms))), None
+
+    (model_state, acc), _ = jax.lax.scan(body, (model_state, zeros),
+                                         (micro_batches, jnp.arange(k)))
+  grads, sums, counts, totals = acc
+  terms = _global_terms(sums, counts, totals)
+  count = terms["loss"][1]
+  grads = jax.tree.map(lambda g: jax.lax.psum(g, parallel.DATA_AXIS) / count, grads)
+  metrics = {name: s / c for name, (s, c) in terms.items()}
+  return grads, _average_model_state(model_state), metrics
+
+
+def _apply_update(state: TrainState, grads, model_state, metrics, schedule):
+  metrics = dict(metrics)
+  metrics["grad_norm"] = optax.global_norm(grads)
+  metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
+  return state.apply_gradients(grads=grads, model_state=model_state), metrics
+
+
+def make_train_step(model: nn.Module, task: Task, mesh: jax.sharding.Mesh,
+                    schedule: Callable[[Any], Any], *, grad_accum_steps: int = 1):
+  """The ``shard_map`` strategy's jitted ``train_step(state, batch) -> (state, metrics)``.
+
+  ``state`` is replicated over ``mesh`` (donated); ``batch`` is a global batch sharded on
+  ``'data'`` (``parallel.shard_batch``); ``metrics`` are replicated scalars: every loss
+  term (global mean), ``error/*`` totals, ``grad_norm`` and ``learning_rate``.
+  ``grad_accum_steps`` splits each device's batch into that many micro-batches.
   """
 
   def per_device(params, model_state, rng, step, batch):
-    rng = jax.random.fold_in(jax.random.fold_in(rng, step),
-                             jax.lax.axis_index(parallel.DATA_AXIS))
-    mutable = list(model_state.keys())
-
-    def loss_fn(params):
-      if mutable:
-        outputs, new_state = model.apply(_variables(params, model_state), batch, train=True,
-                                         rngs={"dropout": rng}, mutable=mutable)
-      else:
-        outputs = model.apply(_variables(params, model_state), batch, train=True,
-                              rngs={"dropout": rng})
-        new_state = {}
-      sums, counts = _reduce_terms(task.loss_terms(outputs, batch), outputs)
-      loss = sums["loss"] / jax.lax.stop_gradient(counts["loss"])
-      return loss, (sums, counts, new_state)
-
-    (_, (sums, counts, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    metrics = {k: sums[k] / counts[k] for k in sums}
-    return grads, _average_model_state(dict(new_state)), metrics
+    return _device_gradients(model, task, params, model_state, rng, step, batch,
+                             grad_accum_steps=grad_accum_steps)
 
   sharded = jax.shard_map(per_device, mesh=mesh,
                           in_specs=(P(), P(), P(), P(), P(parallel.DATA_AXIS)),
@@ -166,14 +276,34 @@ def make_train_step(model: nn.Module, task: Task, mesh: jax.sharding.Mesh,
   def train_step(state: TrainState, batch):
     grads, new_model_state, metrics = sharded(state.params, state.model_state, state.rng,
                                               state.step, batch)
-    metrics["grad_norm"] = optax.global_norm(grads)
-    metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
-    state = state.apply_gradients(grads=grads, model_state=new_model_state)
-    return state, metrics
+    return _apply_update(state, grads, new_model_state, metrics, schedule)
 
   rep = parallel.replicated(mesh)
   return jax.jit(train_step, in_shardings=(rep, parallel.data_sharded(mesh)),
                  out_shardings=rep, donate_argnums=0)
+
+
+def make_pmap_train_step(model: nn.Module, task: Task, mesh: jax.sharding.Mesh,
+                         schedule: Callable[[Any], Any], *, grad_accum_steps: int = 1):
+  """The ``pmap`` strategy's ``train_step(state, batch) -> (state, metrics)``.
+
+  ``jax.pmap`` over the devices of ``mesh`` with axis name ``'data'``. ``state`` is in the
+  pmap layout (``parallel.pmap_replicate``: a leading device axis; donated); ``batch`` is
+  this process's batch reshaped ``[local_devices, per_device, ...]``
+  (``parallel.pmap_split_batch``). Each device computes the same global update as
+  ``make_train_step`` (gradients summed over all devices of all processes and divided by
+  the global count: the ``pmean`` of per-device gradients, exact under padding), so the
+  replicas stay equal. ``metrics`` have a leading axis of local devices (all equal).
+  """
+
+  def per_device(state: TrainState, batch):
+    grads, new_model_state, metrics = _device_gradients(
+        model, task, state.params, state.model_state, state.rng, state.step, batch,
+        grad_accum_steps=grad_accum_steps)
+    return _apply_update(state, grads, new_model_state, metrics, schedule)
+
+  return jax.pmap(per_device, axis_name=parallel.DATA_AXIS,
+                  devices=parallel.pmap_devices(mesh), donate_argnums=0)
 
 
 def make_eval_step(model: nn.Module, task: Task, mesh: jax.sharding.Mesh):
@@ -181,8 +311,7 @@ def make_eval_step(model: nn.Module, task: Task, mesh: jax.sharding.Mesh):
 
   def per_device(params, model_state, batch):
     outputs = model.apply(_variables(params, model_state), batch, train=False)
-    sums, counts = _reduce_terms(task.loss_terms(outputs, batch), outputs)
-    return {k: (sums[k], counts[k]) for k in sums}
+    return _global_terms(*_local_terms(task.loss_terms(outputs, batch), outputs))
 
   sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(parallel.DATA_AXIS)),
                           out_specs=P())
@@ -225,6 +354,57 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
     return state.replace(step=jnp.zeros((), jnp.int32))
 
   return jax.jit(init, out_shardings=parallel.replicated(mesh))(rng, batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+  """How the training loop runs one data-parallel strategy (``config.train.strategy``).
+
+  The *canonical* state is a TrainState replicated over the mesh; checkpoints, resume,
+  ``evaluate`` and ``predict`` use it whichever strategy trains. The loop keeps the
+  state in the strategy's own layout between checkpoints.
+
+  Attributes:
+    name: one of ``config_lib.STRATEGIES``.
+    train_step: ``(loop_state, device_batch) -> (loop_state, device_metrics)``; the loop
+      state is donated.
+    place_batch: this process's host batch ``[local_batch, ...]`` -> ``device_batch``.
+    to_loop_state: canonical state -> loop layout (the input is not donated).
+    to_canonical: loop layout -> canonical state (the input stays valid).
+    host_metrics: ``device_metrics`` -> ``{name: float}`` (the same on every process).
+  """
+  name: str
+  train_step: Callable[[Any, Any], tuple[Any, Any]]
+  place_batch: Callable[[Any], Any]
+  to_loop_state: Callable[[TrainState], Any]
+  to_canonical: Callable[[Any], TrainState]
+  host_metrics: Callable[[Any], dict[str, float]]
+
+
+def make_strategy(name: str, model: nn.Module, task: Task, mesh: jax.sharding.Mesh,
+                  schedule: Callable[[Any], Any], *, grad_accum_steps: int = 1) -> Strategy:
+  """The :class:`Strategy` called ``name`` ("shard_map" or "pmap") on ``mesh``."""
+  if name == "shard_map":
+    return Strategy(
+        name=name,
+        train_step=make_train_step(model, task, mesh, schedule,
+                                   grad_accum_steps=grad_accum_steps),
+        place_batch=lambda batch: parallel.shard_batch(batch, mesh),
+        to_loop_state=lambda state: state,
+        to_canonical=lambda state: state,
+        host_metrics=lambda m: {k: float(v) for k, v in parallel.fetch(m).items()})
+  if name == "pmap":
+    return Strategy(
+        name=name,
+        train_step=make_pmap_train_step(model, task, mesh, schedule,
+                                        grad_accum_steps=grad_accum_steps),
+        place_batch=lambda batch: parallel.pmap_split_batch(batch, mesh),
+        to_loop_state=lambda state: parallel.pmap_replicate(state, mesh),
+        to_canonical=lambda state: parallel.pmap_unreplicate(state, mesh),
+        # pmap outputs are process-local; every local device holds the same value.
+        host_metrics=lambda m: {k: float(np.asarray(v)[0]) for k, v in m.items()})
+  raise ValueError(
+      f"config.train.strategy={name!r} is not one of {config_lib.STRATEGIES}")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -384,19 +564,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  task = tasks.get_task(config) if task is None else task
   mesh = parallel.make_mesh() if mesh is None else mesh
   tc = config.train
+  config_lib.validate_train(tc, mesh.size)  # Before the task builds its datasets.
+  task = tasks.get_task(config) if task is None else task
   is_chief = jax.process_index() == 0
   process_count = jax.process_count()
 
   train_source = task.train_source()
   eval_sources = dict(task.eval_sources())
   batch_size = tc.global_batch_size
-  if batch_size % mesh.size or tc.eval_batch_size % mesh.size:
-    raise ValueError(
-        f"train.global_batch_size={batch_size} and train.eval_batch_size={tc.eval_batch_size} "
-        f"must be divisible by the number of devices ({mesh.size})")
   steps_per_epoch = pipeline.num_steps_per_epoch(len(train_source), batch_size,
                                                  tc.steps_per_epoch)
   total_steps = steps_per_epoch * tc.num_epochs
@@ -416,7 +593,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                     name="train", indices=list(range(per_device)))
   example["mask"] = np.ones((per_device,), np.float32)
   state = create_train_state(model, tx, example, config.seed, mesh)
-  train_step = make_train_step(model, task, mesh, schedule)
+  strategy = make_strategy(tc.strategy, model, task, mesh, schedule,
+                           grad_accum_steps=tc.grad_accum_steps)
   eval_step = make_eval_step(model, task, mesh)
 
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -441,8 +619,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   if not book.finished:
     logging.info("Training %d steps (%d epochs x %d steps, global batch %d, %d devices, "
-                 "%d processes) from step %d.", total_steps, tc.num_epochs, steps_per_epoch,
-                 batch_size, mesh.size, process_count, book.step)
+                 "%d processes, strategy %s, %d micro-batches per device batch) from step %d.",
+                 total_steps, tc.num_epochs, steps_per_epoch, batch_size, mesh.size,
+                 process_count, strategy.name, tc.grad_accum_steps, book.step)
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm(total=total_steps, initial=book.step, unit="step", dynamic_ncols=True,
                disable=not (is_chief and tc.progress_bar))
@@ -451,7 +630,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     def consume(step_and_metrics) -> None:
       s, device_metrics = step_and_metrics
-      host = {k: float(v) for k, v in parallel.fetch(device_metrics).items()}
+      host = strategy.host_metrics(device_metrics)
       _check_health(host, where(s))
       for k, v in host.items():
         window.setdefault(k, []).append(v)
@@ -466,8 +645,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     batches = pipeline.iterate(train_ds, book.step, num_threads=tc.data_threads,
                                prefetch=tc.prefetch_batches)
     step = book.step
+    loop_state = strategy.to_loop_state(state)  # shard_map: the same object (donated below).
     while step < total_steps and not book.finished:
-      state, metrics = train_step(state, parallel.shard_batch(next(batches), mesh))
+      loop_state, metrics = strategy.train_step(loop_state, strategy.place_batch(next(batches)))
       if pending is not None:
         consume(pending)
       pending = (step, metrics)
@@ -480,6 +660,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       consume(pending)
       pending = None
       book.step = step
+      state = strategy.to_canonical(loop_state)
       if epoch_end:
         book.epoch = step // steps_per_epoch
         if VALIDATION in eval_sources:
@@ -508,6 +689,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           book.finished = True
           book.stop_reason = book.stop_reason or f"completed {tc.num_epochs} epochs"
       ckpt.save(step, state, book.to_json())
+    state = strategy.to_canonical(loop_state)
+    del loop_state
     bar.close()
     logging.info("Training finished at step %d: %s", book.step, book.stop_reason)
 
