@@ -271,3 +271,20 @@ def test_paper_resolution_round_trip(tmp_path):
     np.testing.assert_array_equal(ex["label"], events.labels[0])
     stats = sbnd_tfds.split_stats(builder)[split]
     assert stats["mean_active_pixels_per_plane"] == np.count_nonzero(events.images[0]) / 3
+
+
+def test_source_min_abs_value_zeroes_specks_and_keeps_labels():
+  h, w = 4, 4
+  pixels = np.array([0, 5, 16 + 3, 2 * 16 + 7], np.int32)
+  values = np.array([0.01, -2.0, 0.04, 0.3], np.float32)
+  labels = np.array([1, 1, 2, 0], np.uint8)
+  ex = {"pixels": pixels, "values": values, "labels": labels, "interaction": 1,
+        "neutrino_energy_gev": 0.7}
+  plain = sbnd_source.SbndSource([ex], h, w)[0]
+  cut = sbnd_source.SbndSource([ex], h, w, min_abs_value=0.05)[0]
+  np.testing.assert_array_equal(cut["label"], plain["label"])
+  expected = np.where(np.abs(plain["image"]) >= 0.05, plain["image"], 0)
+  np.testing.assert_array_equal(cut["image"], expected)
+  assert cut["image"].reshape(-1)[5] == -2.0 and cut["image"].reshape(-1)[0] == 0
+  with pytest.raises(ValueError, match="min_abs_value"):
+    sbnd_source.SbndSource([ex], h, w, min_abs_value=-1)

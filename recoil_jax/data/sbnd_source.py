@@ -60,10 +60,16 @@ class SbndSource:
   """Fixed-shape view of a split of the SBND TFDS dataset."""
 
   def __init__(self, data_source: Sequence[dict[str, Any]], height: int, width: int,
-               name: str = ""):
+               name: str = "", min_abs_value: float = 0.0):
     if int(height) < 1 or int(width) < 1:
       raise ValueError(f"height and width must be >= 1, got {height}, {width}")
+    if not min_abs_value >= 0:
+      raise ValueError(f"min_abs_value must be >= 0, got {min_abs_value}")
     self._source = data_source
+    # Pixels with |value| below this are zeroed after densifying (labels untouched): at
+    # coarse resolutions a pixel averages hundreds of native pixels, so one native noise
+    # crossing becomes a speck of ~0.02 ADC in almost half of the pixels.
+    self.min_abs_value = float(min_abs_value)
     self.height = int(height)
     self.width = int(width)
     self.name = name or str(getattr(data_source, "split", "") or "sbnd split")
@@ -76,6 +82,8 @@ class SbndSource:
     ex = self._source[i]
     image, label = densify(ex["pixels"], ex["values"], ex["labels"], self.height, self.width,
                            where=f"{self.name}[{i}]")
+    if self.min_abs_value > 0:
+      image = np.where(np.abs(image) >= self.min_abs_value, image, np.float32(0))
     return {"image": image, "label": label,
             "interaction": np.int32(ex["interaction"]),
             "neutrino_energy_gev": np.float32(ex["neutrino_energy_gev"])}
@@ -108,7 +116,8 @@ class InMemorySbndSource:
             "neutrino_energy_gev": np.float32(e.neutrino_energy_gev[i])}
 
 
-def sbnd_sources(builder, splits: Sequence[str] | None = None) -> dict[str, SbndSource]:
+def sbnd_sources(builder, splits: Sequence[str] | None = None,
+                 min_abs_value: float = 0.0) -> dict[str, SbndSource]:
   """``{split: SbndSource}`` for a prepared ``sbnd_tfds`` builder (all its splits by default)."""
   if not builder.is_prepared():
     raise ValueError(f"{builder.data_path}: dataset is not prepared (build it with "
@@ -122,5 +131,6 @@ def sbnd_sources(builder, splits: Sequence[str] | None = None) -> dict[str, Sbnd
   missing = [s for s in names if s not in available]
   if missing:
     raise KeyError(f"{builder.data_path}: no split(s) {missing}; available {available}")
-  return {s: SbndSource(builder.as_data_source(s), height, width, name=s)
+  return {s: SbndSource(builder.as_data_source(s), height, width, name=s,
+                       min_abs_value=min_abs_value)
           for s in names}

@@ -15,6 +15,7 @@ from recoil_jax.tasks.base import Task
 _REGISTRY: dict[str, str] = {
     "toy_regression": "recoil_jax.tasks.toy:ToyRegressionTask",
     "tpc_direction": "recoil_jax.tasks.tpc:TpcDirectionTask",
+    "sbnd_cosmic": "recoil_jax.tasks.sbnd:SbndCosmicTask",
 }
 
 

@@ -1,0 +1,265 @@
+"""The SBND task: config variants and parameter counts, loss terms, launcher runs on
+simulated data and on CosmicTagger-format files, the ablation script and the colab."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT, load_config, subprocess_env
+from recoil_jax.analysis import segmentation as seg
+from recoil_jax.tasks import sbnd
+
+CONFIG = "configs/sbnd_cosmic.py"
+
+
+def _config_module():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("_sbnd_cfg", os.path.join(REPO_ROOT, CONFIG))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _launch(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "recoil_jax.main", *args], cwd=REPO_ROOT,
+                        env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+
+
+# ------------------------------------------------------------------------- configs
+
+
+def test_interaction_names_match_the_simulator():
+  from recoil_jax.sim import lartpc  # pylint: disable=g-import-not-at-top
+  assert seg.INTERACTIONS == lartpc.INTERACTIONS
+
+
+def test_variants_compose_and_unknown_variant_fails():
+  config = load_config(CONFIG, "batch2+paper+adam+full_balance")
+  assert config.train.global_batch_size == 16  # "paper" applied first, then doubled.
+  assert (config.data.height, config.data.width) == (640, 1024)
+  assert config.optimizer.name == "adam" and config.loss.balance == "full"
+  assert config.train.strategy == "pmap"
+  accum = load_config(CONFIG, "batch2_accum")
+  assert accum.train.global_batch_size == 16 and accum.train.grad_accum_steps == 2
+  base = load_config(CONFIG)
+  assert base.optimizer.name == "rmsprop" and base.optimizer.learning_rate == 3e-4
+  assert base.train.global_batch_size == 8 and tuple(base.loss.class_weights) == (1, 1.5, 10)
+  assert load_config(CONFIG, "lr_x10").optimizer.learning_rate == pytest.approx(3e-3)
+  with pytest.raises(ValueError, match="no_such_variant.*known"):
+    load_config(CONFIG, "no_such_variant")
+  with pytest.raises(AttributeError):
+    load_config(CONFIG, "smoke").model.no_such_key = 1
+
+
+# Model fields that do not change the parameter tree.
+_NUMERIC_ONLY = ("dtype", "cross_replica_bn", "leaky_slope", "bn_momentum", "bn_epsilon")
+
+
+def test_every_variant_builds_with_the_expected_parameter_count():
+  """Every variant's config builds its model; each distinct parameter structure (at the
+  default size, and the paper's Table 1 size) has the count of Table 1's rule
+  (sbnd.expected_parameter_count, independent of the model code)."""
+  module = _config_module()
+  counts, seen = {}, {}
+  for variant in ("",) + module.VARIANTS + ("paper+concat",):
+    config = load_config(CONFIG, variant)
+    model = sbnd.SbndCosmicTask(config).build_model()  # Every variant builds.
+    structure = tuple(sorted((k, v) for k, v in config.model.items() if k not in _NUMERIC_ONLY))
+    if structure in seen:  # e.g. batch2, adam, bf16: the default's parameters.
+      counts[variant] = counts[seen[structure]]
+      continue
+    seen[structure] = variant
+    shapes = sbnd.abstract_variables(model, config.data.height, config.data.width)
+    counts[variant] = sbnd.parameter_count(shapes)
+    assert counts[variant] == sbnd.expected_parameter_count(config.model), variant
+    assert "batch_stats" in shapes
+  # Table 1 (REFERENCE.md §3b): 23,839,953 printed; −30 for the final 1×1 conv (27 instead
+  # of Table 1's 57, which no code version has).
+  assert counts["paper"] == 23_839_953 - 30
+  assert counts["paper+concat"] - counts["paper"] == sum(
+      f * (2 * f + 3) for f in (8, 16, 32, 64, 128, 256))
+  assert counts["filters_half"] < counts[""] < counts["conv_upsample"]
+  assert counts["non_residual"] < counts[""]
+  for same in ("batch2", "no_balance", "lr_x10", "adam", "full_balance", "focal", "bf16"):
+    assert seen.get(tuple(sorted(
+        (k, v) for k, v in load_config(CONFIG, same).model.items()
+        if k not in _NUMERIC_ONLY))) == "", same  # Training-only variants: default model.
+
+
+def test_bad_config_values_are_clear_errors(tmp_path):
+  config = load_config(CONFIG, "smoke")
+  config.model.dtype = "float16"
+  with pytest.raises(ValueError, match="config.model.dtype"):
+    sbnd.SbndCosmicTask(config).build_model()
+  config = load_config(CONFIG, "smoke")
+  config.data.files.train = str(tmp_path / "*.h5")
+  with pytest.raises(ValueError, match="files.validation, files.test"):
+    sbnd.SbndCosmicTask(config)
+  config.data.files.validation = config.data.files.test = config.data.files.train
+  with pytest.raises(FileNotFoundError, match="config.data.files.train"):
+    sbnd.SbndCosmicTask(config)
+
+
+# ------------------------------------------------------------------------- loss terms
+
+
+def test_train_and_eval_outputs_give_the_same_loss_terms():
+  """The training path (logits) and the evaluation path (per-event statistics computed in
+  the model) reduce to the same (sum, count) terms; padded events count for nothing."""
+  config = load_config(CONFIG, "smoke")
+  task = sbnd.SbndCosmicTask(config)
+  rng = np.random.default_rng(0)
+  h, w = 16, 32  # Smaller than the smoke data: only the code path matters here.
+  label = rng.choice(3, size=(3, 3, h, w), p=[0.9, 0.08, 0.02]).astype(np.int32)
+  image = np.where(label > 0, rng.uniform(10, 80, label.shape), 0).astype(np.float32)
+  batch = {"image": jnp.asarray(image), "label": jnp.asarray(label),
+           "mask": jnp.asarray([1.0, 1.0, 0.0])}
+  masked = dict(batch, label=batch["label"].at[2].set(2))  # Changes only the padded event.
+  model = task.build_model()
+
+  @jax.jit  # One compilation instead of thousands of eager ops.
+  def run(batch, masked):
+    variables = model.init(jax.random.PRNGKey(0), batch, train=False)
+    stats_out = model.apply(variables, batch, train=False)
+    logits_out = model.clone(eval_outputs="logits").apply(variables, batch, train=False)
+    return (stats_out, logits_out, task.loss_terms(stats_out, batch),
+            task.loss_terms(logits_out, batch),
+            task.loss_terms(model.apply(variables, masked, train=False), masked))
+
+  stats_out, logits_out, a, b, c = run(batch, masked)
+  stats_keys, logits_keys = set(stats_out), set(logits_out)
+  assert logits_keys == {"logits"} and "event_loss" in stats_keys
+  assert set(a) == {"loss", *seg.METRIC_NAMES}
+  for name in a:
+    np.testing.assert_allclose(np.asarray(a[name]), np.asarray(b[name]), rtol=1e-5,
+                               err_msg=name)
+  assert float(a["loss"][1]) == 2.0 and float(a["cosmic_iou"][1]) == 6.0  # 2 events × 3.
+  np.testing.assert_allclose(np.asarray(c["loss"]), np.asarray(a["loss"]), rtol=1e-6)
+
+
+# ------------------------------------------------------------------------- launcher
+
+
+def _check_workdir(workdir: str, *, simulated: bool) -> dict:
+  with open(os.path.join(workdir, "final_metrics.json")) as f:
+    final = json.load(f)["metrics"]
+  for split in ("validation", "test"):
+    for name in ("loss", *seg.METRIC_NAMES[:5]):
+      assert np.isfinite(final[split][name]), (split, name)
+    assert 0.0 <= final[split]["accuracy"] <= 1.0
+  analysis = final["analysis"]
+  assert analysis["data"] == ("simulated" if simulated else "CosmicTagger files")
+  # The analysis recomputes the test metrics from per-event statistics: same numbers.
+  for name in seg.METRIC_NAMES[:5]:
+    assert analysis["metrics"][name] == pytest.approx(final["test"][name], rel=1e-5)
+  files = set(os.listdir(workdir))
+  assert {"sbnd_metrics.md", "sbnd_analysis.json", "predictions_test.npz",
+          "event_displays_test.npz"} <= files
+  displays = [f for f in files if f.startswith("event_display_") and f.endswith(".png")]
+  assert len(displays) == 2 * load_config(CONFIG, "smoke").analysis.num_event_displays
+  with np.load(os.path.join(workdir, "predictions_test.npz")) as p:
+    assert p["selected"].shape == p["interaction"].shape
+    assert p["intersection"].shape[1:] == (3, 2)
+  return final
+
+
+def test_smoke_run_from_the_launcher_writes_metrics_tables_and_plots(tmp_path):
+  workdir = str(tmp_path / "wd")
+  proc = _launch(f"--config={CONFIG}:smoke", f"--workdir={workdir}",
+                 f"--config.data.data_dir={tmp_path / 'tfds'}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  final = _check_workdir(workdir, simulated=True)
+  for name in ("selection.md", "selection.json", "figure9.png", "figure9.md",
+               "figure9.json"):
+    assert os.path.isfile(os.path.join(workdir, name)), name
+  md = open(os.path.join(workdir, "selection.md")).read()
+  assert "simulated" in md and "cosmic-only rejection" in md
+  table3 = final["analysis"]["selection"]
+  n_test = load_config(CONFIG, "smoke").data.num_test
+  assert sum(table3[t]["n"] or 0 for t in ("nue_cc", "numu_cc", "nc")) + (
+      table3["cosmic_only_rejection"]["n"]) == n_test
+
+
+def test_cosmictagger_files_train_and_evaluate_from_the_launcher(tmp_path):
+  """Files in the CosmicTagger larcv3 layout (written from simulated events at twice the
+  smoke resolution, read back with the paper's ×2 downsampling) replace the simulator."""
+  from recoil_jax.data import larcv  # pylint: disable=g-import-not-at-top
+  from recoil_jax.sim import lartpc  # pylint: disable=g-import-not-at-top
+  smoke = load_config(CONFIG, "smoke")
+  h, w = 2 * smoke.data.height, 2 * smoke.data.width
+  globs = {}
+  for k, (split, n) in enumerate((("train", 8), ("validation", 4), ("test", 4))):
+    ev = lartpc.simulate_sbnd_events(100 + k, n, height=h, width=w)
+    path = tmp_path / f"cosmic_tagging_{split}.h5"
+    larcv.write_cosmictagger(path, ev.images, ev.labels)
+    globs[split] = str(path)
+  workdir = str(tmp_path / "wd")
+  proc = _launch(f"--config={CONFIG}:smoke", f"--workdir={workdir}",
+                 f"--config.data.data_dir={tmp_path / 'tfds'}",
+                 *(f"--config.data.files.{s}={g}" for s, g in globs.items()))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  final = _check_workdir(workdir, simulated=False)
+  assert "selection" not in final["analysis"]  # No truth interaction types in the files.
+  assert "unknown" in final["analysis"]["selection_note"]
+  assert not os.path.exists(os.path.join(workdir, "figure9.png"))
+  with np.load(os.path.join(workdir, "event_displays_test.npz")) as d:
+    assert d["images"].shape[1:] == (3, smoke.data.height, smoke.data.width)
+
+
+# ------------------------------------------------------------------------- ablation, colab
+
+
+@pytest.mark.slow
+def test_ablation_script_quick_and_resumable(tmp_path):
+  """Two variants at the --quick size; a second call skips both (resumable)."""
+  cmd = [sys.executable, os.path.join(REPO_ROOT, "scripts", "sbnd_ablation.py"),
+         f"--workdir={tmp_path}", "--quick", "--variants=baseline,no_balance"]
+  proc = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True,
+                        text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  table = json.loads((tmp_path / "ablation.json").read_text())
+  assert [r["variant"] for r in table["rows"]] == ["baseline", "no_balance"]
+  assert all(np.isfinite(r["metrics"]["mean_iou"]) for r in table["rows"])
+  md = (tmp_path / "ablation.md").read_text()
+  assert "simulated" in md and "| No Loss Balance |" in md and "0.544" in md
+  again = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True,
+                         text=True, timeout=300)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert again.stdout.count("already finished") == 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_sbnd_notebook_runs(tmp_path, monkeypatch):
+  import nbformat  # pylint: disable=g-import-not-at-top
+  from nbclient import NotebookClient  # pylint: disable=g-import-not-at-top
+  path = os.path.join(REPO_ROOT, "colabs", "sbnd_cosmic.ipynb")
+  nb = nbformat.read(path, as_version=4)
+  nbformat.validate(nb)
+  for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+    assert cell.outputs == [] and cell.execution_count is None, f"code cell {i} has outputs"
+  monkeypatch.setenv("RECOIL_JAX_ROOT", REPO_ROOT)
+  monkeypatch.setenv("RECOIL_JAX_COLAB_DIR", str(tmp_path / "colab"))
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  monkeypatch.setenv("MPLBACKEND", "Agg")
+  monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep
+                     + os.environ.get("PATH", ""))
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  client = NotebookClient(nb, timeout=900, kernel_name="python3",
+                          resources={"metadata": {"path": os.path.dirname(path)}})
+  client.execute()
+  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+  assert not [o for o in outputs if o.output_type == "error"]
+  text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+  assert "simulated" in text
+  assert "The loaded weights reproduce the run's test metrics." in text
+  images = [o for o in outputs if "image/png" in o.get("data", {})]
+  assert len(images) >= 4, f"{len(images)} images"
