@@ -13,9 +13,12 @@ forward+backward, with:
 
 Each implementation runs in its own subprocess so that its peak resident memory
 (ru_maxrss) is its own. Prints events/s, peak RSS and ratios recoil_jax / peer, plus the
-simulator's tracks/s, and writes a JSON file.
+simulator's tracks/s and the machine's load average, and writes a JSON file. On a shared
+machine use ``--rounds``: the implementations then run alternately, and the speed-ups are
+medians of per-round ratios (each round times both sides under similar load).
 
   python scripts/bench_sparse_conv.py --batch 64 --repeats 5 --out bench_sparse_conv.json
+  python scripts/bench_sparse_conv.py --batch 64 --impls recoil_jax,spconv --rounds 3
 """
 
 from __future__ import annotations
@@ -215,13 +218,54 @@ def child(args) -> None:
   print("RESULT " + json.dumps(result))
 
 
+def _run_child(impl: str, data_path: str, repeats: int) -> dict:
+  """Runs one implementation in a fresh process; ``name@PATH`` imports recoil_jax from PATH."""
+  base, _, tree = impl.partition("@")
+  if base not in RUNNERS:
+    raise SystemExit(f"--impls: unknown implementation {base!r}; known: {', '.join(IMPLS)}")
+  env = dict(os.environ)
+  if tree:
+    env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(tree)] + (
+        [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+  cmd = [sys.executable, __file__, "--impl", base, "--data", data_path, "--repeats", str(repeats)]
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  if line:
+    return json.loads(line[-1][7:])
+  tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+  return {"error": f"exit {proc.returncode}: {tail[0][:300]}"}
+
+
+def _aggregate(runs: list[dict]) -> dict:
+  """Median over rounds of each timing; the first error / note of any round is kept."""
+  out: dict = {"rounds": len(runs)}
+  for key in ("forward_s", "backward_s"):
+    vals = [r[key] for r in runs if key in r]
+    if vals:
+      out[key] = float(np.median(vals))
+      out[key + "_per_round"] = vals
+  for key in ("error", "skipped", "backward_error", "capacity_overflow"):
+    notes = [r[key] for r in runs if key in r]
+    if notes:
+      out[key] = notes[0]
+  rss = [r["peak_rss_mb"] for r in runs if "peak_rss_mb" in r]
+  if rss:
+    out["peak_rss_mb"] = max(rss)
+  return out
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--rounds", type=int, default=1,
+                 help="run the implementations this many times, alternating, and report medians "
+                      "(and the median of the per-round speed-ups): fairer on a shared machine")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--max-voxels", type=int, default=2048)
-  p.add_argument("--impls", default=",".join(IMPLS))
+  p.add_argument("--impls", default=",".join(IMPLS),
+                 help="comma-separated; NAME@PATH runs NAME with recoil_jax imported from the "
+                      "source tree PATH (e.g. recoil_jax@/tmp/old_checkout for a before/after)")
   p.add_argument("--out", default="")
   p.add_argument("--impl", help=argparse.SUPPRESS)
   p.add_argument("--data", help=argparse.SUPPRESS)
@@ -230,6 +274,7 @@ def main() -> None:
     return child(args)
 
   import tempfile
+  impls = args.impls.split(",")
   coords, charges, nvox, labels, sim_info = make_batch(args.batch, args.seed, args.max_voxels)
   from recoil_jax.sim import electron_recoil
   n_sim = 2048
@@ -241,43 +286,48 @@ def main() -> None:
   report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                         "python": platform.python_version()},
             "batch": args.batch, "active_voxels_per_event": float(np.mean(nvox)),
-            "simulator_tracks_per_s_50keV": sim_rate, "impls": {}}
+            "simulator_tracks_per_s_50keV": sim_rate, "impls": {},
+            "load_average_1min": [os.getloadavg()[0]]}
+  runs: dict[str, list[dict]] = {impl: [] for impl in impls}
   with tempfile.TemporaryDirectory() as tmp:
     data_path = os.path.join(tmp, "batch.npz")
     np.savez(data_path, coords=coords, charges=charges, num_voxels=nvox, direction=labels)
-    for impl in args.impls.split(","):
-      cmd = [sys.executable, __file__, "--impl", impl, "--data", data_path,
-             "--repeats", str(args.repeats)]
-      proc = subprocess.run(cmd, capture_output=True, text=True)
-      line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-      if line:
-        report["impls"][impl] = json.loads(line[-1][7:])
-      else:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        report["impls"][impl] = {"error": f"exit {proc.returncode}: {tail[0][:300]}"}
+    for _ in range(args.rounds):
+      for impl in impls:
+        runs[impl].append(_run_child(impl, data_path, args.repeats))
+        report["load_average_1min"].append(os.getloadavg()[0])
+  report["impls"] = {impl: _aggregate(r) for impl, r in runs.items()}
 
   print(f"machine: {report['machine']}")
   print(f"batch {args.batch} simulated 50 keV tracks (σ 443 µm), "
-        f"{report['active_voxels_per_event']:.0f} active voxels/event")
+        f"{report['active_voxels_per_event']:.0f} active voxels/event; {args.rounds} round(s) x "
+        f"{args.repeats} repeats; 1-min load average during the run: "
+        + " ".join(f"{v:.1f}" for v in report["load_average_1min"]))
   print(f"simulator: {sim_rate:.0f} tracks/s (50 keV, warm)")
   print(f"{'impl':<12} {'fwd ev/s':>10} {'fwd+bwd ev/s':>13} {'peak RSS MB':>12}  note")
-  ours = report["impls"].get("recoil_jax", {})
+  ours_name = next((i for i in impls if i == "recoil_jax"), impls[0])
   for impl, r in report["impls"].items():
     f = args.batch / r["forward_s"] if "forward_s" in r else float("nan")
     b = args.batch / r["backward_s"] if "backward_s" in r else float("nan")
     note = r.get("error") or r.get("skipped") or r.get("backward_error", "")
     print(f"{impl:<12} {f:>10.1f} {b:>13.1f} {r.get('peak_rss_mb', float('nan')):>12.0f}  {note}")
-  for impl, r in report["impls"].items():
-    if impl == "recoil_jax" or "forward_s" not in ours:
+  ours = runs[ours_name]
+  for impl in impls:
+    if impl == ours_name:
       continue
     for key in ("forward_s", "backward_s"):
-      if key in r and key in ours:
-        ratio = r[key] / ours[key]
-        report.setdefault("speedup_of_recoil_jax", {}).setdefault(impl, {})[key] = ratio
-        print(f"recoil_jax vs {impl} {key[:-2]}: {ratio:.2f}x faster")
+      ratios = [theirs[key] / mine[key] for mine, theirs in zip(ours, runs[impl])
+                if key in mine and key in theirs]
+      if ratios:
+        report.setdefault("speedup_of_recoil_jax", {}).setdefault(impl, {})[key] = float(
+            np.median(ratios))
+        spread = f" (per round {min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else ""
+        print(f"{ours_name} vs {impl} {key[:-2]}: {np.median(ratios):.2f}x faster{spread}")
   if args.out:
-    with open(args.out, "w") as f:
+    tmp_out = args.out + ".tmp"
+    with open(tmp_out, "w") as f:
       json.dump(report, f, indent=2)
+    os.replace(tmp_out, args.out)
 
 
 if __name__ == "__main__":

@@ -115,6 +115,32 @@ def test_padded_voxels_outside_grid():
   assert int(st.overflow) == 1 and int(st.num_active) == 1
 
 
+@pytest.mark.parametrize("shape", [(5, 6, 7), (200, 200, 200)])
+def test_padded_voxels_match_numpy(shape):
+  """Random voxel lists with duplicates and padding, against a dict-based merge. (5, 6, 7) takes the
+  packed per-event sort, (200, 200, 200) x 600 rows is too big to pack in 32 bits: argsort."""
+  rng = np.random.default_rng(13)
+  b, v = 3, 600
+  coords = rng.integers(0, 4, size=(b, v, 3)) * (np.array(shape) // 4)  # few distinct: duplicates
+  coords = (coords + rng.integers(0, 2, size=(b, v, 3))).astype(np.int32)
+  feats = rng.normal(size=(b, v, 2)).astype(np.float32)
+  num = np.array([v, 0, 137], np.int32)
+  st = jax.jit(lambda c, f, n: sp.from_padded_voxels(c, f, n, shape))(coords, feats, num)
+  want = {}
+  for e in range(b):
+    for r in range(num[e]):
+      key = (e,) + tuple(int(t) for t in coords[e, r])
+      want[key] = want.get(key, 0.0) + feats[e, r].astype(np.float64)
+  keys = sorted(want)
+  got_coords = np.asarray(st.coords)
+  assert int(st.num_active) == len(keys) and int(st.overflow) == 0
+  np.testing.assert_array_equal(got_coords[:len(keys)], np.array(keys))
+  assert np.all(got_coords[len(keys):] == [-1, 0, 0, 0])
+  np.testing.assert_allclose(np.asarray(st.features)[:len(keys)], np.array([want[k] for k in keys]),
+                             rtol=1e-5, atol=1e-5)
+  assert np.all(np.asarray(st.features)[len(keys):] == 0)
+
+
 def test_key_range_and_argument_errors():
   st = sp.from_dense(jnp.zeros((2, 3, 3, 3, 1)), 4)
   big = st.replace(spatial_shape=(2048, 2048, 2048))
@@ -147,7 +173,7 @@ def test_sparse_conv_matches_dense(seed):
   st = sp.from_dense(jnp.asarray(x), max(int(occ.sum()), 1) + 3)
   cap = int(sites.sum()) + 5
   computes = ["gather_first", "matmul_gather"] + (["matmul_scatter"] if ss == (1, 1, 1) else [])
-  for method in [("sort", "grid")[seed % 2]]:  # both methods are compared map-for-map below
+  for method in [("sort", "grid", "bitmap")[seed % 3]]:  # all are compared map-for-map below
     for compute in computes:
       out = sp.sparse_conv(st, jnp.asarray(w), jnp.asarray(bias), strides=ss, padding=ps, dilation=ds,
                            out_capacity=cap, method=method, compute=compute)
@@ -169,7 +195,7 @@ def test_subm_conv_matches_dense(seed):
   want = np.where(occ[..., None],
                   np.asarray(dense_conv(jnp.asarray(x), jnp.asarray(w), (1, 1, 1), pads, ds)) + bias, 0)
   st = sp.from_dense(jnp.asarray(x), int(occ.sum()) + 2)
-  for method in [("sort", "grid")[seed % 2]]:
+  for method in [("sort", "grid", "bitmap")[seed % 3]]:
     for compute in ("gather_first", "matmul_gather", "matmul_scatter"):
       out = sp.subm_conv(st, jnp.asarray(w), jnp.asarray(bias), dilation=ds, method=method,
                          compute=compute)
@@ -185,7 +211,7 @@ def test_max_pool_matches_dense(seed):
   sites = np.asarray(dense_sites(jnp.asarray(occ), ks, ss, ps, ds))
   want = np.where(sites[..., None], np.asarray(dense_max_pool(jnp.asarray(x), ks, ss, ps, ds)), 0)
   st = sp.from_dense(jnp.asarray(x), int(occ.sum()) + 1)
-  for method in [("sort", "grid")[seed % 2]]:
+  for method in [("sort", "grid", "bitmap")[seed % 3]]:
     out = sp.sparse_max_pool(st, ks, strides=ss, padding=ps, dilation=ds,
                              out_capacity=int(sites.sum()) + 2, method=method)
     case = f"{method} shape={shape} k={ks} s={ss} p={ps} d={ds}"
@@ -194,20 +220,22 @@ def test_max_pool_matches_dense(seed):
 
 
 @pytest.mark.parametrize("case", ["strided", "unit", "subm", "overflow"])
-def test_sort_and_grid_maps_are_identical(case):
+def test_sort_grid_and_bitmap_maps_are_identical(case):
   rng = np.random.default_rng(11)
-  x, occ = random_dense(rng, 3, (9, 7, 8), 1, 0.25)
+  # 40 voxels along the last axis: bitmap rows span two 32-bit words.
+  x, occ = random_dense(rng, 3, (9, 7, 40), 1, 0.1)
   st = sp.from_dense(jnp.asarray(x), int(occ.sum()) + 4)
   maps = {}
-  for method in ("sort", "grid"):
+  for method in ("sort", "grid", "bitmap"):
     if case == "subm":
       maps[method] = km.build_subm_map(st.coords, st.spatial_shape, 3, (3, 5, 3), (1, 2, 1), method=method)
     else:
-      s, cap = ((3, 2, 2), 300) if case == "strided" else ((1, 1, 1), 900 if case == "unit" else 100)
+      s, cap = ((3, 2, 2), 600) if case == "strided" else ((1, 1, 1), 4000 if case == "unit" else 100)
       maps[method] = km.build_conv_map(st.coords, st.spatial_shape, 3, (4, 3, 2), s, (1, 0, 2), (1, 2, 1),
                                        cap, method=method, build_in_map=True)
-  for a, b in zip(jax.tree_util.tree_leaves(maps["sort"]), jax.tree_util.tree_leaves(maps["grid"])):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  for other in ("grid", "bitmap"):
+    for a, b in zip(jax.tree_util.tree_leaves(maps["sort"]), jax.tree_util.tree_leaves(maps[other])):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=other)
   kmap = maps["sort"]
   # in_map and out_map describe the same pairs.
   pairs_out = {(int(o), int(k), int(n)) for o, k in zip(*np.nonzero(np.asarray(kmap.out_map) >= 0))
@@ -217,6 +245,74 @@ def test_sort_and_grid_maps_are_identical(case):
   assert pairs_out == pairs_in and len(pairs_out) > 0
   if case == "overflow":
     assert int(kmap.overflow) > 0 and int(kmap.num_sites) == 100 + int(kmap.overflow)
+
+
+def test_unique_and_lookup_methods_agree():
+  rng = np.random.default_rng(12)
+  space = 1000
+  keys = np.where(rng.random(300) < 0.8, rng.integers(0, space, 300), km.INT32_MAX).astype(np.int32)
+  distinct = np.unique(keys[keys != km.INT32_MAX])
+  for cap in (400, 50):  # 50: the lowest keys are kept, the others get inverse -1
+    results = {m: jax.jit(functools.partial(km.unique_keys, space=space, capacity=cap, method=m))(
+        jnp.asarray(keys)) for m in ("sort", "grid", "bitmap")}
+    uniq, count, inverse = (np.asarray(a) for a in results["sort"])
+    assert int(count) == len(distinct)
+    np.testing.assert_array_equal(uniq[:min(cap, len(distinct))], distinct[:cap])
+    kept = (keys != km.INT32_MAX) & np.isin(keys, distinct[:cap])
+    np.testing.assert_array_equal(uniq[inverse[kept]], keys[kept])
+    assert np.all(inverse[~kept] == -1)
+    for m in ("grid", "bitmap"):
+      for a, b in zip(results["sort"], results[m]):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=m)
+  table = np.where(rng.random(120) < 0.9, rng.permutation(space)[:120], km.INT32_MAX).astype(np.int32)
+  queries = np.concatenate([table[:60], rng.integers(0, space, 200).astype(np.int32), [km.INT32_MAX]])
+  want = np.array([np.flatnonzero(table == q)[0] if q != km.INT32_MAX and q in table else -1
+                   for q in queries])
+  for m in ("sort", "grid", "bitmap"):
+    got = np.asarray(jax.jit(functools.partial(km.lookup_keys, space=space, method=m))(
+        jnp.asarray(table), jnp.asarray(queries)))
+    np.testing.assert_array_equal(got, want, err_msg=m)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_space_to_depth_conv_equals_direct_map(seed):
+  """Strided convs with kernels divisible by the strides run as space-to-depth + stride-1 conv:
+  same sites and rows as the direct map, same values up to float32 summation order."""
+  rng = np.random.default_rng(300 + seed)
+  while True:
+    shape = tuple(int(v) for v in rng.integers(4, 11, size=3))
+    ss = tuple(int(v) for v in rng.integers(1, 4, size=3))
+    ks = tuple(int(s * rng.integers(1, 3)) for s in ss)
+    ps = tuple(int(v) for v in rng.integers(0, 3, size=3))
+    if not sp.reference.can_space_to_depth(ks, ss, (1, 1, 1)):
+      continue
+    try:
+      out_shape = km.conv_output_shape(shape, ks, ss, ps, (1, 1, 1))
+    except ValueError:
+      continue
+    break
+  batch, c_in, c_out = int(rng.integers(1, 4)), int(rng.integers(1, 4)), int(rng.integers(1, 4))
+  x, occ = random_dense(rng, batch, shape, c_in, float(rng.uniform(0.05, 0.5)))
+  st = sp.from_dense(jnp.asarray(x), int(occ.sum()) + 3)
+  w = jnp.asarray(rng.normal(size=ks + (c_in, c_out)), jnp.float32)
+  cap = batch * int(np.prod(out_shape))
+  got = jax.jit(functools.partial(sp.sparse_conv, strides=ss, padding=ps, out_capacity=cap))(st, w)
+  kmap = km.build_conv_map(st.coords, shape, batch, ks, ss, ps, (1, 1, 1), cap, method="sort")
+  want = sp.gather_matmul(st.features, kmap.out_map, w.reshape(-1, c_in, c_out))
+  case = f"shape={shape} k={ks} s={ss} p={ps}"
+  np.testing.assert_array_equal(np.asarray(got.coords), np.asarray(kmap.out_coords), err_msg=case)
+  np.testing.assert_allclose(np.asarray(got.features), np.asarray(want), rtol=1e-5, atol=1e-5,
+                             err_msg=case)
+  maps = {m: km.build_space_to_depth_map(st.coords, shape, batch, ks, ss, ps, cap, method=m,
+                                         build_in_map=True) for m in ("sort", "bitmap")}
+  for a, b in zip(jax.tree_util.tree_leaves(maps["sort"]), jax.tree_util.tree_leaves(maps["bitmap"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=case)
+  coarse = jax.jit(functools.partial(sp.reference.space_to_depth, kernel_size=ks, strides=ss,
+                                     padding=ps))(st)
+  assert coarse.capacity == st.capacity and int(coarse.overflow) == 0
+  # Every voxel lands once: the coarse features hold exactly the input numbers.
+  np.testing.assert_allclose(np.sort(np.asarray(coarse.features).ravel()[np.asarray(coarse.features).ravel() != 0]),
+                             np.sort(x[x != 0]), rtol=0, atol=0)
 
 
 def test_chunked_scan_equals_single_chunk():
@@ -296,6 +392,17 @@ def test_sparse_conv_grads(x64, compute):
     return out.features
 
   check_grads(f, (st.features, w, b), order=1, modes=("rev", "fwd"), **GRAD_TOL)
+
+
+def test_space_to_depth_conv_grads(x64):
+  rng, st = _grad_setup(5)
+  w = jnp.asarray(rng.normal(size=(4, 2, 2, 2, 3)))  # k (4, 2, 2) / s (2, 1, 2): space-to-depth
+
+  def f(feats, kernel):
+    return sp.sparse_conv(st.replace(features=feats), kernel, None, strides=(2, 1, 2), padding=1,
+                          out_capacity=200, max_chunk_elements=400).features
+
+  check_grads(f, (st.features, w), order=1, modes=("rev", "fwd"), **GRAD_TOL)
 
 
 @pytest.mark.parametrize("compute", ["matmul_scatter", "gather_first"])

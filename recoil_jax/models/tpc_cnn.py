@@ -113,6 +113,7 @@ class SparseTrunk(nn.Module):
   layers: Sequence[tuple[str, int, int, int]]
   capacity_per_event: Sequence[int]
   spatial_shape: tuple[int, int, int] = GRID_SHAPE
+  backend: str = "auto"  # Sparse-op backend: "auto" (Pallas on GPU), "xla" or "pallas".
 
   @nn.compact
   def __call__(self, coords, charges, num_voxels):
@@ -122,13 +123,15 @@ class SparseTrunk(nn.Module):
     caps = iter(self.capacity_per_event)
     for i, (kind, features, kernel, stride) in enumerate(self.layers):
       if kind == "subm":
-        st = sparse.SubMConv3d(features, kernel, name=f"subm{i}")(st)
+        st = sparse.SubMConv3d(features, kernel, backend=self.backend, name=f"subm{i}")(st)
       elif kind == "conv":
         st = sparse.SparseConv3d(features, kernel, strides=stride,
-                                 out_capacity=next(caps) * batch, name=f"conv{i}")(st)
+                                 out_capacity=next(caps) * batch, backend=self.backend,
+                                 name=f"conv{i}")(st)
       elif kind == "pool":
         st = sparse.SparseMaxPool3d(kernel, strides=stride,
-                                    out_capacity=next(caps) * batch, name=f"pool{i}")(st)
+                                    out_capacity=next(caps) * batch, backend=self.backend,
+                                    name=f"pool{i}")(st)
       else:
         raise ValueError(f"model.trunk layer {i}: unknown kind {kind!r}")
       if kind != "pool":
@@ -169,6 +172,7 @@ class TpcDirectionNet(nn.Module):
   hidden: int = 500
   charge_scale: float = 1.0
   symmetry_augment: bool = False  # Random cube symmetry per event at train time (above).
+  sparse_backend: str = "auto"  # "auto" (Pallas on GPU, XLA on CPU), "xla" or "pallas".
 
   @nn.compact
   def __call__(self, batch: dict[str, Any], train: bool = False) -> dict[str, jax.Array]:
@@ -191,7 +195,8 @@ class TpcDirectionNet(nn.Module):
       pick = jax.random.randint(self.make_rng("dropout"), (coords.shape[0],), 0, 48)
       sym = cube_symmetries()[pick]  # [B, 3, 3]
       coords = apply_grid_symmetry(coords, sym, GRID_SHAPE[0])
-    h, overflow = SparseTrunk(layers, tuple(self.capacity_per_event), name="trunk")(
+    h, overflow = SparseTrunk(layers, tuple(self.capacity_per_event),
+                              backend=self.sparse_backend, name="trunk")(
         coords, charges, batch["num_voxels"])
     h = nn.relu(nn.Dense(self.hidden, name="shared")(h))
     batch_size = h.shape[0]

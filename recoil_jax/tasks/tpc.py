@@ -81,7 +81,8 @@ class TpcDirectionTask(base.Task):
     m = self.config.model
     return tpc_cnn.TpcDirectionNet(
         trunk=m.trunk, head=m.head, capacity_per_event=tuple(m.capacity_per_event),
-        hidden=m.hidden, charge_scale=m.charge_scale, symmetry_augment=m.symmetry_augment)
+        hidden=m.hidden, charge_scale=m.charge_scale, symmetry_augment=m.symmetry_augment,
+        sparse_backend=m.sparse_backend)
 
   def loss_terms(self, outputs: Mapping[str, jax.Array], batch) -> base.LossTerms:
     mask = batch["mask"].astype(jnp.float32)

@@ -13,8 +13,12 @@ measured capacities for speed. Overflow raises `CapacityOverflowError` (naming t
 numbers) in eager execution; under jit it is counted in ``SparseTensor.overflow``: check it with
 `tensor.check_overflow` on the returned tensor.
 
-Only ``backend="xla"`` (the pure-XLA reference in `reference.py`) exists for now; Pallas GPU kernels
-will plug in behind the same attribute.
+Backends (``backend`` attribute, see `pallas.dispatch`): ``"xla"`` is the pure-XLA reference
+(`reference.py`), ``"pallas"`` the hash-table rulebooks and Pallas GPU kernels (`pallas/`), and
+``"auto"`` (default) picks Pallas on a GPU and XLA elsewhere (or what an enclosing
+`pallas.dispatch.use_backend` block asks for). Both give the same sites and, up to float rounding,
+the same features and gradients. ``interpret=True`` runs the Pallas kernels in the Pallas
+interpreter (CPU tests; slow).
 """
 
 from __future__ import annotations
@@ -25,18 +29,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from recoil_jax.ops.sparse import reference
 from recoil_jax.ops.sparse.kernel_map import triple
+from recoil_jax.ops.sparse.pallas import dispatch
 from recoil_jax.ops.sparse.tensor import SparseTensor, to_dense
 
-BACKENDS = ("xla",)
+BACKENDS = dispatch.BACKENDS
 IntOr3 = int | Sequence[int]
 Initializer = Callable[..., jax.Array]
 
 
-def _check_backend(backend: str, where: str) -> None:
-  if backend not in BACKENDS:
-    raise ValueError(f"{where}: backend {backend!r} is not available; implemented backends: {BACKENDS}")
+def _check_backend(backend: str, interpret: bool, where: str) -> None:
+  """Fails early (at init) on an unknown backend or on Pallas without a GPU or the interpreter."""
+  dispatch.resolve_backend(backend, interpret, where)
 
 
 def _layer_name(module: nn.Module) -> str:
@@ -63,7 +67,9 @@ class SparseConv3d(nn.Module):
     out_capacity: static output rows (None: see module docstring).
     method: kernel-map implementation ("auto", "sort", "grid").
     compute: arithmetic ("auto", "gather_first", "matmul_gather", "matmul_scatter").
-    backend: "xla" only for now.
+    backend: "auto" (Pallas on GPU, XLA elsewhere), "xla" or "pallas"; ``method`` and ``compute``
+      tune the XLA path only.
+    interpret: run the Pallas kernels in the interpreter (CPU tests).
   """
   features: int
   kernel_size: IntOr3
@@ -74,7 +80,8 @@ class SparseConv3d(nn.Module):
   out_capacity: int | None = None
   method: str = "auto"
   compute: str = "auto"
-  backend: str = "xla"
+  backend: str = "auto"
+  interpret: bool = False
   param_dtype: jnp.dtype = jnp.float32
   kernel_init: Initializer = nn.initializers.lecun_normal()
   bias_init: Initializer = nn.initializers.zeros_init()
@@ -83,12 +90,13 @@ class SparseConv3d(nn.Module):
   def __call__(self, st: SparseTensor) -> SparseTensor:
     """[N_in, C_in] sparse input -> [out_capacity, C_out] sparse output on the strided grid."""
     name = _layer_name(self)
-    _check_backend(self.backend, name)
+    _check_backend(self.backend, self.interpret, name)
     ks = triple(self.kernel_size, "kernel_size")
     kernel, bias = _conv_params(self, ks, st.num_channels)
-    return reference.sparse_conv(st, kernel, bias, strides=self.strides, padding=self.padding,
-                                 dilation=self.dilation, out_capacity=self.out_capacity,
-                                 method=self.method, compute=self.compute, where=name)
+    return dispatch.sparse_conv(st, kernel, bias, strides=self.strides, padding=self.padding,
+                                dilation=self.dilation, out_capacity=self.out_capacity,
+                                method=self.method, compute=self.compute, backend=self.backend,
+                                interpret=self.interpret, where=name)
 
 
 class SubMConv3d(nn.Module):
@@ -98,7 +106,8 @@ class SubMConv3d(nn.Module):
     features: C_out.
     kernel_size: odd int or 3 odd ints.
     dilation: int or 3 ints.
-    use_bias, method, compute, backend, param_dtype, kernel_init, bias_init: as `SparseConv3d`.
+    use_bias, method, compute, backend, interpret, param_dtype, kernel_init, bias_init: as
+      `SparseConv3d`.
   """
   features: int
   kernel_size: IntOr3
@@ -106,7 +115,8 @@ class SubMConv3d(nn.Module):
   use_bias: bool = True
   method: str = "auto"
   compute: str = "auto"
-  backend: str = "xla"
+  backend: str = "auto"
+  interpret: bool = False
   param_dtype: jnp.dtype = jnp.float32
   kernel_init: Initializer = nn.initializers.lecun_normal()
   bias_init: Initializer = nn.initializers.zeros_init()
@@ -115,13 +125,14 @@ class SubMConv3d(nn.Module):
   def __call__(self, st: SparseTensor) -> SparseTensor:
     """[N, C_in] -> [N, C_out] on the same sites."""
     name = _layer_name(self)
-    _check_backend(self.backend, name)
+    _check_backend(self.backend, self.interpret, name)
     ks = triple(self.kernel_size, "kernel_size")
     if any(k % 2 == 0 for k in ks):
       raise ValueError(f"{name}: SubMConv3d needs odd kernel sizes, got {ks}")
     kernel, bias = _conv_params(self, ks, st.num_channels)
-    return reference.subm_conv(st, kernel, bias, dilation=self.dilation, method=self.method,
-                               compute=self.compute, where=name)
+    return dispatch.subm_conv(st, kernel, bias, dilation=self.dilation, method=self.method,
+                              compute=self.compute, backend=self.backend,
+                              interpret=self.interpret, where=name)
 
 
 class SparseMaxPool3d(nn.Module):
@@ -132,7 +143,7 @@ class SparseMaxPool3d(nn.Module):
     strides: int or 3 ints (None: = kernel_size).
     padding, dilation: int or 3 ints.
     out_capacity: static output rows (None: N_in when kernel <= stride, see module docstring).
-    method, backend: as `SparseConv3d`.
+    method, backend, interpret: as `SparseConv3d`.
   """
   kernel_size: IntOr3
   strides: IntOr3 | None = None
@@ -140,15 +151,17 @@ class SparseMaxPool3d(nn.Module):
   dilation: IntOr3 = 1
   out_capacity: int | None = None
   method: str = "auto"
-  backend: str = "xla"
+  backend: str = "auto"
+  interpret: bool = False
 
   @nn.compact
   def __call__(self, st: SparseTensor) -> SparseTensor:
     name = _layer_name(self)
-    _check_backend(self.backend, name)
-    return reference.sparse_max_pool(st, self.kernel_size, strides=self.strides, padding=self.padding,
-                                     dilation=self.dilation, out_capacity=self.out_capacity,
-                                     method=self.method, where=name)
+    _check_backend(self.backend, self.interpret, name)
+    return dispatch.sparse_max_pool(st, self.kernel_size, strides=self.strides,
+                                    padding=self.padding, dilation=self.dilation,
+                                    out_capacity=self.out_capacity, method=self.method,
+                                    backend=self.backend, interpret=self.interpret, where=name)
 
 
 class ToDense(nn.Module):

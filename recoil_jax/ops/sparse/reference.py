@@ -14,9 +14,16 @@ either. Three equivalent ways to evaluate out[o] = sum_k W_k^T x[map(o, k)]:
   map (stride-1 convs). Moves N_in*K*C_out numbers instead of N_out*K*C_in.
 
 All loop over chunks of offsets with `lax.scan` (bodies rematerialised under autodiff) so that at most
-``max_chunk_elements`` gathered numbers are alive; ``"auto"`` picks the cheapest by a static cost model.
+``max_chunk_elements`` gathered numbers are alive; each step slices its columns of the map (no
+transposed copy of the map), and the scatter variant adds in place into its accumulator; ``"auto"`` picks the cheapest by a static cost model.
 Gradients come from JAX autodiff; rows marked -1 read a zero padding row, so inactive rows neither
 contribute nor receive gradient.
+
+Strided convolutions whose kernel is a multiple of the stride (dilation 1; e.g. the seed's k6/s2 first
+layer) run as a space-to-depth regrouping followed by a stride-1 convolution on the coarse grid: the
+s0*s1*s2 voxels of a coarse cell become channels, and kernel offset k = j*s + r becomes coarse offset j
+with channel block r. Same sites, same sums (in another order), but the rulebook has prod(K/s) columns
+instead of prod(K) (27 instead of 216 for k6/s2) and the gathers move contiguous rows of s^3*C_in numbers.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from recoil_jax.ops.sparse import kernel_map as km
@@ -44,33 +52,64 @@ def _chunking(k: int, per_offset: int, max_chunk_elements: int) -> tuple[int, in
   return g, n
 
 
-def _pad_offsets(index_map: jax.Array, kernel: jax.Array, g: int, n: int):
-  """Pads the offset axis to n*g (-1 map columns, zero weights) and splits it into n chunks.
+def _pad_offsets(index_map: jax.Array, kernel: jax.Array, g: int, n: int, missing: int):
+  """Pads the offset axis to n*g (``missing`` map columns, zero weights); maps -1 to ``missing``.
 
-  Returns map chunks [n, rows, g] and kernel chunks [n, g, C_in, C_out].
+  Returns the map [rows, n*g] (chunk i = columns [i*g, (i+1)*g), sliced by each step: measured
+  cheaper than one transposed copy into [n, rows, g]) and the kernel [n*g, C_in, C_out].
   """
-  k = index_map.shape[1]
-  pad = n * g - k
+  index_map = jnp.where(index_map < 0, missing, index_map)
+  pad = n * g - index_map.shape[1]
   if pad:
-    index_map = jnp.pad(index_map, ((0, 0), (0, pad)), constant_values=-1)
+    index_map = jnp.pad(index_map, ((0, 0), (0, pad)), constant_values=missing)
     kernel = jnp.pad(kernel, ((0, pad), (0, 0), (0, 0)))
-  rows = index_map.shape[0]
-  maps = index_map.reshape(rows, n, g).transpose(1, 0, 2)
-  return maps, kernel.reshape((n, g) + kernel.shape[1:])
+  return index_map, kernel
 
 
-def _scan_sum(body, init, xs, n: int):
-  """Folds ``body`` over the n chunks of ``xs`` starting from ``init``.
+def _take_rows(x: jax.Array, idx: jax.Array) -> jax.Array:
+  """x[idx] for x [R, C] and int32 indices known to lie in [0, R): [..., C].
+
+  `lax.gather` directly: jnp indexing adds a negative-index wrap (a select per index).
+  """
+  dn = lax.GatherDimensionNumbers(offset_dims=(idx.ndim,), collapsed_slice_dims=(0,),
+                                  start_index_map=(0,))
+  return lax.gather(x, idx[..., None], dn, (1, x.shape[1]),
+                    mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+
+
+def _add_rows(acc: jax.Array, idx: jax.Array, y: jax.Array) -> jax.Array:
+  """acc[idx[m]] += y[m] for acc [R, C], idx [M] int32 known to lie in [0, R), y [M, C].
+
+  `lax.scatter_add` directly, with [M, 1, C] update windows (XLA's canonical scatter form): jnp's
+  ``.at[].add`` wraps negative indices, and the [M, C] form makes XLA's CPU layout assignment copy
+  all the updates once more (measured ~1.5x slower). In-bounds indices make the transpose (the
+  backward pass) a plain gather, without a select per index.
+  """
+  dn = lax.ScatterDimensionNumbers(update_window_dims=(1, 2), inserted_window_dims=(),
+                                   scatter_dims_to_operand_dims=(0,))
+  return lax.scatter_add(acc, idx[:, None], y[:, None, :], dn,
+                         mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+
+
+def _chunk(index_map: jax.Array, i: jax.Array, g: int) -> jax.Array:
+  """Columns [i*g, (i+1)*g) of a padded map ([rows, g])."""
+  return lax.dynamic_slice_in_dim(index_map, i * g, g, axis=1)
+
+
+def _fold(body, init, n: int):
+  """acc = body(... body(body(init, 0), 1) ..., n - 1) with the chunk index as a traced int32.
 
   The first chunk is applied outside the scan so that the carry takes the type of the
   body's output: inside ``shard_map`` the features are device-varying while a fresh
-  ``jnp.zeros`` init is not, and ``lax.scan`` requires equal carry types.
+  ``jnp.zeros`` init is not, and ``lax.scan`` requires equal carry types. The scanned body
+  is rematerialised under autodiff (`jax.checkpoint`), so a chunk's gathered numbers are
+  never all stored at once.
   """
-  acc = body(init, jax.tree_util.tree_map(lambda x: x[0], xs))[0]
+  acc = body(init, jnp.int32(0))
   if n == 1:
     return acc
-  rest = jax.tree_util.tree_map(lambda x: x[1:], xs)
-  return lax.scan(jax.checkpoint(body), acc, rest)[0]
+  step = jax.checkpoint(body)
+  return lax.scan(lambda a, i: (step(a, i), None), acc, jnp.arange(1, n, dtype=jnp.int32))[0]
 
 
 @functools.partial(jax.jit, static_argnames=("order", "max_chunk_elements"))
@@ -97,27 +136,26 @@ def gather_matmul(features: jax.Array, out_map: jax.Array, kernel: jax.Array, *,
   kernel = kernel.astype(dtype)
   if order == "gather_first":
     g, n = _chunking(k, n_out * c_in, max_chunk_elements)
-    maps, ws = _pad_offsets(out_map, kernel, g, n)
+    maps, w = _pad_offsets(out_map, kernel, g, n, n_in)
+    w = w.reshape(n, g * c_in, c_out)
 
-    def body(acc, xs):
-      idx, w = xs
-      idx = jnp.where(idx < 0, n_in, idx)
-      gathered = x.at[idx].get(mode="promise_in_bounds")  # [N_out, g, C_in]
-      return acc + gathered.reshape(n_out, g * c_in) @ w.reshape(g * c_in, c_out), None
+    def body(acc, i):
+      gathered = _take_rows(x, _chunk(maps, i, g))  # [N_out, g, C_in]
+      return acc + gathered.reshape(n_out, g * c_in) @ w[i]
 
   elif order == "matmul_gather":
     g, n = _chunking(k, n_out * c_out, max_chunk_elements)
-    maps, ws = _pad_offsets(out_map, kernel, g, n)
+    maps, w = _pad_offsets(out_map, kernel, g, n, n_in)
+    w = w.reshape(n, g, c_in, c_out).transpose(0, 2, 1, 3).reshape(n, c_in, g * c_out)
 
-    def body(acc, xs):
-      idx, w = xs
-      y = jnp.einsum("nc,gcd->ngd", x, w).reshape((n_in + 1) * g, c_out)
-      flat = jnp.where(idx < 0, n_in, idx) * g + jnp.arange(g, dtype=jnp.int32)
-      return acc + y.at[flat].get(mode="promise_in_bounds").sum(1), None
+    def body(acc, i):
+      y = (x @ w[i]).reshape((n_in + 1) * g, c_out)  # row r*g + t: input r through offset t
+      flat = _chunk(maps, i, g) * g + jnp.arange(g, dtype=jnp.int32)
+      return acc + _take_rows(y, flat).sum(1)
 
   else:
     raise ValueError(f"gather_matmul: order must be 'gather_first' or 'matmul_gather', got {order!r}")
-  return _scan_sum(body, jnp.zeros((n_out, c_out), dtype), (maps, ws), n)
+  return _fold(body, jnp.zeros((n_out, c_out), dtype), n)
 
 
 @functools.partial(jax.jit, static_argnames=("num_out", "max_chunk_elements"))
@@ -135,21 +173,22 @@ def matmul_scatter(features: jax.Array, in_map: jax.Array, kernel: jax.Array, nu
   Returns:
     [N_out, C_out].
   """
-  n_in, _ = features.shape
+  n_in, c_in = features.shape
   k = in_map.shape[1]
   c_out = kernel.shape[-1]
   dtype = jnp.result_type(features.dtype, kernel.dtype)
   x = features.astype(dtype)
   g, n = _chunking(k, n_in * c_out, max_chunk_elements)
-  maps, ws = _pad_offsets(in_map, kernel.astype(dtype), g, n)
+  # Missing entries go to an extra accumulator row num_out, cut off at the end.
+  maps, w = _pad_offsets(in_map, kernel.astype(dtype), g, n, num_out)
+  # [n, C_in, g*C_out]: one plain matmul per chunk whose output rows reshape (free) to (n, t).
+  w = w.reshape(n, g, c_in, c_out).transpose(0, 2, 1, 3).reshape(n, c_in, g * c_out)
 
-  def body(acc, xs):
-    idx, w = xs
-    y = jnp.einsum("nc,gcd->ngd", x, w).reshape(n_in * g, c_out)
-    seg = jnp.where(idx < 0, num_out, idx).reshape(-1)
-    return acc + jax.ops.segment_sum(y, seg, num_segments=num_out), None
+  def body(acc, i):
+    y = (x @ w[i]).reshape(n_in * g, c_out)
+    return _add_rows(acc, _chunk(maps, i, g).reshape(-1), y)  # in place in the loop
 
-  return _scan_sum(body, jnp.zeros((num_out, c_out), dtype), (maps, ws), n)
+  return _fold(body, jnp.zeros((num_out + 1, c_out), dtype), n)[:num_out]
 
 
 @functools.partial(jax.jit, static_argnames=("max_chunk_elements",))
@@ -167,14 +206,13 @@ def gather_max(features: jax.Array, out_map: jax.Array, *,
   n_out, k = out_map.shape
   x = jnp.concatenate([features, jnp.zeros((1, c), features.dtype)], 0)
   g, n = _chunking(k, n_out * c, max_chunk_elements)
-  maps, _ = _pad_offsets(out_map, jnp.zeros((k, 1, 1), features.dtype), g, n)
+  maps, _ = _pad_offsets(out_map, jnp.zeros((k, 1, 1), features.dtype), g, n, n_in)
 
-  def body(acc, idx):
-    idx = jnp.where(idx < 0, n_in, idx)
-    return jnp.maximum(acc, x.at[idx].get(mode="promise_in_bounds").max(1)), None
+  def body(acc, i):
+    return jnp.maximum(acc, _take_rows(x, _chunk(maps, i, g)).max(1))
 
   init = jnp.zeros((n_out, c), features.dtype)  # spconv initialises the max with 0
-  return _scan_sum(body, init, maps, n)
+  return _fold(body, init, n)
 
 
 def choose_compute(n_in: int, n_out: int, k: int, c_in: int, c_out: int, has_in_map: bool) -> str:
@@ -237,6 +275,9 @@ def sparse_conv(st: SparseTensor, kernel: jax.Array, bias: jax.Array | None = No
                 where: str = "sparse_conv") -> SparseTensor:
   """Regular sparse 3D convolution (spconv ``SparseConv3d``).
 
+  Strided convolutions with kernel sizes divisible by the strides and unit dilation run through
+  `space_to_depth` + a stride-1 convolution (see the module docstring); the result is the same.
+
   Args:
     st: input with features [N_in, C_in].
     kernel: [K0, K1, K2, C_in, C_out]; out[o] = sum_k kernel[k]^T x[o*s - p + k*d].
@@ -245,8 +286,9 @@ def sparse_conv(st: SparseTensor, kernel: jax.Array, bias: jax.Array | None = No
     out_capacity: static number of output rows; default `kernel_map.default_out_capacity` (never
       overflows, generous). Extra sites raise `CapacityOverflowError` eagerly, or are counted in
       ``overflow`` under jit.
-    method: kernel-map implementation ("auto", "sort", "grid").
-    compute: arithmetic ("auto", "gather_first", "matmul_gather", "matmul_scatter").
+    method: kernel-map implementation ("auto", "sort", "grid", "bitmap").
+    compute: arithmetic ("auto", "gather_first", "matmul_gather", "matmul_scatter"); with the
+      space-to-depth route it applies to the coarse stride-1 convolution.
     max_chunk_elements: memory bound of one gathered chunk.
     where: name used in error messages.
 
@@ -259,14 +301,80 @@ def sparse_conv(st: SparseTensor, kernel: jax.Array, bias: jax.Array | None = No
   out_shape = km.conv_output_shape(st.spatial_shape, ks, ss, ps, ds)
   if out_capacity is None:
     out_capacity = km.default_out_capacity(st.capacity, st.batch_size, out_shape, ks, ss, ds)
-  kmap = km.build_conv_map(st.coords, st.spatial_shape, st.batch_size, ks, ss, ps, ds, out_capacity,
-                           method=method)
+  if can_space_to_depth(ks, ss, ds):
+    s2d, kmap = km.build_space_to_depth_map(st.coords, st.spatial_shape, st.batch_size, ks, ss, ps,
+                                            out_capacity, method=method)
+    features, kernel = _regroup_features(st.features, s2d, ss), space_to_depth_kernel(kernel, ss)
+  else:
+    kmap = km.build_conv_map(st.coords, st.spatial_shape, st.batch_size, ks, ss, ps, ds, out_capacity,
+                             method=method)
+    features = st.features
   _raise_on_overflow(kmap, out_capacity, where)
   flat = kernel.reshape((-1,) + kernel.shape[3:])
-  out = conv_compute(st.features, kmap, flat, compute=compute, max_chunk_elements=max_chunk_elements)
+  out = conv_compute(features, kmap, flat, compute=compute, max_chunk_elements=max_chunk_elements)
   return SparseTensor(coords=kmap.out_coords, features=_finish(out, bias, kmap.out_coords),
                       spatial_shape=out_shape, batch_size=st.batch_size,
                       overflow=st.overflow + kmap.overflow)
+
+
+def can_space_to_depth(kernel_size: Sequence[int], strides: Sequence[int],
+                       dilation: Sequence[int]) -> bool:
+  """True when a regular conv is exactly a space-to-depth + stride-1 conv: some stride > 1, every
+  kernel size a multiple of its stride, unit dilation."""
+  return (any(s > 1 for s in strides) and all(d == 1 for d in dilation)
+          and all(k % s == 0 for k, s in zip(kernel_size, strides)))
+
+
+def space_to_depth(st: SparseTensor, kernel_size: Sequence[int], strides: Sequence[int],
+                   padding: Sequence[int], *, method: str = "auto",
+                   where: str = "space_to_depth") -> SparseTensor:
+  """Regroups sites into coarse cells of s0*s1*s2 voxels, the voxels becoming channels.
+
+  Input voxel i (per axis, padding p) lies in coarse cell c = (i + p) // s at residue r = (i + p) % s.
+  The coarse grid keeps the cells that can reach an output of the strided conv
+  (out + K/s - 1 per axis); a regular stride-1 conv with kernel K/s on it, using
+  `space_to_depth_kernel`, equals the strided conv on ``st`` (same sites, same rows).
+  `sparse_conv` does this internally (with `kernel_map.build_space_to_depth_map`).
+
+  Args:
+    st: [N, C] sparse tensor.
+    kernel_size, strides, padding: 3 ints each, kernel_size divisible by strides.
+    method: kernel-map implementation ("auto", "sort", "grid", "bitmap").
+    where: name used in error messages.
+
+  Returns:
+    SparseTensor with capacity N (never overflows) and features [N, s0*s1*s2*C], channel
+    ((r0*s1 + r1)*s2 + r2)*C + c, zeros for empty voxels; rows sorted by coarse key.
+  """
+  ks, ss, ps = (tuple(int(v) for v in t) for t in (kernel_size, strides, padding))
+  if not can_space_to_depth(ks, ss, (1, 1, 1)):
+    raise ValueError(f"{where}: space_to_depth needs kernel sizes divisible by strides, got kernel {ks}, "
+                     f"strides {ss}")
+  s2d, _ = km.build_space_to_depth_map(st.coords, st.spatial_shape, st.batch_size, ks, ss, ps, 1,
+                                       method=method)  # the map is dropped (dead code under jit)
+  return SparseTensor(coords=s2d.coords, features=_regroup_features(st.features, s2d, ss),
+                      spatial_shape=s2d.spatial_shape, batch_size=st.batch_size,
+                      overflow=st.overflow)
+
+
+def _regroup_features(features: jax.Array, s2d: km.SpaceToDepth, strides: Sequence[int]) -> jax.Array:
+  """[N, C] -> [N, s0*s1*s2*C] coarse-cell features (zeros for empty voxels) by one row gather."""
+  n, ch = features.shape
+  n_res = int(np.prod(strides))
+  slot = jnp.where(s2d.slot >= 0, s2d.slot, n * n_res)
+  # Source row of every (cell, residue) slot (n = a zero row): gathering is cheaper than scattering.
+  src = jnp.full((n * n_res,), n, jnp.int32).at[slot].set(jnp.arange(n, dtype=jnp.int32), mode="drop")
+  x = jnp.concatenate([features, jnp.zeros((1, ch), features.dtype)], 0)
+  return _take_rows(x, src).reshape(n, n_res * ch)
+
+
+def space_to_depth_kernel(kernel: jax.Array, strides: Sequence[int]) -> jax.Array:
+  """[K0, K1, K2, C_in, C_out] -> [K0/s0, K1/s1, K2/s2, s0*s1*s2*C_in, C_out] for `space_to_depth`."""
+  k0, k1, k2, c_in, c_out = kernel.shape
+  s0, s1, s2 = (int(s) for s in strides)
+  w = kernel.reshape(k0 // s0, s0, k1 // s1, s1, k2 // s2, s2, c_in, c_out)
+  w = w.transpose(0, 2, 4, 1, 3, 5, 6, 7)
+  return w.reshape(k0 // s0, k1 // s1, k2 // s2, s0 * s1 * s2 * c_in, c_out)
 
 
 def subm_conv(st: SparseTensor, kernel: jax.Array, bias: jax.Array | None = None, *,

@@ -21,6 +21,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 INT32_MAX = int(np.iinfo(np.int32).max)
 
@@ -194,10 +195,26 @@ def _from_padded_voxels(coords, features, num_voxels, shape):
   batch = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32)[:, None], (b, v)).reshape(n)
   flat = jnp.concatenate([batch[:, None], coords.reshape(n, 3)], axis=1)
   flat = jnp.where(active[:, None], flat, jnp.array([-1, 0, 0, 0], jnp.int32))
-  keys = linearize(flat, shape, b)
-  order = jnp.argsort(keys)
-  skeys = keys[order]
-  sfeat = jnp.where(active[order, None], features.reshape(n, -1)[order], 0)
+  space = int(np.prod(shape))
+  if (space + 1) * v <= (1 << 32):
+    # Per-event sort of one packed uint32 (voxel key * V + row): XLA's CPU sort of one operand is
+    # ~5x faster than an argsort (a two-operand sort), and rows of V sort faster than B*V at once.
+    local = ((coords[..., 0] * shape[1] + coords[..., 1]) * shape[2] + coords[..., 2])
+    local = jnp.where((row_valid & in_grid), local, space).astype(jnp.uint32)  # invalid: last
+    packed = jnp.sort(local * jnp.uint32(v) + jnp.arange(v, dtype=jnp.uint32), axis=1)
+    src = lax.rem(packed, jnp.uint32(v)).astype(jnp.int32)
+    lkey = lax.div(packed, jnp.uint32(v)).astype(jnp.int32)
+    order = (jnp.arange(b, dtype=jnp.int32)[:, None] * v + src).reshape(n)
+    svalid = (lkey < space).reshape(n)
+    # Keys ascend within an event and across events; invalid rows sit at each event's end.
+    skeys = jnp.where(svalid, (jnp.arange(b, dtype=jnp.int32)[:, None] * space + lkey).reshape(n),
+                      INT32_MAX)
+  else:
+    keys = linearize(flat, shape, b)
+    order = jnp.argsort(keys)
+    skeys = keys[order]
+    svalid = active[order]
+  sfeat = jnp.where(svalid[:, None], features.reshape(n, -1)[order], 0)
   first = jnp.concatenate([jnp.ones((1,), bool), skeys[1:] != skeys[:-1]]) & (skeys != INT32_MAX)
   seg = jnp.cumsum(first, dtype=jnp.int32) - 1
   seg = jnp.where(skeys != INT32_MAX, seg, n)  # padding rows -> dropped
