@@ -10,14 +10,20 @@ Keys are linearised int32 (batch, i0, i1, i2) (see `tensor.linearize`); INT32_MA
 
 Three interchangeable implementations (``method``), identical results:
 
-* ``"bitmap"``: the input sites become a dense occupancy grid (one scatter of N_in keys); the output
-  occupancy is its windowed OR (a separable max-pool with the conv's kernel, stride, padding and
-  dilation: a few fused passes over the grid, no per-site candidates); both grids are packed into 32-bit
-  words with an exclusive prefix count of set bits. The output rows are the first N_out set bits
-  (select by binary search over the prefix, then within the word), and every map entry is a rank query
-  (word gather + popcount). No sort, no scatter of candidates, no prefix sum over the full key space:
-  XLA's CPU sort, large scatters and cumsum are slow (tens of ns per element), dense fused passes and
-  gathers are fast. Costs O(B*prod(grid)) bits of memory, so it suits grids of up to ~10^8 voxels.
+* ``"bitmap"``: the input sites become a dense occupancy grid (one scatter of N_in keys). The output
+  occupancy is its windowed OR, a separable max-pool with the conv's kernel, stride, padding and
+  dilation: the last axis on bools, fused into packing each grid row into 32-bit words, the two outer
+  axes on the packed words. Each bitmap keeps, per word, the number of set bits before it. The output
+  rows are the first N_out set bits ("select": the word of each rank by a scatter of word starts and a
+  running max, the bit by binary search with popcounts), and every map entry is a "rank" query (one
+  gather of a word and its prefix, a popcount); the K2 taps along the last axis share one fetch of
+  the row's words, and for stride-1 convs the in_map needs one query per K2 taps (a regular conv's
+  outputs next to an input all exist, so their ranks are consecutive). Kernels that are a multiple
+  of the stride (the seed's k6/s2 conv, k2/s2 pooling) work on coarse cells of s0*s1*s2 voxels, a grid
+  prod(s) times smaller (`build_space_to_depth_map`). No sort, no scatter of candidates, no prefix
+  sum over the full key space: XLA's CPU sort, large scatters and cumsum cost tens of ns per element,
+  while fused dense passes and gathers are fast. Costs ~1 byte per voxel of B*prod(grid), so it suits
+  grids of up to ~10^8 voxels.
 * ``"sort"`` / ``"grid"``: output sites are generated input-side: for each active input only the
   offsets compatible with the stride are emitted (<= ceil(K/s) per axis, not K). Inputs that must reach
   exactly the same outputs (same coarse cell floor((i + p)/s) and residue class) are first merged, so
@@ -25,8 +31,9 @@ Three interchangeable implementations (``method``), identical results:
   made unique with a static size either by sorting (``"sort"``) or by an occupancy grid + prefix sum
   over the output key space (``"grid"``).
 
-``"auto"`` picks by a static cost model. All keep the lowest keys when the capacity is too small, so
-they give identical results; the extra sites are counted, never silently lost.
+``"auto"`` picks by a static cost model (the bitmap, except for few sites in very large grids). All
+keep the lowest keys when the capacity is too small, so they give identical results; the extra sites
+are counted, never silently lost.
 
 Rulebooks (K = K0*K1*K2 flat offsets, k = (k0*K1 + k1)*K2 + k2, same order as a [K0, K1, K2, ...]
 kernel):
@@ -49,15 +56,14 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from jax import lax
 
 from recoil_jax.ops.sparse.tensor import INT32_MAX, _key_space, delinearize, linearize
 
 Triple = tuple[int, int, int]
 METHODS = ("auto", "sort", "grid", "bitmap")
-# "auto" never picks "bitmap" above this many voxels (B * prod(grid), input + output): the bit grids
-# and the bool occupancy cost ~1.1 bytes per voxel.
+# "auto" never picks "bitmap" above this many voxels (B * prod(grid), input + output): the bool
+# occupancy and the bit grids cost ~1.1 bytes per voxel.
 BITMAP_MAX_VOXELS = 1 << 28
 
 
@@ -147,11 +153,12 @@ def _take(a: jax.Array, idx: jax.Array) -> jax.Array:
 
 
 class _Bitmap:
-  """Packed occupancy (trace-time helper, not a pytree).
+  """Packed occupancy with rank/select queries (trace-time helper inside jitted code, not a pytree).
 
   Attributes:
-    words: [R*wpr] uint32; excl: [R*wpr] int32 set bits before each word; total: [] int32.
-    row_len, wpr: static row length (keys) and words per row.
+    table: [R*wpr, 2] int32: per word its bits (bitcast) and the number of set bits before it.
+    words: [R*wpr] uint32 and excl: [R*wpr] int32, the two columns of ``table``; total: [] int32.
+    rows, row_len, wpr: number of rows, keys per row and words per row (static).
   """
 
   def __init__(self, words: jax.Array, row_len: int):
@@ -187,6 +194,32 @@ class _Bitmap:
     w = jnp.where(valid, row * self.wpr + (col >> 5), 0)
     b = (col & 31).astype(jnp.uint32)
     word, excl = self._fetch(w)
+    present = valid & (((word >> b) & 1) == 1)
+    below = lax.population_count(word & ((jnp.uint32(1) << b) - 1)).astype(jnp.int32)
+    return jnp.where(present, excl + below, -1)
+
+  def rank_rows(self, row: jax.Array, col: jax.Array, valid: jax.Array) -> jax.Array:
+    """`rank_rc` for several columns of one row: row [..., 1], col and valid [..., L] -> [..., L].
+
+    The row's words are fetched once (one gather of wpr table entries instead of L), which pays
+    when the L columns are the K2 taps of a kernel along the last grid axis.
+    """
+    if self.wpr > 4:
+      return self.rank_rc(*jnp.broadcast_arrays(row, col, valid))
+    row_ok = (row >= 0) & (row < self.rows)
+    valid = valid & row_ok & (col >= 0) & (col < self.row_len)
+    start = jnp.where(row_ok, row, 0)[..., 0] * self.wpr
+    dn = lax.GatherDimensionNumbers(offset_dims=(start.ndim, start.ndim + 1), collapsed_slice_dims=(),
+                                    start_index_map=(0,))
+    block = lax.gather(self.table, start[..., None], dn, (self.wpr, 2),
+                       mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)  # [..., wpr, 2]
+    j = jnp.where(valid, col >> 5, 0)
+    word = lax.bitcast_convert_type(block[..., 0, 0], jnp.uint32)[..., None]
+    excl = block[..., 0, 1][..., None]
+    for t in range(1, self.wpr):
+      word = jnp.where(j == t, lax.bitcast_convert_type(block[..., t, 0], jnp.uint32)[..., None], word)
+      excl = jnp.where(j == t, block[..., t, 1][..., None], excl)
+    b = (col & 31).astype(jnp.uint32)
     present = valid & (((word >> b) & 1) == 1)
     below = lax.population_count(word & ((jnp.uint32(1) << b) - 1)).astype(jnp.int32)
     return jnp.where(present, excl + below, -1)
@@ -230,7 +263,7 @@ class _Bitmap:
     return jnp.where(valid, row * self.row_len + col, INT32_MAX).astype(jnp.int32)
 
   def rows_by_rank(self, rank: jax.Array) -> jax.Array:
-    """[N] int32 table row -> ... inverted: entry rank[n] holds n (ranks of N unique keys; -1 = none)."""
+    """Inverse of the ranks [N] of N unique keys: [N] int32 with entry rank[n] = n, -1 elsewhere."""
     n = rank.shape[0]
     return jnp.full((n,), -1, jnp.int32).at[jnp.where(rank >= 0, rank, n)].set(
         jnp.arange(n, dtype=jnp.int32), mode="drop")
@@ -455,9 +488,22 @@ def build_conv_map(coords: jax.Array, spatial_shape: Sequence[int], batch_size: 
   if build_in_map is None:
     build_in_map = all(s == 1 for s in ss)
   batch_size = int(batch_size)
-  if method == "auto" and _conv_map_prefers_bitmap(coords.shape[0], shape, out_shape, batch_size, ks,
-                                                   ss, ds, int(out_capacity), bool(build_in_map)):
-    method = "bitmap"
+  # Kernel a multiple of the stride: the bitmap works on coarse cells of s0*s1*s2 voxels (a grid
+  # prod(s) times smaller) and expands the coarse map (see `build_space_to_depth_map`).
+  coarse = any(s > 1 for s in ss) and all(d == 1 for d in ds) and all(k % s == 0 for k, s in zip(ks, ss))
+  if method == "auto":
+    if coarse:
+      ext = space_to_depth_shape(shape, ks, ss, ps)
+      ms = tuple(k // s for k, s in zip(ks, ss))
+      prefer = _conv_map_prefers_bitmap(coords.shape[0], ext, out_shape, batch_size, ms, (1, 1, 1),
+                                        (1, 1, 1), int(out_capacity), bool(build_in_map))
+    else:
+      prefer = _conv_map_prefers_bitmap(coords.shape[0], shape, out_shape, batch_size, ks, ss, ds,
+                                        int(out_capacity), bool(build_in_map))
+    method = "bitmap" if prefer else "auto"
+  if method == "bitmap" and coarse:
+    return _build_conv_map_coarse(coords, shape, batch_size, ks, ss, ps, int(out_capacity),
+                                  bool(build_in_map))
   if method == "bitmap":
     return _build_conv_map_bitmap(coords, shape, batch_size, ks, ss, ps, ds, int(out_capacity),
                                   bool(build_in_map))
@@ -465,21 +511,63 @@ def build_conv_map(coords: jax.Array, spatial_shape: Sequence[int], batch_size: 
                          bool(build_in_map))
 
 
+@functools.partial(jax.jit, static_argnums=tuple(range(1, 8)))
+def _build_conv_map_coarse(coords, shape, batch_size, ks, ss, ps, out_capacity, build_in_map):
+  """`build_conv_map` (bitmap) through the coarse map of `build_space_to_depth_map`: fine kernel
+  offset k = j*s + r is coarse offset j at residue r."""
+  s2d, cmap = _build_space_to_depth_map(coords, shape, batch_size, ks, ss, ps, out_capacity,
+                                        "bitmap", build_in_map)
+  n_in = coords.shape[0]
+  ms = tuple(k // s for k, s in zip(ks, ss))
+  n_res = int(np.prod(ss))
+  k_total = int(np.prod(ks))
+  # Fine row of every (coarse row, residue) slot, -1 where that voxel is empty.
+  slot = jnp.where(s2d.slot >= 0, s2d.slot, n_in * n_res)
+  src = jnp.full((n_in * n_res,), -1, jnp.int32).at[slot].set(jnp.arange(n_in, dtype=jnp.int32),
+                                                              mode="drop")
+  cm = cmap.out_map  # [N_out, M0*M1*M2] coarse rows
+  fine = _take(src, jnp.maximum(cm, 0)[..., None] * n_res + jnp.arange(n_res, dtype=jnp.int32))
+  fine = jnp.where((cm >= 0)[..., None], fine, -1)  # [N_out, M, n_res]
+  fine = fine.reshape((out_capacity,) + ms + tuple(ss)).transpose(0, 1, 4, 2, 5, 3, 6)
+  out_map = fine.reshape(out_capacity, k_total)
+  in_map = None
+  if build_in_map:  # input n (cell g, residue r) feeds through k = j*s + r only: coarse in_map[g, j]
+    g = jnp.where(s2d.slot >= 0, s2d.slot // n_res, 0)
+    r = jnp.where(s2d.slot >= 0, s2d.slot % n_res, -1)
+    cin = jnp.where((s2d.slot >= 0)[:, None], _take_rows_int(cmap.in_map, g), -1)  # [N_in, M]
+    hit = r[:, None] == jnp.arange(n_res, dtype=jnp.int32)  # [N_in, n_res]
+    fine = jnp.where(hit[:, None, :], cin[:, :, None], -1)
+    fine = fine.reshape((n_in,) + ms + tuple(ss)).transpose(0, 1, 4, 2, 5, 3, 6)
+    in_map = fine.reshape(n_in, k_total)
+  return KernelMap(out_coords=cmap.out_coords, out_map=out_map, in_map=in_map,
+                   num_sites=cmap.num_sites, overflow=cmap.overflow)
+
+
+def _take_rows_int(a: jax.Array, idx: jax.Array) -> jax.Array:
+  """a[idx] for a [R, C] and indices in [0, R): [..., C]."""
+  dn = lax.GatherDimensionNumbers(offset_dims=(idx.ndim,), collapsed_slice_dims=(0,),
+                                  start_index_map=(0,))
+  return lax.gather(a, idx[..., None], dn, (1, a.shape[1]),
+                    mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+
+
 def _conv_map_prefers_bitmap(n_in: int, shape: Triple, out_shape: Triple, batch_size: int, ks: Triple,
                              ss: Triple, ds: Triple, out_capacity: int, build_in_map: bool) -> bool:
-  """Static cost model (ns, calibrated roughly on a 2-core x86 CPU): bitmap vs candidates + unique."""
+  """Static cost model (ns; constants fitted to the seed trunk's layers on a 2-core x86 CPU, where
+  the bitmap was 2-30x faster): dense bitmap passes vs candidates + unique. The candidates win for
+  few sites in very large grids."""
   in_space = batch_size * int(np.prod(shape))
   out_space = batch_size * int(np.prod(out_shape))
   if in_space + out_space > BITMAP_MAX_VOXELS:
     return False
   k_total = int(np.prod(ks))
   reach = int(np.prod([_axis_tables(ks[a], ss[a], ds[a])[4] for a in range(3)]))
-  lookups = out_capacity * k_total + (n_in * k_total if build_in_map else 0)
-  bitmap = (2.0 * (in_space + out_space) + 10.0 * n_in + 5.0 * lookups
+  row_fetches = (out_capacity + (n_in if build_in_map else 0)) * (k_total // ks[2])
+  bitmap = (1.0 * (in_space + out_space) + 10.0 * n_in + 4.0 * row_fetches
             + 2.0 * out_capacity * math.log2(max(out_space // 32, 2)))
   cand = n_in * reach
   unique = min(_sort_cost(cand, cand, out_capacity), _grid_cost(out_space, cand))
-  candidates = unique + 20.0 * cand + 2.0 * out_capacity * k_total  # + the scatter into out_map
+  candidates = 3.0 * (unique + 20.0 * cand) + 2.0 * out_capacity * k_total
   return bitmap < candidates
 
 
@@ -528,13 +616,14 @@ def _bitmap_conv_map(occ_in: jax.Array, in_bm: _Bitmap, row_of_rank: jax.Array |
   row, col, valid = out_bm.select(out_capacity)  # row = (b*O0 + o0)*O1 + o1, col = o2
   out_coords = _rc_coords(row, col, valid, out_shape)
 
-  # out_map[o, k]: the input at o*s - p + k*d (per axis), found by its rank in the input bitmap.
+  # out_map[o, k]: the input at o*s - p + k*d (per axis), found by its rank in the input bitmap
+  # (one fetch of the input row per (o, k0, k1) serves the K2 taps along the last axis).
   idx, ok = [], []
   for a in range(3):
     i = out_coords[:, a + 1, None] * ss[a] - ps[a] + jnp.arange(ks[a], dtype=jnp.int32) * ds[a]
     idx.append(i)
     ok.append((i >= 0) & (i < shape[a]))
-  rank = in_bm.rank_rc(*_grid_rc(out_coords[:, 0], idx, ok, valid, shape))
+  rank = in_bm.rank_rows(*_grid_rows(out_coords[:, 0], idx, ok, valid, shape))
   if row_of_rank is not None:
     rank = jnp.where(rank >= 0, _take(row_of_rank, jnp.maximum(rank, 0)), -1)
   out_map = rank.reshape(out_capacity, k_total)
@@ -552,23 +641,31 @@ def _bitmap_conv_map(occ_in: jax.Array, in_bm: _Bitmap, row_of_rank: jax.Array |
         hit = (num >= 0) & (lax.rem(nn, jnp.int32(ss[a])) == 0)
       idx.append(o)
       ok.append(hit & (o < out_shape[a]))
-    rank = out_bm.rank_rc(*_grid_rc(jnp.maximum(c[:, 0], 0), idx, ok, c[:, 0] >= 0, out_shape))
+    row, col, okk = _grid_rows(jnp.maximum(c[:, 0], 0), idx, ok, c[:, 0] >= 0, out_shape)
+    if ss[2] == 1 and ds[2] == 1:
+      # A regular conv's outputs o2 = i2 + p - k2 that lie in the grid all exist (each window holds
+      # input i) and are consecutive in one bitmap row, so their ranks are consecutive: one query
+      # for the highest, the K2 - 1 others follow (this layout is also what makes it exact).
+      top = jnp.minimum(c[:, 3] + ps[2], out_shape[2] - 1)[:, None, None, None]
+      r_top = out_bm.rank_rc(*jnp.broadcast_arrays(row, top, jnp.any(okk, axis=-1, keepdims=True)))
+      rank = jnp.where(okk & (r_top >= 0), r_top - (top - col), -1)
+    else:
+      rank = out_bm.rank_rows(row, col, okk)
     in_map = jnp.where(rank < out_capacity, rank, -1).reshape(n_in, k_total)
   overflow = jnp.maximum(num_sites - out_capacity, 0).astype(jnp.int32)
   return KernelMap(out_coords=out_coords, out_map=out_map.astype(jnp.int32), in_map=in_map,
                    num_sites=num_sites, overflow=overflow)
 
 
-def _grid_rc(batch: jax.Array, idx: list[jax.Array], ok: list[jax.Array], row_ok: jax.Array,
-             shape: Triple):
-  """Bitmap (row, col, valid), each [R, K0, K1, K2], of the sites (batch[r], idx0[r, k0],
-  idx1[r, k1], idx2[r, k2]) on a grid ``shape``: row = (b*D0 + i0)*D1 + i1, col = i2."""
+def _grid_rows(batch: jax.Array, idx: list[jax.Array], ok: list[jax.Array], row_ok: jax.Array,
+               shape: Triple):
+  """Like `_grid_rc`, but row [R, K0, K1, 1] and col [R, 1, 1, K2] unbroadcast (for `rank_rows`)."""
   b = batch[:, None, None, None]
   row = (b * shape[0] + idx[0][:, :, None, None]) * shape[1] + idx[1][:, None, :, None]
   col = idx[2][:, None, None, :]
   valid = (row_ok[:, None, None, None] & ok[0][:, :, None, None] & ok[1][:, None, :, None]
            & ok[2][:, None, None, :])
-  return jnp.broadcast_arrays(row, col, valid)
+  return row, col, valid
 
 
 @functools.partial(jax.jit, static_argnums=tuple(range(1, 10)))
@@ -773,7 +870,7 @@ def build_subm_map(coords: jax.Array, spatial_shape: Sequence[int], batch_size: 
     batch_size: B.
     kernel_size: 3 odd ints.
     dilation: 3 ints >= 1.
-    method: "sort", "grid" or "auto".
+    method: "sort", "grid", "bitmap" or "auto" (identical results).
   """
   shape = tuple(int(v) for v in spatial_shape)
   ks, ds = tuple(int(v) for v in kernel_size), tuple(int(v) for v in dilation)
@@ -783,7 +880,35 @@ def build_subm_map(coords: jax.Array, spatial_shape: Sequence[int], batch_size: 
     raise ValueError(f"build_subm_map: dilation must be >= 1, got {ds}")
   if method not in METHODS:
     raise ValueError(f"kernel-map method must be one of {METHODS}, got {method!r}")
+  n, k_total = coords.shape[0], int(np.prod(ks))
+  space = int(batch_size) * int(np.prod(shape))
+  if method == "auto" and space <= BITMAP_MAX_VOXELS and (
+      1.0 * space + 10.0 * n + 4.0 * n * (k_total // ks[2]) < _sort_cost(n, n * k_total, n)):
+    method = "bitmap"
+  if method == "bitmap":
+    return _build_subm_map_bitmap(coords, shape, int(batch_size), ks, ds)
   return _build_subm_map(coords, shape, int(batch_size), ks, ds, method)
+
+
+@functools.partial(jax.jit, static_argnums=tuple(range(1, 5)))
+def _build_subm_map_bitmap(coords, shape, batch_size, ks, ds):
+  """`build_subm_map` by rank queries in the input bitmap (one row fetch per K2 taps)."""
+  space = _key_space(batch_size, shape, "build_subm_map")
+  n = coords.shape[0]
+  c = coords.astype(jnp.int32)
+  active = c[:, 0] >= 0
+  bm = _Bitmap(_pack_rows(_occupancy(linearize(c, shape, batch_size), space).reshape(
+      (batch_size,) + shape)), shape[2])
+  row_of_rank = bm.rows_by_rank(bm.rank_rc(*_coords_rc(c, shape), active))
+  idx, ok = [], []
+  for a in range(3):
+    i = c[:, a + 1, None] + (jnp.arange(ks[a], dtype=jnp.int32) - (ks[a] - 1) // 2) * ds[a]
+    idx.append(i)
+    ok.append((i >= 0) & (i < shape[a]))
+  rank = bm.rank_rows(*_grid_rows(jnp.maximum(c[:, 0], 0), idx, ok, active, shape))
+  out_map = jnp.where(rank >= 0, _take(row_of_rank, jnp.maximum(rank, 0)), -1).reshape(n, -1)
+  return KernelMap(out_coords=c, out_map=out_map, in_map=out_map[:, ::-1],
+                   num_sites=jnp.sum(active, dtype=jnp.int32), overflow=jnp.zeros((), jnp.int32))
 
 
 @functools.partial(jax.jit, static_argnums=tuple(range(1, 6)))

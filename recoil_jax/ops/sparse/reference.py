@@ -10,14 +10,17 @@ either. Three equivalent ways to evaluate out[o] = sum_k W_k^T x[map(o, k)]:
   [G*C_in, C_out] (output-stationary, no scatter). Best when C_in is small (first layer).
 * ``"matmul_gather"``: Y = x @ W_chunk on the inputs, then gather [N_out, G, C_out] and sum
   (output-stationary). Best when C_out < C_in and N_out is small.
-* ``"matmul_scatter"``: Y = x @ W_chunk, then segment-sum into the outputs through the input-stationary
-  map (stride-1 convs). Moves N_in*K*C_out numbers instead of N_out*K*C_in.
+* ``"matmul_scatter"``: Y = x @ W on a block of input rows (all offsets at once), then scatter-add
+  into the outputs through the input-stationary map (stride-1 convs). Moves N_in*K*C_out numbers
+  instead of N_out*K*C_in, and skips blocks of inactive rows (the unused tail of the capacity).
 
-All loop over chunks of offsets with `lax.scan` (bodies rematerialised under autodiff) so that at most
-``max_chunk_elements`` gathered numbers are alive; each step slices its columns of the map (no
-transposed copy of the map), and the scatter variant adds in place into its accumulator; ``"auto"`` picks the cheapest by a static cost model.
-Gradients come from JAX autodiff; rows marked -1 read a zero padding row, so inactive rows neither
-contribute nor receive gradient.
+All loop with `lax.scan` (bodies rematerialised under autodiff) so that at most ``max_chunk_elements``
+gathered or scattered numbers are alive: the gathers over chunks of offsets, each step slicing its
+columns of the map (no transposed copy), the scatter over blocks of rows, adding in place into its
+accumulator. ``"auto"`` picks the cheapest by a static cost model. Gathers and scatters call `lax.gather` / `lax.scatter_add`
+with in-bounds indices (rows marked -1 read a zero padding row, or add into a spare accumulator row):
+jnp indexing would add a select per index for negative-index wrapping, also in the backward pass.
+Gradients come from JAX autodiff; inactive rows neither contribute nor receive gradient.
 
 Strided convolutions whose kernel is a multiple of the stride (dilation 1; e.g. the seed's k6/s2 first
 layer) run as a space-to-depth regrouping followed by a stride-1 convolution on the coarse grid: the
@@ -42,6 +45,8 @@ from recoil_jax.ops.sparse.tensor import CapacityOverflowError, SparseTensor, is
 
 COMPUTES = ("auto", "gather_first", "matmul_gather", "matmul_scatter")
 DEFAULT_CHUNK_ELEMENTS = 1 << 23  # 8 Mi numbers (32 MiB in float32) per gathered chunk
+MIN_BLOCK_ROWS = 32  # matmul_scatter: below this many rows per block, chunk the offsets instead
+GATHER_FIRST_OFFSETS = 8  # gather_first: offsets per step at most
 
 
 def _chunking(k: int, per_offset: int, max_chunk_elements: int) -> tuple[int, int]:
@@ -135,7 +140,10 @@ def gather_matmul(features: jax.Array, out_map: jax.Array, kernel: jax.Array, *,
   x = jnp.concatenate([features.astype(dtype), jnp.zeros((1, c_in), dtype)], 0)  # row n_in = 0
   kernel = kernel.astype(dtype)
   if order == "gather_first":
-    g, n = _chunking(k, n_out * c_in, max_chunk_elements)
+    # At most GATHER_FIRST_OFFSETS offsets per step even when more would fit: wider gathers were
+    # measured up to 2x slower on this CPU (k6/s2 at batch 8: 27 offsets in one step vs 4 of 7).
+    g, n = _chunking(k, max(n_out * c_in, -(-max_chunk_elements // GATHER_FIRST_OFFSETS)),
+                     max_chunk_elements)
     maps, w = _pad_offsets(out_map, kernel, g, n, n_in)
     w = w.reshape(n, g * c_in, c_out)
 
@@ -163,12 +171,17 @@ def matmul_scatter(features: jax.Array, in_map: jax.Array, kernel: jax.Array, nu
                    max_chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> jax.Array:
   """Input-stationary sparse conv arithmetic: out = segment_sum over (n, k) of x[n] @ W_k.
 
+  Steps over blocks of input rows with all K offsets at once (one [rows, C_in] x [C_in, K*C_out]
+  matmul, one scatter-add); a block whose map entries are all -1 (inactive rows: the tail of a
+  tensor's capacity) is skipped with `lax.cond`. When even ``MIN_BLOCK_ROWS`` rows with all offsets
+  exceed ``max_chunk_elements``, it steps over chunks of offsets for all rows instead.
+
   Args:
     features: [N_in, C_in].
     in_map: [N_in, K] int32 output row per (input, offset), -1 = none.
     kernel: [K, C_in, C_out].
     num_out: N_out (static).
-    max_chunk_elements: bound on the numbers scattered per scan step.
+    max_chunk_elements: bound on the numbers scattered per step.
 
   Returns:
     [N_out, C_out].
@@ -178,17 +191,47 @@ def matmul_scatter(features: jax.Array, in_map: jax.Array, kernel: jax.Array, nu
   c_out = kernel.shape[-1]
   dtype = jnp.result_type(features.dtype, kernel.dtype)
   x = features.astype(dtype)
+  kernel = kernel.astype(dtype)
+  acc = jnp.zeros((num_out + 1, c_out), dtype)  # row num_out takes the missing entries, cut off below
+  blk = min(n_in, max_chunk_elements // max(k * c_out, 1))
+  if blk < min(n_in, MIN_BLOCK_ROWS):
+    return _matmul_scatter_offset_chunks(x, in_map, kernel, acc, max_chunk_elements)[:num_out]
+  nb = math.ceil(n_in / blk)
+  blk = math.ceil(n_in / nb)  # balance blocks
+  pad = nb * blk - n_in
+  x = jnp.pad(x, ((0, pad), (0, 0)))
+  maps = jnp.pad(jnp.where(in_map < 0, num_out, in_map), ((0, pad), (0, 0)), constant_values=num_out)
+  w = kernel.transpose(1, 0, 2).reshape(c_in, k * c_out)  # output rows reshape (free) to (n, k)
+
+  def compute(acc, i):
+    rows = lax.dynamic_slice_in_dim(x, i * blk, blk)
+    idx = lax.dynamic_slice_in_dim(maps, i * blk, blk).reshape(-1)
+    return _add_rows(acc, idx, (rows @ w).reshape(blk * k, c_out))  # in place in the loop
+
+  def body(acc, i):
+    live = jnp.any(lax.dynamic_slice_in_dim(maps, i * blk, blk) != num_out)
+    return lax.cond(live, compute, lambda a, _: a, acc, i)
+
+  # Block 0 unconditionally (carry type, see `_fold`), the others skipped when empty.
+  acc = compute(acc, jnp.int32(0))
+  if nb > 1:
+    step = jax.checkpoint(body)
+    acc = lax.scan(lambda a, i: (step(a, i), None), acc, jnp.arange(1, nb, dtype=jnp.int32))[0]
+  return acc[:num_out]
+
+
+def _matmul_scatter_offset_chunks(x, in_map, kernel, acc, max_chunk_elements):
+  """`matmul_scatter` over chunks of offsets (all rows per step), for very wide K*C_out."""
+  n_in, c_in = x.shape
+  k, _, c_out = kernel.shape
   g, n = _chunking(k, n_in * c_out, max_chunk_elements)
-  # Missing entries go to an extra accumulator row num_out, cut off at the end.
-  maps, w = _pad_offsets(in_map, kernel.astype(dtype), g, n, num_out)
-  # [n, C_in, g*C_out]: one plain matmul per chunk whose output rows reshape (free) to (n, t).
+  maps, w = _pad_offsets(in_map, kernel, g, n, acc.shape[0] - 1)
   w = w.reshape(n, g, c_in, c_out).transpose(0, 2, 1, 3).reshape(n, c_in, g * c_out)
 
   def body(acc, i):
-    y = (x @ w[i]).reshape(n_in * g, c_out)
-    return _add_rows(acc, _chunk(maps, i, g).reshape(-1), y)  # in place in the loop
+    return _add_rows(acc, _chunk(maps, i, g).reshape(-1), (x @ w[i]).reshape(n_in * g, c_out))
 
-  return _fold(body, jnp.zeros((num_out + 1, c_out), dtype), n)[:num_out]
+  return _fold(body, acc, n)
 
 
 @functools.partial(jax.jit, static_argnames=("max_chunk_elements",))
@@ -196,23 +239,36 @@ def gather_max(features: jax.Array, out_map: jax.Array, *,
                max_chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> jax.Array:
   """spconv max pooling arithmetic: out[o] = max(0, max_k x[out_map[o, k]]) (-1 entries read 0).
 
+  A running max over the offsets (one [N_out, C] row gather per offset, fused with the max) finds
+  the winning input row per output number, then one differentiable gather picks the values: the
+  gradient is a scatter of N_out*C numbers (to the first maximum; none when the 0 wins), instead of
+  the chain of selects of a max over [N_out, K, C].
+
   Args:
     features: [N_in, C]; out_map: [N_out, K].
+    max_chunk_elements: unused (only [N_out, C] arrays are alive); kept for a uniform signature.
 
   Returns:
     [N_out, C].
   """
+  del max_chunk_elements
   n_in, c = features.shape
   n_out, k = out_map.shape
-  x = jnp.concatenate([features, jnp.zeros((1, c), features.dtype)], 0)
-  g, n = _chunking(k, n_out * c, max_chunk_elements)
-  maps, _ = _pad_offsets(out_map, jnp.zeros((k, 1, 1), features.dtype), g, n, n_in)
+  x = jnp.concatenate([features, jnp.zeros((1, c), features.dtype)], 0)  # row n_in: spconv's 0 init
+  maps = jnp.where(out_map < 0, n_in, out_map)
+  xs = lax.stop_gradient(x)
 
-  def body(acc, i):
-    return jnp.maximum(acc, _take_rows(x, _chunk(maps, i, g)).max(1))
+  def step(t, carry):
+    best, win = carry
+    rows = lax.dynamic_index_in_dim(maps, t, axis=1, keepdims=True)  # [N_out, 1]
+    v = _take_rows(xs, rows[:, 0])
+    better = v > best  # strict: the first maximum wins, and 0 beats no input
+    return jnp.where(better, v, best), jnp.where(better, rows, win)
 
-  init = jnp.zeros((n_out, c), features.dtype)  # spconv initialises the max with 0
-  return _fold(body, init, n)
+  # Offset 0 outside the loop, so that the carry is device-varying inside shard_map (see `_fold`).
+  init = step(0, (jnp.zeros((n_out, c), x.dtype), jnp.full((n_out, c), n_in, jnp.int32)))
+  _, win = lax.fori_loop(1, k, step, init, unroll=max(1, min(k - 1, 8)))
+  return km._take(x.reshape(-1), win * c + jnp.arange(c, dtype=jnp.int32))
 
 
 def choose_compute(n_in: int, n_out: int, k: int, c_in: int, c_out: int, has_in_map: bool) -> str:
