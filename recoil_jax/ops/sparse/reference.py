@@ -300,7 +300,8 @@ def conv_compute(features: jax.Array, kmap: km.KernelMap, kernel: jax.Array, *, 
                        max_chunk_elements=max_chunk_elements)
 
 
-def _raise_on_overflow(kmap: km.KernelMap, capacity: int, where: str) -> None:
+def raise_on_overflow(kmap: km.KernelMap, capacity: int, where: str) -> None:
+  """Raises CapacityOverflowError (naming ``where``) when a concrete map has more sites than fit."""
   if is_concrete(kmap.num_sites):
     n = int(kmap.num_sites)
     if n > capacity:
@@ -309,7 +310,8 @@ def _raise_on_overflow(kmap: km.KernelMap, capacity: int, where: str) -> None:
           f"be dropped. Pass out_capacity >= {n}.")
 
 
-def _check_kernel(st: SparseTensor, kernel: jax.Array, where: str) -> None:
+def check_kernel(st: SparseTensor, kernel: jax.Array, where: str) -> None:
+  """Checks that ``kernel`` is [K0, K1, K2, C_in, C_out] with C_in = the features' channels."""
   if kernel.ndim != 5:
     raise ValueError(f"{where}: kernel must be [K0, K1, K2, C_in, C_out], got shape {kernel.shape}")
   if kernel.shape[3] != st.num_channels:
@@ -317,7 +319,8 @@ def _check_kernel(st: SparseTensor, kernel: jax.Array, where: str) -> None:
                      f"{st.num_channels} channels")
 
 
-def _finish(features: jax.Array, bias: jax.Array | None, coords: jax.Array) -> jax.Array:
+def finish_features(features: jax.Array, bias: jax.Array | None, coords: jax.Array) -> jax.Array:
+  """Adds the bias and zeroes the padding rows (coords[:, 0] < 0): [N, C] -> [N, C]."""
   if bias is not None:
     features = features + bias.astype(features.dtype)
   return jnp.where((coords[:, 0] >= 0)[:, None], features, 0)
@@ -351,7 +354,7 @@ def sparse_conv(st: SparseTensor, kernel: jax.Array, bias: jax.Array | None = No
   Returns:
     SparseTensor on the output grid floor((in + 2p - d(k-1) - 1)/s) + 1.
   """
-  _check_kernel(st, kernel, where)
+  check_kernel(st, kernel, where)
   ks = tuple(kernel.shape[:3])
   ss, ps, ds = km.triple(strides, "strides"), km.triple(padding, "padding"), km.triple(dilation, "dilation")
   out_shape = km.conv_output_shape(st.spatial_shape, ks, ss, ps, ds)
@@ -365,10 +368,10 @@ def sparse_conv(st: SparseTensor, kernel: jax.Array, bias: jax.Array | None = No
     kmap = km.build_conv_map(st.coords, st.spatial_shape, st.batch_size, ks, ss, ps, ds, out_capacity,
                              method=method)
     features = st.features
-  _raise_on_overflow(kmap, out_capacity, where)
+  raise_on_overflow(kmap, out_capacity, where)
   flat = kernel.reshape((-1,) + kernel.shape[3:])
   out = conv_compute(features, kmap, flat, compute=compute, max_chunk_elements=max_chunk_elements)
-  return SparseTensor(coords=kmap.out_coords, features=_finish(out, bias, kmap.out_coords),
+  return SparseTensor(coords=kmap.out_coords, features=finish_features(out, bias, kmap.out_coords),
                       spatial_shape=out_shape, batch_size=st.batch_size,
                       overflow=st.overflow + kmap.overflow)
 
@@ -446,7 +449,7 @@ def subm_conv(st: SparseTensor, kernel: jax.Array, bias: jax.Array | None = None
     dilation: int or 3 ints.
     method, compute, max_chunk_elements, where: as in `sparse_conv`.
   """
-  _check_kernel(st, kernel, where)
+  check_kernel(st, kernel, where)
   ks = tuple(kernel.shape[:3])
   if any(k % 2 == 0 for k in ks):
     raise ValueError(f"{where}: submanifold convolution needs odd kernel sizes, got {ks}")
@@ -454,7 +457,7 @@ def subm_conv(st: SparseTensor, kernel: jax.Array, bias: jax.Array | None = None
                            km.triple(dilation, "dilation"), method=method)
   flat = kernel.reshape((-1,) + kernel.shape[3:])
   out = conv_compute(st.features, kmap, flat, compute=compute, max_chunk_elements=max_chunk_elements)
-  return st.replace(features=_finish(out, bias, st.coords))
+  return st.replace(features=finish_features(out, bias, st.coords))
 
 
 def sparse_max_pool(st: SparseTensor, kernel_size: int | Sequence[int], *,
@@ -479,7 +482,7 @@ def sparse_max_pool(st: SparseTensor, kernel_size: int | Sequence[int], *,
     out_capacity = km.default_out_capacity(st.capacity, st.batch_size, out_shape, ks, ss, ds)
   kmap = km.build_conv_map(st.coords, st.spatial_shape, st.batch_size, ks, ss, ps, ds, out_capacity,
                            method=method, build_in_map=False)
-  _raise_on_overflow(kmap, out_capacity, where)
+  raise_on_overflow(kmap, out_capacity, where)
   out = gather_max(st.features, kmap.out_map, max_chunk_elements=max_chunk_elements)
   out = jnp.where((kmap.out_coords[:, 0] >= 0)[:, None], out, 0)
   return SparseTensor(coords=kmap.out_coords, features=out, spatial_shape=out_shape,

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from recoil_jax.ops.sparse import kernel_map as km
 from recoil_jax.ops.sparse import reference
-from recoil_jax.ops.sparse.tensor import CapacityOverflowError, SparseTensor, is_concrete
+from recoil_jax.ops.sparse.tensor import SparseTensor
 
 BACKENDS = ("auto", "xla", "pallas")
 _STATE = threading.local()
@@ -82,30 +82,7 @@ def resolve_backend(backend: str, interpret: bool = False,
 
 
 # ---------------------------------------------------------------------------------------------------
-# Shared checks (kept here so that this module does not depend on the reference's private helpers).
-
-def _check_kernel(st: SparseTensor, kernel: jax.Array, where: str) -> None:
-  if kernel.ndim != 5:
-    raise ValueError(f"{where}: kernel must be [K0, K1, K2, C_in, C_out], got shape {kernel.shape}")
-  if kernel.shape[3] != st.num_channels:
-    raise ValueError(f"{where}: kernel expects C_in={kernel.shape[3]} but features have "
-                     f"{st.num_channels} channels")
-
-
-def _raise_on_overflow(kmap: km.KernelMap, capacity: int, where: str) -> None:
-  if is_concrete(kmap.num_sites):
-    n = int(kmap.num_sites)
-    if n > capacity:
-      raise CapacityOverflowError(
-          f"{where}: {n} output sites exist but out_capacity={capacity}; {n - capacity} site(s) would "
-          f"be dropped. Pass out_capacity >= {n}.")
-
-
-def _finish(features: jax.Array, bias: jax.Array | None, coords: jax.Array) -> jax.Array:
-  if bias is not None:
-    features = features + bias.astype(features.dtype)
-  return jnp.where((coords[:, 0] >= 0)[:, None], features, 0)
-
+# Shared helpers (kernel checks, overflow errors and bias/padding come from the XLA path).
 
 def _reference_kwargs(method: str, compute: str | None, max_chunk_elements: int | None) -> dict:
   kwargs = {"method": method}
@@ -136,7 +113,7 @@ def sparse_conv(st: SparseTensor, kernel: jax.Array, bias: jax.Array | None = No
                                  dilation=dilation, out_capacity=out_capacity, where=where,
                                  **_reference_kwargs(method, compute, max_chunk_elements))
   from recoil_jax.ops.sparse.pallas import conv, rulebook
-  _check_kernel(st, kernel, where)
+  reference.check_kernel(st, kernel, where)
   ks = tuple(kernel.shape[:3])
   ss, ps, ds = km.triple(strides, "strides"), km.triple(padding, "padding"), km.triple(dilation, "dilation")
   out_shape = km.conv_output_shape(st.spatial_shape, ks, ss, ps, ds)
@@ -144,10 +121,10 @@ def sparse_conv(st: SparseTensor, kernel: jax.Array, bias: jax.Array | None = No
     out_capacity = km.default_out_capacity(st.capacity, st.batch_size, out_shape, ks, ss, ds)
   kmap = rulebook.build_conv_map(st.coords, st.spatial_shape, st.batch_size, ks, ss, ps, ds,
                                  out_capacity, build_in_map=True, interpret=interp)
-  _raise_on_overflow(kmap, out_capacity, where)
+  reference.raise_on_overflow(kmap, out_capacity, where)
   flat = kernel.reshape((-1,) + kernel.shape[3:])
   out = conv.conv_features(st.features, flat, kmap.out_map, kmap.in_map, interp)
-  return SparseTensor(coords=kmap.out_coords, features=_finish(out, bias, kmap.out_coords),
+  return SparseTensor(coords=kmap.out_coords, features=reference.finish_features(out, bias, kmap.out_coords),
                       spatial_shape=out_shape, batch_size=st.batch_size,
                       overflow=st.overflow + kmap.overflow)
 
@@ -162,7 +139,7 @@ def subm_conv(st: SparseTensor, kernel: jax.Array, bias: jax.Array | None = None
     return reference.subm_conv(st, kernel, bias, dilation=dilation, where=where,
                                **_reference_kwargs(method, compute, max_chunk_elements))
   from recoil_jax.ops.sparse.pallas import conv, rulebook
-  _check_kernel(st, kernel, where)
+  reference.check_kernel(st, kernel, where)
   ks = tuple(kernel.shape[:3])
   if any(k % 2 == 0 for k in ks):
     raise ValueError(f"{where}: submanifold convolution needs odd kernel sizes, got {ks}")
@@ -170,7 +147,7 @@ def subm_conv(st: SparseTensor, kernel: jax.Array, bias: jax.Array | None = None
                                  km.triple(dilation, "dilation"), interpret=interp)
   flat = kernel.reshape((-1,) + kernel.shape[3:])
   out = conv.conv_features(st.features, flat, kmap.out_map, kmap.in_map, interp)
-  return st.replace(features=_finish(out, bias, st.coords))
+  return st.replace(features=reference.finish_features(out, bias, st.coords))
 
 
 def sparse_max_pool(st: SparseTensor, kernel_size: int | Sequence[int], *,
@@ -194,7 +171,7 @@ def sparse_max_pool(st: SparseTensor, kernel_size: int | Sequence[int], *,
     out_capacity = km.default_out_capacity(st.capacity, st.batch_size, out_shape, ks, ss, ds)
   kmap = rulebook.build_conv_map(st.coords, st.spatial_shape, st.batch_size, ks, ss, ps, ds,
                                  out_capacity, build_in_map=True, interpret=interp)
-  _raise_on_overflow(kmap, out_capacity, where)
+  reference.raise_on_overflow(kmap, out_capacity, where)
   out = maxpool.max_pool_features(st.features, kmap.out_map, kmap.in_map, interp)
   out = jnp.where((kmap.out_coords[:, 0] >= 0)[:, None], out, 0)
   return SparseTensor(coords=kmap.out_coords, features=out, spatial_shape=out_shape,
