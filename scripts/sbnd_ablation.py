@@ -202,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "selection": (m.get("analysis") or {}).get("selection"),
                  "steps": final.get("step"), "best_step": final.get("best_step"),
                  "batch": config.train.global_batch_size, "seconds": seconds,
-                 "workdir": run_dir})
+                 # Relative to the folder of ablation.json, so that the table can be moved.
+                 "workdir": os.path.relpath(run_dir, workdir)})
     write_tables(workdir, rows, setup)  # After every variant: partial tables survive.
   json_path, md_path = write_tables(workdir, rows, setup)
   with open(md_path, encoding="utf-8") as f:

@@ -228,6 +228,9 @@ def test_ablation_script_quick_and_resumable(tmp_path):
   table = json.loads((tmp_path / "ablation.json").read_text())
   assert [r["variant"] for r in table["rows"]] == ["baseline", "no_balance"]
   assert all(np.isfinite(r["metrics"]["mean_iou"]) for r in table["rows"])
+  # Run folders are recorded relative to ablation.json (no machine-specific paths).
+  assert all(not os.path.isabs(r["workdir"]) and (tmp_path / r["workdir"] / "final_metrics.json").exists()
+             for r in table["rows"])
   md = (tmp_path / "ablation.md").read_text()
   assert "simulated" in md and "| No Loss Balance |" in md and "0.544" in md
   again = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True,
