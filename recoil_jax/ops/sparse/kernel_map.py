@@ -856,6 +856,16 @@ def _build_space_to_depth_map(coords, shape, batch_size, ks, ss, ps, out_capacit
 # ---------------------------------------------------------------------------------------------------
 # Submanifold convolution.
 
+def subm_args(kernel_size: Sequence[int], dilation: Sequence[int]) -> tuple[Triple, Triple]:
+  """Checked submanifold (kernel_size, dilation) as int triples: odd kernels, dilation >= 1."""
+  ks, ds = tuple(int(v) for v in kernel_size), tuple(int(v) for v in dilation)
+  if any(k % 2 == 0 or k < 1 for k in ks):
+    raise ValueError(f"build_subm_map: submanifold kernel_size must be odd, got {ks}")
+  if any(d < 1 for d in ds):
+    raise ValueError(f"build_subm_map: dilation must be >= 1, got {ds}")
+  return ks, ds
+
+
 def build_subm_map(coords: jax.Array, spatial_shape: Sequence[int], batch_size: int,
                    kernel_size: Sequence[int], dilation: Sequence[int],
                    method: str = "auto") -> KernelMap:
@@ -873,11 +883,7 @@ def build_subm_map(coords: jax.Array, spatial_shape: Sequence[int], batch_size: 
     method: "sort", "grid", "bitmap" or "auto" (identical results).
   """
   shape = tuple(int(v) for v in spatial_shape)
-  ks, ds = tuple(int(v) for v in kernel_size), tuple(int(v) for v in dilation)
-  if any(k % 2 == 0 or k < 1 for k in ks):
-    raise ValueError(f"build_subm_map: submanifold kernel_size must be odd, got {ks}")
-  if any(d < 1 for d in ds):
-    raise ValueError(f"build_subm_map: dilation must be >= 1, got {ds}")
+  ks, ds = subm_args(kernel_size, dilation)
   if method not in METHODS:
     raise ValueError(f"kernel-map method must be one of {METHODS}, got {method!r}")
   n, k_total = coords.shape[0], int(np.prod(ks))

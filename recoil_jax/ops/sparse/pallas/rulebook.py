@@ -261,11 +261,7 @@ def build_subm_map(coords: jax.Array, spatial_shape: Sequence[int], batch_size: 
   ``in_map`` is ``out_map`` with the offset axis reversed (the map is symmetric).
   """
   shape = tuple(int(v) for v in spatial_shape)
-  ks, ds = tuple(int(v) for v in kernel_size), tuple(int(v) for v in dilation)
-  if any(k % 2 == 0 or k < 1 for k in ks):
-    raise ValueError(f"build_subm_map: submanifold kernel_size must be odd, got {ks}")
-  if any(d < 1 for d in ds):
-    raise ValueError(f"build_subm_map: dilation must be >= 1, got {ds}")
+  ks, ds = km.subm_args(kernel_size, dilation)
   _check_key_space(batch_size, shape, "build_subm_map")
   coords = coords.astype(jnp.int32)
   table = hashing.build_table(_input_keys(coords, shape, int(batch_size)), interpret=interpret)
