@@ -6,7 +6,7 @@ Config files (``configs/*.py``) build on :func:`base_config`::
 
   def get_config(variant: str | None = None):
     config = config_lib.base_config()
-    config.task = "toy_regression"
+    config.task = "toy"
     ...
     if variant == "smoke":
       config_lib.apply_smoke(config)

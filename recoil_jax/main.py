@@ -1,6 +1,6 @@
 r"""Command-line entry: trains and evaluates one experiment config into a workdir.
 
-  python -m recoil_jax.main --config=configs/toy_regression.py:smoke --workdir=/tmp/toy \
+  python -m recoil_jax.main --config=configs/toy.py:smoke --workdir=/tmp/toy \
       --config.optimizer.learning_rate=3e-4
 
 ``--config=file.py:variant`` calls ``get_config("variant")``; ``--config.a.b=value``

@@ -82,7 +82,7 @@ from recoil_jax import config_lib
 from recoil_jax import parallel
 from recoil_jax import tasks
 from recoil_jax.data import pipeline
-from recoil_jax.tasks.base import Task
+from recoil_jax.tasks import Task
 
 ERROR_PREFIX = "error/"
 VALIDATION = "validation"

@@ -1,4 +1,4 @@
-"""Throughput and occupancies of the toy SBND LArTPC simulator (recoil_jax.sim.lartpc).
+"""Throughput and occupancies of the toy SBND LArTPC simulator (recoil_jax.studies.sbnd.sim).
 
 For each requested resolution, simulates events (a fresh seed per resolution,
 one warm-up event first, not timed) and prints events/s (wall clock and
@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from recoil_jax.sim.lartpc import INTERACTIONS, PLANE_NAMES, simulate_sbnd_events
+from recoil_jax.studies.sbnd.sim import INTERACTIONS, PLANE_NAMES, simulate_sbnd_events
 
 PAPER_640X1024 = {"active": 11_000, "cosmic": 2_300, "neutrino": 250}
 

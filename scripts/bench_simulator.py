@@ -1,4 +1,4 @@
-"""Throughput of the toy electron-recoil simulator (recoil_jax.sim).
+"""Throughput of the toy electron-recoil simulator (recoil_jax.studies.tpc.sim).
 
 Times one call to compile (the first, reported separately) and then warm calls
 of ``simulate_electron_recoils`` with a fresh seed each, and prints tracks/s
@@ -20,7 +20,7 @@ import time
 import jax
 import numpy as np
 
-from recoil_jax.sim import simulate_electron_recoils
+from recoil_jax.studies.tpc.sim import simulate_electron_recoils
 
 
 def _parse_args() -> argparse.Namespace:

@@ -40,8 +40,8 @@ GRID = 120
 
 def make_batch(batch: int, seed: int, max_voxels: int):
   """Simulated 50 keV tracks, σ = 443 µm, preprocessed as the seed → padded voxel arrays."""
-  from recoil_jax.data import tpc_preprocess
-  from recoil_jax.sim import electron_recoil
+  from recoil_jax.studies.tpc import preprocess as tpc_preprocess
+  from recoil_jax.studies.tpc import sim as electron_recoil
 
   t0 = time.perf_counter()
   tracks = electron_recoil.simulate_electron_recoils(seed, 50.0, num_tracks=4 * batch)
@@ -77,10 +77,10 @@ def _timeit(fn, repeats: int, budget_s: float = 60.0):
 def run_recoil_jax(coords, charges, nvox, labels, repeats):
   import jax
   import jax.numpy as jnp
-  from recoil_jax import losses
-  from recoil_jax.models import tpc_cnn
+  from recoil_jax.losses import direction as direction_losses
+  from recoil_jax.studies.tpc import model as tpc_model
 
-  model = tpc_cnn.TpcDirectionNet(trunk="seed", head="cosine")
+  model = tpc_model.TpcDirectionNet(trunk="seed", head="cosine")
   batch = {"coords": jnp.asarray(coords), "charges": jnp.asarray(charges),
            "num_voxels": jnp.asarray(nvox)}
   params = model.init(jax.random.PRNGKey(0), batch)
@@ -88,7 +88,7 @@ def run_recoil_jax(coords, charges, nvox, labels, repeats):
 
   def loss(p, b):
     out = model.apply(p, b)
-    return losses.cosine_similarity_loss(out["pred_direction"], jnp.asarray(labels)).mean()
+    return direction_losses.cosine_similarity_loss(out["pred_direction"], jnp.asarray(labels)).mean()
 
   grad = jax.jit(jax.grad(loss))
   out = {"forward_s": _timeit(lambda: fwd(params, batch).block_until_ready(), repeats)}
@@ -276,7 +276,7 @@ def main() -> None:
   import tempfile
   impls = args.impls.split(",")
   coords, charges, nvox, labels, sim_info = make_batch(args.batch, args.seed, args.max_voxels)
-  from recoil_jax.sim import electron_recoil
+  from recoil_jax.studies.tpc import sim as electron_recoil
   n_sim = 2048
   electron_recoil.simulate_electron_recoils(1, 50.0, num_tracks=n_sim)  # compile this shape
   t0 = time.perf_counter()

@@ -152,7 +152,7 @@ def worker_single(spec: dict) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  from recoil_jax.models import uresnet  # pylint: disable=g-import-not-at-top
+  from recoil_jax.studies.sbnd import model as uresnet  # pylint: disable=g-import-not-at-top
 
   dtype = jnp.dtype(spec["dtype"])
   model = uresnet.UResNet(**spec["model"], dtype=dtype)
@@ -221,7 +221,7 @@ def worker_scaling(spec: dict) -> dict:
   import optax  # pylint: disable=g-import-not-at-top
   from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
   from recoil_jax import parallel  # pylint: disable=g-import-not-at-top
-  from recoil_jax.models import uresnet  # pylint: disable=g-import-not-at-top
+  from recoil_jax.studies.sbnd import model as uresnet  # pylint: disable=g-import-not-at-top
 
   n = spec["devices"]
   if jax.device_count() != n:
@@ -389,7 +389,7 @@ def main() -> None:
     if mode not in ("forward", "train"):
       raise SystemExit(f"--modes: unknown mode {mode!r} (forward, train)")
 
-  from recoil_jax.models import uresnet  # pylint: disable=g-import-not-at-top
+  from recoil_jax.studies.sbnd import model as uresnet  # pylint: disable=g-import-not-at-top
   report = {"machine": _machine(), "model": model, "batch": args.batch, "single": [],
             "scaling": []}
   print(f"# UResNet benchmark — {report['machine']['cpu']}, {report['machine']['cpus']} CPUs, "

@@ -8,7 +8,7 @@ One prepared run for a lent GPU (written for an H200). On simulated 50 keV elect
    entry, conv forward / dX / dW, max-pool forward / backward, bf16 forward, and the whole trunk's
    parameter gradients;
 2. measures the fp32 (HIGHEST) and bf16 matmul rates of the card;
-3. times the seed network (trunk + homoscedastic head, recoil_jax/models/tpc_cnn.py) forward and
+3. times the seed network (trunk + homoscedastic head, recoil_jax/studies/tpc/model.py) forward and
    forward+backward at batch 64 and 256: Pallas vs the XLA path vs the same layers as dense 3D
    convolutions (cuDNN through XLA);
 4. times each trunk layer the same three ways, and the rulebook alone, with the FLOPs at active
@@ -69,8 +69,8 @@ def _short_error(e: BaseException) -> str:
 def make_tracks(batch: int, seed: int, max_voxels: int, voxel_cap: int | None):
   """Simulated 50 keV tracks (σ 443 µm), seed preprocessing; padded arrays trimmed to the batch's
   largest event. ``voxel_cap`` keeps only the first voxels of each event (dry run)."""
-  from recoil_jax.data import tpc_preprocess
-  from recoil_jax.sim import electron_recoil
+  from recoil_jax.studies.tpc import preprocess as tpc_preprocess
+  from recoil_jax.studies.tpc import sim as electron_recoil
   tracks = electron_recoil.simulate_electron_recoils(seed, 50.0, num_tracks=2 * batch + 8)
   vox, counts = tpc_preprocess.preprocess_tracks(
       tracks.positions_mm, tracks.num_electrons, tracks.energy_kev,
@@ -88,12 +88,12 @@ def make_tracks(batch: int, seed: int, max_voxels: int, voxel_cap: int | None):
 def measure_capacities(coords, charges, num) -> list[int]:
   """Largest number of active sites per event after each regular trunk layer (XLA path)."""
   import jax.numpy as jnp
-  from recoil_jax.models import tpc_cnn
+  from recoil_jax.studies.tpc import model as tpc_model
   from recoil_jax.ops import sparse
   need = []
   st = sparse.from_padded_voxels(jnp.asarray(coords), jnp.asarray(charges[..., None]),
                                  jnp.asarray(num), (GRID,) * 3)
-  for kind, _, k, s in tpc_cnn.TRUNKS["seed"]:
+  for kind, _, k, s in tpc_model.TRUNKS["seed"]:
     if kind == "conv":
       st = sparse.reference.sparse_conv(st, jnp.ones((k, k, k, st.num_channels, 1)), strides=s)
     else:
@@ -148,7 +148,7 @@ def check_kernels(coords, charges, num, caps, interpret: bool,
   """[(check, error, tolerance, ok)] on the device (per-layer checks for the first ``max_layers``)."""
   import jax
   import jax.numpy as jnp
-  from recoil_jax.models import tpc_cnn
+  from recoil_jax.studies.tpc import model as tpc_model
   from recoil_jax.ops import sparse
   from recoil_jax.ops.sparse import kernel_map as km
   from recoil_jax.ops.sparse import reference
@@ -175,7 +175,7 @@ def check_kernels(coords, charges, num, caps, interpret: bool,
 
   with jax.default_matmul_precision("highest"):
     h = st
-    for i, ((kind, feats, k, s), cap) in enumerate(zip(tpc_cnn.TRUNKS["seed"][:max_layers], caps)):
+    for i, ((kind, feats, k, s), cap) in enumerate(zip(tpc_model.TRUNKS["seed"][:max_layers], caps)):
       geometry = (h.coords, h.spatial_shape, batch, (k,) * 3, (s,) * 3, (0,) * 3, (1,) * 3, cap * batch)
       want = km.build_conv_map(*geometry, build_in_map=True)
       got = rulebook.build_conv_map(*geometry, build_in_map=True, interpret=interpret)
@@ -225,7 +225,7 @@ def check_kernels(coords, charges, num, caps, interpret: bool,
         rows.append((f"layer {i} capacity overflow", float(want.overflow), 0.0, False))
 
     # The whole trunk: parameter gradients with each backend.
-    trunk = tpc_cnn.SparseTrunk(tpc_cnn.TRUNKS["seed"], capacity_per_event=tuple(caps))
+    trunk = tpc_model.SparseTrunk(tpc_model.TRUNKS["seed"], capacity_per_event=tuple(caps))
     args = (jnp.asarray(coords), jnp.asarray(charges), jnp.asarray(num))
     params = trunk.init(jax.random.key(0), *args)
     gd = jnp.asarray(rng.normal(size=(batch, 12 ** 3 * 20)), jnp.float32)
@@ -247,9 +247,9 @@ def dense_layers(batch_dense, trunk_params):
   import jax
   import jax.numpy as jnp
   from jax import lax
-  from recoil_jax.models import tpc_cnn
+  from recoil_jax.studies.tpc import model as tpc_model
   x = batch_dense
-  for i, (kind, _, k, s) in enumerate(tpc_cnn.TRUNKS["seed"]):
+  for i, (kind, _, k, s) in enumerate(tpc_model.TRUNKS["seed"]):
     if kind == "conv":
       p = trunk_params[f"conv{i}"]
       x = lax.conv_general_dilated(x, p["kernel"], (s,) * 3, "VALID",
@@ -264,12 +264,12 @@ def time_network(coords, charges, num, labels, caps, repeats, interpret, budget,
   """Whole network (trunk + cosine head) fwd and fwd+bwd: pallas, xla, dense."""
   import jax
   import jax.numpy as jnp
-  from recoil_jax import losses
-  from recoil_jax.models import tpc_cnn
+  from recoil_jax.losses import direction as direction_losses
+  from recoil_jax.studies.tpc import model as tpc_model
   from recoil_jax.ops.sparse.pallas import dispatch
 
   batch = coords.shape[0]
-  model = tpc_cnn.TpcDirectionNet(trunk="seed", head="cosine", capacity_per_event=tuple(caps))
+  model = tpc_model.TpcDirectionNet(trunk="seed", head="cosine", capacity_per_event=tuple(caps))
   inputs = {"coords": jnp.asarray(coords), "charges": jnp.asarray(charges),
             "num_voxels": jnp.asarray(num)}
   y = jnp.asarray(labels)
@@ -280,7 +280,7 @@ def time_network(coords, charges, num, labels, caps, repeats, interpret, budget,
     """Compiled forward (all outputs) and gradient; the backend is fixed when they are traced."""
     with dispatch.use_backend(backend, interpret=interpret):
       fwd = jax.jit(model.apply).trace(params, inputs).lower().compile()
-      loss = lambda p, b: losses.cosine_similarity_loss(model.apply(p, b)["pred_direction"], y).mean()  # noqa: E731
+      loss = lambda p, b: direction_losses.cosine_similarity_loss(model.apply(p, b)["pred_direction"], y).mean()  # noqa: E731
       bwd = jax.jit(jax.grad(loss)).trace(params, inputs).lower().compile()
     return fwd, bwd, int(fwd(params, inputs)["overflow"][0])
 
@@ -295,7 +295,7 @@ def time_network(coords, charges, num, labels, caps, repeats, interpret, budget,
   def dense_forward(p, x):
     h = dense_layers(x, p["trunk"]).reshape(x.shape[0], -1)
     h = jax.nn.relu(h @ p["shared"]["kernel"] + p["shared"]["bias"])
-    return tpc_cnn.DirectionHead().apply({"params": p["direction"]}, h)
+    return tpc_model.DirectionHead().apply({"params": p["direction"]}, h)
 
   rows = []
   for impl in ("pallas", "xla", "dense"):
@@ -305,7 +305,7 @@ def time_network(coords, charges, num, labels, caps, repeats, interpret, budget,
     try:
       if impl == "dense":
         fwd = jax.jit(dense_forward)
-        bwd = jax.jit(jax.grad(lambda p, x: losses.cosine_similarity_loss(dense_forward(p, x), y).mean()))
+        bwd = jax.jit(jax.grad(lambda p, x: direction_losses.cosine_similarity_loss(dense_forward(p, x), y).mean()))
         t_f, c_f = timeit(lambda: fwd(tp, dense_in), repeats)
         t_b, c_b = timeit(lambda: bwd(tp, dense_in), repeats)
         note = ""
@@ -332,7 +332,7 @@ def time_layers(coords, charges, num, caps, repeats, interpret, budget, results,
   import jax
   import jax.numpy as jnp
   from jax import lax
-  from recoil_jax.models import tpc_cnn
+  from recoil_jax.studies.tpc import model as tpc_model
   from recoil_jax.ops import sparse
   from recoil_jax.ops.sparse import kernel_map as km
   from recoil_jax.ops.sparse.pallas import dispatch, rulebook
@@ -342,7 +342,7 @@ def time_layers(coords, charges, num, caps, repeats, interpret, budget, results,
   st = sparse.from_padded_voxels(jnp.asarray(coords), jnp.asarray(charges[..., None]),
                                  jnp.asarray(num), (GRID,) * 3)
   rows = []
-  for i, ((kind, feats, k, s), cap) in enumerate(zip(tpc_cnn.TRUNKS["seed"][:max_layers], caps)):
+  for i, ((kind, feats, k, s), cap) in enumerate(zip(tpc_model.TRUNKS["seed"][:max_layers], caps)):
     cap_rows = cap * batch
     c_in = st.num_channels
     ks, ss = (k,) * 3, (s,) * 3
@@ -513,8 +513,8 @@ def main() -> int:
         json.dump(results, f, indent=1, default=float)
       os.replace(tmp, args.out)
 
-  from recoil_jax.models import tpc_cnn
-  default_caps = list(tpc_cnn.TpcDirectionNet.capacity_per_event)
+  from recoil_jax.studies.tpc import model as tpc_model
+  default_caps = list(tpc_model.TpcDirectionNet.capacity_per_event)
   data = {}
   for b in sorted(set(batches + layer_batches + ([args.check_batch] if "check" in sections else []))):
     t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """Active sites per event after each regular layer of the seed trunk, on simulated tracks.
 
-The numbers behind ``model.capacity_per_event`` in ``configs/tpc_direction.py``: for each
+The numbers behind ``model.capacity_per_event`` in ``configs/tpc.py``: for each
 test-like sample (energy, fixed σ) it simulates tracks, applies the seed preprocessing, runs
 the trunk's site rules (SparseConv k6 s2 → MaxPool 2 → SparseConv k4 → SparseConv k3 →
 MaxPool 2) on one event at a time with never-overflowing capacities, and prints the mean,
@@ -16,9 +16,9 @@ import argparse
 import jax.numpy as jnp
 import numpy as np
 
-from recoil_jax.data import tpc_preprocess
+from recoil_jax.studies.tpc import preprocess as tpc_preprocess
 from recoil_jax.ops import sparse
-from recoil_jax.sim import electron_recoil
+from recoil_jax.studies.tpc import sim as electron_recoil
 
 LAYERS = ("conv k6 s2", "pool 2", "conv k4", "conv k3", "pool 2")
 

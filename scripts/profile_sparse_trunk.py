@@ -85,13 +85,13 @@ def main() -> None:
   import jax.numpy as jnp
 
   import bench_sparse_conv
-  from recoil_jax.models import tpc_cnn
+  from recoil_jax.studies.tpc import model as tpc_model
   from recoil_jax.ops import sparse
   from recoil_jax.ops.sparse import reference
 
   coords, charges, nvox, labels, _ = bench_sparse_conv.make_batch(args.batch, args.seed, 2048)
   b = args.batch
-  caps = tpc_cnn.TpcDirectionNet().capacity_per_event
+  caps = tpc_model.TpcDirectionNet().capacity_per_event
   print(f"batch {b} simulated 50 keV tracks (σ 443 µm), {np.mean(nvox):.0f} active voxels/event; "
         f"capacities/event {tuple(caps)}; load average {os.getloadavg()}")
 
@@ -102,7 +102,7 @@ def main() -> None:
            float("nan"), float("nan"), float("nan"))]
   rng = np.random.default_rng(0)
   total_map = total_arith = total_fwd = total_bwd = 0.0
-  for i, (kind, _, kernel, stride) in enumerate(tpc_cnn.TRUNKS["seed"]):
+  for i, (kind, _, kernel, stride) in enumerate(tpc_model.TRUNKS["seed"]):
     cap = caps[i] * b
     if kind == "conv":
       c_out = CHANNELS[i]

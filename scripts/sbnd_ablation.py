@@ -1,6 +1,6 @@
 r"""The Table 2 ablation of arXiv 2012.01301 on simulated SBND events, at a reduced size.
 
-Trains the baseline and every Table 2 variant of ``configs/sbnd_cosmic.py`` with the
+Trains the baseline and every Table 2 variant of ``configs/sbnd.py`` with the
 shared trainer (``recoil_jax.train.train_and_evaluate``), one workdir per variant under
 ``--workdir``, all on the same simulated dataset and for the same number of optimiser
 steps (the paper: 25k iterations for every network), then writes ``ablation.md`` and
@@ -36,7 +36,7 @@ import time
 from typing import Any, Sequence
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_PATH = os.path.join(REPO_ROOT, "configs", "sbnd_cosmic.py")
+CONFIG_PATH = os.path.join(REPO_ROOT, "configs", "sbnd.py")
 ABLATION_VARIANTS = ("baseline", "concat", "cross_plane_blocked", "batch2", "conv_upsample",
                      "filters_half", "no_balance", "lr_x10", "non_residual", "adam",
                      "full_balance")
@@ -45,7 +45,7 @@ QUICK = dict(base_variant="smoke", height=32, width=64, num_train=16, num_valida
 
 
 def _config_module():
-  spec = importlib.util.spec_from_file_location("sbnd_cosmic_config", CONFIG_PATH)
+  spec = importlib.util.spec_from_file_location("sbnd_config", CONFIG_PATH)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -104,14 +104,14 @@ def _fmt(x: Any) -> str:
 def write_tables(workdir: str, rows: Sequence[dict[str, Any]], setup: dict[str, Any]
                  ) -> tuple[str, str]:
   """``ablation.json`` and ``ablation.md`` (ours, simulated, beside the paper's Table 2)."""
-  from recoil_jax.analysis import segmentation  # pylint: disable=g-import-not-at-top
-  label = segmentation.SIMULATED
-  metrics = segmentation.TABLE2_METRICS
+  from recoil_jax.studies.sbnd import analysis as sbnd_analysis  # pylint: disable=g-import-not-at-top
+  label = sbnd_analysis.SIMULATED
+  metrics = sbnd_analysis.TABLE2_METRICS
   names = ("non-bkg acc.", "cosmic IoU", "ν IoU", "mean IoU")
   md = [f"Table 2 ablation ({label}): {setup['height']}×{setup['width']} images, "
         f"{setup['num_train']} train / {setup['num_test']} test simulated events, "
         f"{setup['steps']} steps per variant, base config `{setup['base_variant'] or 'default'}`"
-        " of configs/sbnd_cosmic.py. Ours: exact test-set metrics of the best-validation "
+        " of configs/sbnd.py. Ours: exact test-set metrics of the best-validation "
         "weights (toy simulation, reduced size and budget); paper: arXiv 2012.01301 Table 2 "
         "(640×1024, 25k steps, LArSoft simulation). Not one-to-one comparable.", "",
         "| variant | " + " | ".join(f"{n} ({label})" for n in names) + " | "
@@ -125,8 +125,8 @@ def write_tables(workdir: str, rows: Sequence[dict[str, Any]], setup: dict[str, 
               + ("–" if row.get("seconds") is None else f"{row['seconds']:.0f}") + " |")
   md_text = "\n".join(md) + "\n"
   payload = {"data": label, "setup": setup, "rows": list(rows)}
-  json_path = segmentation.write_json_atomic(os.path.join(workdir, "ablation.json"), payload)
-  md_path = segmentation.write_text_atomic(os.path.join(workdir, "ablation.md"), md_text)
+  json_path = sbnd_analysis.write_json_atomic(os.path.join(workdir, "ablation.json"), payload)
+  md_path = sbnd_analysis.write_text_atomic(os.path.join(workdir, "ablation.md"), md_text)
   return json_path, md_path
 
 
@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--variants", default=",".join(ABLATION_VARIANTS),
                       help=f"comma-separated subset of {','.join(ABLATION_VARIANTS)}")
   parser.add_argument("--base_variant", default="",
-                      help="variant(s) of configs/sbnd_cosmic.py every row starts from "
+                      help="variant(s) of configs/sbnd.py every row starts from "
                            "(e.g. 'paper' on a GPU; default: the CPU-sized default)")
   parser.add_argument("--height", type=int, default=0, help="rows per plane (0: config's)")
   parser.add_argument("--width", type=int, default=0, help="wires per plane (0: config's)")
@@ -165,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   sys.path.insert(0, REPO_ROOT)
   from recoil_jax import train  # pylint: disable=g-import-not-at-top
-  from recoil_jax.analysis import segmentation  # pylint: disable=g-import-not-at-top
+  from recoil_jax.studies.sbnd import analysis as sbnd_analysis  # pylint: disable=g-import-not-at-top
 
   rows, setup = [], None
   for variant in variants:
@@ -196,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(timing, encoding="utf-8") as f:
           seconds = json.load(f)["seconds"]
     m = final["metrics"]
-    paper_name, paper = segmentation.PAPER_TABLE2[variant]
+    paper_name, paper = sbnd_analysis.PAPER_TABLE2[variant]
     rows.append({"variant": variant, "paper_name": paper_name, "paper": list(paper),
                  "metrics": m.get("test"), "validation_metrics": m.get("validation"),
                  "selection": (m.get("analysis") or {}).get("selection"),

@@ -61,7 +61,7 @@ def saved_state(workdir: str, which: str = "best") -> tuple[int, dict]:
 @pytest.fixture
 def toy_smoke() -> ml_collections.ConfigDict:
   """The toy task's smoke config (locked: existing fields can be changed)."""
-  return load_config("configs/toy_regression.py", "smoke")
+  return load_config("configs/toy.py", "smoke")
 
 
 sys.path.insert(0, REPO_ROOT)

@@ -14,7 +14,7 @@ from nbclient import NotebookClient
 from conftest import REPO_ROOT
 
 COLABS_DIR = os.path.join(REPO_ROOT, "colabs")
-TPC_NOTEBOOK = os.path.join(COLABS_DIR, "tpc_direction.ipynb")
+TPC_NOTEBOOK = os.path.join(COLABS_DIR, "tpc.ipynb")
 
 
 def _read(path: str) -> nbformat.NotebookNode:
@@ -34,7 +34,7 @@ def test_committed_notebook_has_no_outputs():
 
 
 @pytest.mark.timeout(1200)
-def test_tpc_direction_notebook_runs(tmp_path, monkeypatch):
+def test_tpc_notebook_runs(tmp_path, monkeypatch):
   base = tmp_path / "colab"
   # The kernel inherits this environment ("python" in the kernelspec is sys.executable).
   monkeypatch.setenv("RECOIL_JAX_ROOT", REPO_ROOT)

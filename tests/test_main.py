@@ -18,12 +18,12 @@ def _launch(*args: str) -> subprocess.CompletedProcess:
 
 def test_smoke_run_writes_the_workdir_and_honours_overrides(tmp_path):
   workdir = str(tmp_path / "smoke")
-  proc = _launch("--config=configs/toy_regression.py:smoke", f"--workdir={workdir}",
+  proc = _launch("--config=configs/toy.py:smoke", f"--workdir={workdir}",
                  "--config.optimizer.learning_rate=0.003")
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(os.path.join(workdir, "config.json")) as f:
     config = json.load(f)
-  assert config["task"] == "toy_regression"
+  assert config["task"] == "toy"
   assert config["optimizer"]["learning_rate"] == 0.003
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     events = [json.loads(line) for line in f]
@@ -44,7 +44,7 @@ def test_smoke_run_writes_the_workdir_and_honours_overrides(tmp_path):
 
 
 def test_unknown_config_key_is_an_error_naming_it(tmp_path):
-  proc = _launch("--config=configs/toy_regression.py:smoke", f"--workdir={tmp_path}",
+  proc = _launch("--config=configs/toy.py:smoke", f"--workdir={tmp_path}",
                  "--config.no_such_key=1")
   assert proc.returncode != 0
   assert "no_such_key" in proc.stderr

@@ -29,7 +29,7 @@ from recoil_jax import parallel, train
 assert jax.device_count() == 8, jax.devices()
 out = {}
 for name, deterministic in [("eight", True), ("eight_bn_dropout", False)]:
-  config = load_config("configs/toy_regression.py", "smoke")
+  config = load_config("configs/toy.py", "smoke")
   config.train.num_epochs = 1
   if deterministic:
     config.model.dropout_rate = 0.0
@@ -42,7 +42,7 @@ print("RESULT" + json.dumps(out))
 @pytest.fixture(scope="module")
 def one_device_run(tmp_path_factory):
   """(workdir, results) of the deterministic smoke config on one device, in this process."""
-  config = load_config("configs/toy_regression.py", "smoke")
+  config = load_config("configs/toy.py", "smoke")
   for flag in DETERMINISTIC:
     key, value = flag.removeprefix("--config.").split("=")
     section, field = key.split(".")
@@ -100,7 +100,7 @@ def test_two_processes_match_one_process(tmp_path, one_device_run):
   env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
   procs = [
       subprocess.Popen(
-          [sys.executable, "-m", "recoil_jax.main", "--config=configs/toy_regression.py:smoke",
+          [sys.executable, "-m", "recoil_jax.main", "--config=configs/toy.py:smoke",
            f"--workdir={workdir}", *DETERMINISTIC,
            f"--config.parallel.coordinator_address=127.0.0.1:{port}",
            "--config.parallel.num_processes=2", f"--config.parallel.process_id={i}"],

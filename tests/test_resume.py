@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO_ROOT, saved_state, subprocess_env
 from recoil_jax import train
 from recoil_jax.data import pipeline
-from recoil_jax.tasks import toy
+from recoil_jax.studies.toy import task as toy
 
 RESUME_OVERRIDES = {"train.num_epochs": 3, "train.checkpoint_every_steps": 10,
                     "train.early_stopping_patience": 0}
@@ -42,7 +42,7 @@ def test_killed_run_resumes_to_identical_result_and_finished_run_is_not_retraine
     tmp_path, toy_smoke):
   killed = str(tmp_path / "killed")
   cmd = [sys.executable, "-m", "recoil_jax.main",
-         "--config=configs/toy_regression.py:smoke", f"--workdir={killed}"]
+         "--config=configs/toy.py:smoke", f"--workdir={killed}"]
   cmd += [f"--config.{k}={v}" for k, v in RESUME_OVERRIDES.items()]
   proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, load_config, subprocess_env
-from recoil_jax.analysis import segmentation as seg
-from recoil_jax.tasks import sbnd
+from recoil_jax.studies.sbnd import analysis as seg
+from recoil_jax.studies.sbnd import task as sbnd
 
-CONFIG = "configs/sbnd_cosmic.py"
+CONFIG = "configs/sbnd.py"
 
 
 def _config_module():
@@ -37,7 +37,7 @@ def _launch(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 def test_interaction_names_match_the_simulator():
-  from recoil_jax.sim import lartpc  # pylint: disable=g-import-not-at-top
+  from recoil_jax.studies.sbnd import sim as lartpc  # pylint: disable=g-import-not-at-top
   assert seg.INTERACTIONS == lartpc.INTERACTIONS
 
 
@@ -191,8 +191,8 @@ def test_smoke_run_from_the_launcher_writes_metrics_tables_and_plots(tmp_path):
 def test_cosmictagger_files_train_and_evaluate_from_the_launcher(tmp_path):
   """Files in the CosmicTagger larcv3 layout (written from simulated events at twice the
   smoke resolution, read back with the paper's ×2 downsampling) replace the simulator."""
-  from recoil_jax.data import larcv  # pylint: disable=g-import-not-at-top
-  from recoil_jax.sim import lartpc  # pylint: disable=g-import-not-at-top
+  from recoil_jax.studies.sbnd import larcv  # pylint: disable=g-import-not-at-top
+  from recoil_jax.studies.sbnd import sim as lartpc  # pylint: disable=g-import-not-at-top
   smoke = load_config(CONFIG, "smoke")
   h, w = 2 * smoke.data.height, 2 * smoke.data.width
   globs = {}
@@ -244,7 +244,7 @@ def test_ablation_script_quick_and_resumable(tmp_path):
 def test_sbnd_notebook_runs(tmp_path, monkeypatch):
   import nbformat  # pylint: disable=g-import-not-at-top
   from nbclient import NotebookClient  # pylint: disable=g-import-not-at-top
-  path = os.path.join(REPO_ROOT, "colabs", "sbnd_cosmic.ipynb")
+  path = os.path.join(REPO_ROOT, "colabs", "sbnd.ipynb")
   nb = nbformat.read(path, as_version=4)
   nbformat.validate(nb)
   for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from recoil_jax.data import tpc_preprocess as tp
+from recoil_jax.studies.tpc import preprocess as tp
 
 
 def synthetic_tracks(rng, n_tracks, n_electrons=400, length_mm=(15.0, 30.0)):

@@ -9,28 +9,28 @@ import numpy as np
 import pytest
 
 from conftest import load_config
-from recoil_jax.data import degrad_readers
-from recoil_jax.sim import electron_recoil
-from recoil_jax.tasks import tpc
+from recoil_jax.studies.tpc import degrad
+from recoil_jax.studies.tpc import sim as electron_recoil
+from recoil_jax.studies.tpc import task as tpc
 
 
 def test_variants_compose_and_unknown_variant_fails():
-  config = load_config("configs/tpc_direction.py", "smoke+homoscedastic+deep")
+  config = load_config("configs/tpc.py", "smoke+homoscedastic+deep")
   assert config.model.head == "cosine" and config.model.trunk == "deep"
   assert config.train.num_epochs == 1
   with pytest.raises(ValueError, match="no_such_variant"):
-    load_config("configs/tpc_direction.py", "no_such_variant")
+    load_config("configs/tpc.py", "no_such_variant")
   with pytest.raises(AttributeError):
-    load_config("configs/tpc_direction.py", "smoke").model.no_such_key = 1
+    load_config("configs/tpc.py", "smoke").model.no_such_key = 1
 
 
 def test_degrad_files_feed_the_task(tmp_path):
   """DEGRAD-format files (npz, cm) replace the simulator; splits come from the globs."""
   for energy in (40, 50):
     tracks = electron_recoil.simulate_electron_recoils(energy, float(energy), num_tracks=20)
-    degrad_readers.write_electron_npz(tmp_path / f"degrad_{energy}keV.npz",
+    degrad.write_electron_npz(tmp_path / f"degrad_{energy}keV.npz",
                                       [tracks.track(i) / 10.0 for i in range(len(tracks))])
-  config = load_config("configs/tpc_direction.py", "smoke")
+  config = load_config("configs/tpc.py", "smoke")
   config.data.data_dir = str(tmp_path / "tfds")
   config.data.degrad_files.train_val = str(tmp_path / "degrad_*keV.npz")
   config.data.degrad_files.test_40keV_200um = str(tmp_path / "degrad_40keV.npz")
@@ -47,7 +47,7 @@ def test_degrad_files_feed_the_task(tmp_path):
 
 @pytest.mark.parametrize("head", ["cosine", "vmf", "kent"])
 def test_loss_terms_honour_the_mask_and_report_overflow(head):
-  config = load_config("configs/tpc_direction.py", "smoke")
+  config = load_config("configs/tpc.py", "smoke")
   config.model.head = head
   task = tpc.TpcDirectionTask(config)
   label = jnp.asarray([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
@@ -68,8 +68,8 @@ def test_loss_terms_honour_the_mask_and_report_overflow(head):
 def test_model_heads_on_simulated_tracks(head):
   """Every head runs on real (simulated, preprocessed) tracks; the vMF head runs in the
   README smoke test. Outputs are unit directions, κ > 0, 2β < κ, a proper frame."""
-  from recoil_jax.data import tpc_preprocess
-  from recoil_jax.models import tpc_cnn
+  from recoil_jax.studies.tpc import preprocess as tpc_preprocess
+  from recoil_jax.studies.tpc import model as tpc_model
   import jax
 
   tracks = electron_recoil.simulate_electron_recoils(3, 40.0, num_tracks=2)
@@ -78,7 +78,7 @@ def test_model_heads_on_simulated_tracks(head):
       np.random.default_rng(0), sigma_um=200.0, max_voxels=1152)
   batch = {"coords": jnp.asarray(vox.coords), "charges": jnp.asarray(vox.charges),
            "num_voxels": jnp.asarray(vox.num_voxels)}
-  model = tpc_cnn.TpcDirectionNet(head=head)
+  model = tpc_model.TpcDirectionNet(head=head)
   out = model.apply(model.init(jax.random.PRNGKey(0), batch), batch)
   np.testing.assert_allclose(np.linalg.norm(out["pred_direction"], axis=-1), 1.0, rtol=1e-5)
   assert int(out["overflow"][0]) == 0

@@ -17,7 +17,7 @@ from recoil_jax import parallel
 from recoil_jax import tasks
 from recoil_jax import train
 from recoil_jax.data import pipeline
-from recoil_jax.tasks import toy
+from recoil_jax.studies.toy import task as toy
 
 
 class IdSource:
@@ -138,7 +138,7 @@ def test_locked_config_rejects_unknown_keys(toy_smoke):
 def test_registry_builds_toy_and_lists_known_tasks_for_unknown(toy_smoke):
   assert isinstance(tasks.get_task(toy_smoke), toy.ToyRegressionTask)
   toy_smoke.task = "nope"
-  with pytest.raises(KeyError, match="known tasks: .*toy_regression"):
+  with pytest.raises(KeyError, match="toy"):
     tasks.get_task(toy_smoke)
 
 
@@ -220,4 +220,4 @@ def test_train_and_evaluate_smoke_in_process(tmp_path, toy_smoke):
   final = {e["split"]: e["metrics"] for e in events if e["event"] == "final"}
   assert final["test"] == pytest.approx(result["test"])
   with open(os.path.join(workdir, "config.json")) as f:
-    assert json.load(f)["task"] == "toy_regression"
+    assert json.load(f)["task"] == "toy"

@@ -30,7 +30,7 @@ from recoil_jax import config_lib
 from recoil_jax import parallel
 from recoil_jax import train
 from recoil_jax.data import pipeline
-from recoil_jax.tasks import toy
+from recoil_jax.studies.toy import task as toy
 
 CRASH_STEP = 13  # The interrupted pmap run dies reading this batch (after the step-10 checkpoint).
 
@@ -112,7 +112,7 @@ class CrashingTask(toy.ToyRegressionTask):
 
 def deterministic_smoke(num_epochs: int = 2) -> ml_collections.ConfigDict:
   """Toy smoke config without dropout or BatchNorm (device-count independent)."""
-  config = load_config("configs/toy_regression.py", "smoke")
+  config = load_config("configs/toy.py", "smoke")
   config.model.dropout_rate = 0.0
   config.model.batch_norm = False
   config.train.num_epochs = num_epochs
@@ -170,7 +170,7 @@ import json, os, pickle, sys
 import jax
 from conftest import load_config
 from recoil_jax import parallel, train
-from recoil_jax.tasks import toy
+from recoil_jax.studies.toy import task as toy
 import test_train_strategies as t
 
 assert jax.device_count() == 8, jax.devices()
@@ -196,7 +196,7 @@ results["resumed"] = train.train_and_evaluate(config, workdir)
 # Step-level checks (2 SGD steps on fixed batches).
 trees = {}
 devices = jax.devices()
-smoke = load_config("configs/toy_regression.py", "smoke")  # BatchNorm (per device) + dropout.
+smoke = load_config("configs/toy.py", "smoke")  # BatchNorm (per device) + dropout.
 for strategy in ("pmap", "shard_map"):
   trees["toy_bn_dropout_" + strategy] = t.train_steps(toy.ToyRegressionTask(smoke), devices,
                                                       strategy=strategy)
@@ -269,7 +269,7 @@ def _state_at(workdir, step):
 
 
 def test_pmap_matches_shard_map_and_cross_replica_batch_norm_matches_one_device(eight_devices):
-  smoke = load_config("configs/toy_regression.py", "smoke")
+  smoke = load_config("configs/toy.py", "smoke")
   one = jax.devices()[:1]
   ref_cross, ref_cross_metrics = train_steps(CrossReplicaTask(smoke), one, strategy="shard_map")
   det = deterministic_smoke()
@@ -310,7 +310,7 @@ def test_grad_accumulation_matches_the_full_batch_under_padding():
 
 def test_grad_accumulation_threads_batch_stats_like_a_sequential_loop():
   """BatchNorm under accumulation equals the obvious loop over micro-batches."""
-  smoke = load_config("configs/toy_regression.py", "smoke")
+  smoke = load_config("configs/toy.py", "smoke")
   smoke.model.dropout_rate = 0.0  # BatchNorm on.
   task = toy.ToyRegressionTask(smoke)
   model = task.build_model()
@@ -409,7 +409,7 @@ def test_two_processes_pmap_with_accumulation_match_one_device(tmp_path):
            f"--config.parallel.coordinator_address=127.0.0.1:{port}",
            "--config.parallel.num_processes=2"]
   procs = [subprocess.Popen(
-      [sys.executable, "-m", "recoil_jax.main", "--config=configs/toy_regression.py:smoke",
+      [sys.executable, "-m", "recoil_jax.main", "--config=configs/toy.py:smoke",
        f"--workdir={workdir}", *flags, f"--config.parallel.process_id={i}"],
       cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]

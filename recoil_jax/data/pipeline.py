@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 import grain
 import numpy as np
 
-from recoil_jax.tasks.base import RandomAccessSource
+from recoil_jax.tasks import RandomAccessSource
 
 Batch = dict[str, np.ndarray]
 

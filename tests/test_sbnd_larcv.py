@@ -1,0 +1,350 @@
+"""Tests of the CosmicTagger larcv3 HDF5 reader and fixture writer (h5py only)."""
+
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from recoil_jax.studies.sbnd import larcv
+
+
+def random_events(seed, n=3, ticks=8, wires=12, occupancy=0.3):
+  """Images [n, 3, ticks, wires] with signed values, labels on active pixels, plus one
+  labelled pixel without charge per plane (truth below threshold)."""
+  rng = np.random.default_rng(seed)
+  shape = (n, 3, ticks, wires)
+  active = rng.random(shape) < occupancy
+  images = np.where(active, rng.normal(10.0, 8.0, shape), 0.0).astype(np.float32)
+  images[images == 0] = 0.0
+  labels = np.where(active, rng.integers(0, 3, shape), 0).astype(np.uint8)
+  images[:, :, 0, 0] = 0.0
+  labels[:, :, 0, 0] = 1
+  return images, labels
+
+
+def write(tmp_path, images, labels, name="events.h5", **kw):
+  path = os.fspath(tmp_path / name)
+  larcv.write_cosmictagger(path, images, labels, **kw)
+  return path
+
+
+def loop_average(images, f):
+  """Explicit-loop block average (the slow reference of the vectorised pooling)."""
+  n, p, h, w = images.shape
+  out = np.zeros((n, p, h // f, w // f), np.float64)
+  for i in range(n):
+    for q in range(p):
+      for r in range(h // f):
+        for c in range(w // f):
+          out[i, q, r, c] = images[i, q, r * f:(r + 1) * f, c * f:(c + 1) * f].astype(
+              np.float64).sum() / (f * f)
+  return out.astype(np.float32)
+
+
+def loop_max(labels, f):
+  n, p, h, w = labels.shape
+  out = np.zeros((n, p, h // f, w // f), np.uint8)
+  for i in range(n):
+    for q in range(p):
+      for r in range(h // f):
+        for c in range(w // f):
+          out[i, q, r, c] = labels[i, q, r * f:(r + 1) * f, c * f:(c + 1) * f].max()
+  return out
+
+
+def test_round_trip_full_resolution(tmp_path):
+  images, labels = random_events(0)
+  path = write(tmp_path, images, labels, event_ids=np.array([[1, 2, 3], [1, 2, 4], [7, 0, 9]]))
+  events = larcv.read_cosmictagger(path, downsample=1)
+  assert events.images.dtype == np.float32 and events.labels.dtype == np.uint8
+  np.testing.assert_array_equal(events.images, images)
+  np.testing.assert_array_equal(events.labels, labels)
+  np.testing.assert_array_equal(events.interaction, [-1, -1, -1])
+  assert np.isnan(events.neutrino_energy_gev).all()
+  assert larcv.num_events(path) == 3
+  with h5py.File(path) as f:
+    np.testing.assert_array_equal(f["/Events/event_id"]["event"], [3, 4, 9])
+    g = f[larcv.group_path("sbndwire")]
+    assert g["voxels"].dtype == larcv.VOXEL_DTYPE
+    meta = g["image_meta"][:]
+    np.testing.assert_array_equal(meta["number_of_voxels"], np.tile([12, 8], (9, 1)))
+    np.testing.assert_array_equal(meta["projection_id"], np.tile([0, 1, 2], 3))
+    # Zero-suppressed: image voxels are the non-zero pixels, sorted by id.
+    ids = g["voxels"]["id"]
+    first, n = g["voxel_extents"][0]["first"], g["voxel_extents"][0]["N"]
+    assert n == np.count_nonzero(images[0, 0])
+    assert (np.diff(ids[first:first + n].astype(np.int64)) > 0).all()
+
+
+def test_downsampling_average_and_max(tmp_path):
+  images, labels = random_events(1, n=2, ticks=8, wires=12)
+  path = write(tmp_path, images, labels)
+  for f in (2, 4):
+    events = larcv.read_cosmictagger(path, downsample=f)
+    assert events.images.shape == (2, 3, 8 // f, 12 // f)
+    # float64 block sums cast to float32 on both sides: equal up to the last float32 bit.
+    np.testing.assert_allclose(events.images, loop_average(images, f), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(events.labels, loop_max(labels, f))
+    # The dense numpy references agree with the loops too.
+    np.testing.assert_allclose(larcv.downsample_images(images, f), loop_average(images, f),
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(larcv.downsample_labels(labels, f), loop_max(labels, f))
+  # A hand-checked block: one charge of 4 among four pixels averages to 1; a neutrino
+  # pixel wins the block's label over a cosmic one.
+  img = np.zeros((1, 3, 2, 2), np.float32)
+  lab = np.zeros((1, 3, 2, 2), np.uint8)
+  img[0, 0, 0, 1] = 4.0
+  lab[0, 0, 0, 1], lab[0, 0, 1, 0] = 1, 2
+  events = larcv.read_cosmictagger(write(tmp_path, img, lab, "block.h5"), downsample=2)
+  assert events.images[0, 0, 0, 0] == 1.0 and events.labels[0, 0, 0, 0] == 2
+  assert events.images[0, 1:].sum() == 0 and events.labels[0, 1:].sum() == 0
+
+
+def test_iteration_in_chunks_and_ranges(tmp_path):
+  images, labels = random_events(2, n=5)
+  path = write(tmp_path, images, labels)
+  whole = larcv.read_cosmictagger(path, downsample=2)
+  chunks = list(larcv.iter_cosmictagger(path, downsample=2, chunk_size=2))
+  assert [len(c.interaction) for c in chunks] == [2, 2, 1]
+  np.testing.assert_array_equal(np.concatenate([c.images for c in chunks]), whole.images)
+  part = larcv.read_cosmictagger(path, downsample=2, start=1, max_events=3)
+  np.testing.assert_array_equal(part.labels, whole.labels[1:4])
+  assert len(larcv.read_cosmictagger(path, downsample=1, max_events=0).interaction) == 0
+
+
+def test_threshold_zeroes_small_charges_before_pooling(tmp_path):
+  images, labels = random_events(3, n=2)
+  path = write(tmp_path, images, labels)
+  events = larcv.read_cosmictagger(path, downsample=2, threshold=5.0)
+  expected = loop_average(np.where(images >= 5.0, images, 0).astype(np.float32), 2)
+  np.testing.assert_allclose(events.images, expected, rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(events.labels, loop_max(labels, 2))  # truth kept
+
+
+def test_paper_geometry_orientation(tmp_path):
+  """number_of_voxels [2048, 1280]: id = wire * 1280 + time lands at row time // 2,
+  column wire // 2 of a [3, 640, 1024] plane."""
+  images = np.zeros((1, 3, 1280, 2048), np.float32)
+  labels = np.zeros((1, 3, 1280, 2048), np.uint8)
+  images[0, 2, 1001, 1500] = 8.0  # (time 1001, wire 1500) on the collection plane
+  labels[0, 2, 1001, 1500] = 2
+  images[0, 0, 3, 7] = 2.0
+  path = write(tmp_path, images, labels)
+  with h5py.File(path) as f:
+    g = f[larcv.group_path("sbndwire")]
+    np.testing.assert_array_equal(g["image_meta"][0]["number_of_voxels"], [2048, 1280])
+    ids = g["voxels"]["id"]
+    assert 1500 * 1280 + 1001 in ids and 7 * 1280 + 3 in ids
+  events = larcv.read_cosmictagger(path)  # downsample=2: the paper's resolution
+  assert events.images.shape == (1, 3, 640, 1024)
+  assert events.images[0, 2, 500, 750] == 2.0 and events.labels[0, 2, 500, 750] == 2
+  assert events.images[0, 0, 1, 3] == 0.5
+  assert np.count_nonzero(events.images) == 2 and np.count_nonzero(events.labels) == 1
+
+
+def _old_layout_file(path):
+  """A larcv3 file built with raw h5py calls in an older release's layout (uint32
+  ``first``, IDExtents fields ordered first/ID/N, a bool ``valid``), projections out of
+  order, one event without projections. Returns the expected dense arrays."""
+  nw, nt = 6, 4  # number_of_voxels = (wires, ticks)
+  ext_t = np.dtype([("first", "<u4"), ("N", "<u4")])
+  vext_t = np.dtype([("first", "<u4"), ("ID", "<u4"), ("N", "<u4")])
+  meta_t = np.dtype([("valid", "?"), ("projection_id", "<u8"), ("image_sizes", "<f8", (2,)),
+                     ("number_of_voxels", "<u8", (2,)), ("origin", "<f8", (2,))])
+  vox_t = np.dtype([("id", "<u8"), ("value", "<f4")])
+  # Event 0: plane 2 then plane 0 (plane 1 absent); event 1: nothing.
+  # (plane, wire, time, value, label)
+  hits = [(2, 5, 3, 7.5, 2), (2, 0, 0, 1.0, 1), (0, 1, 2, -3.0, 0)]
+  expected_img = np.zeros((2, 3, nt, nw), np.float32)
+  expected_lab = np.zeros((2, 3, nt, nw), np.uint8)
+  for plane, wire, time, value, label in hits:
+    expected_img[0, plane, time, wire] = value
+    expected_lab[0, plane, time, wire] = label
+  with h5py.File(path, "w") as f:
+    ev = np.zeros(2, [("run", "<i8"), ("subrun", "<i8"), ("event", "<i8")])
+    f.create_dataset("Events/event_id", data=ev)
+    for producer, col in (("sbndwire", 3), ("sbnd_cosmicseg", 4)):
+      g = f.create_group(f"Data/sparse2d_{producer}_group")
+      g.create_dataset("extents", data=np.array([(0, 2), (2, 0)], ext_t))
+      g.create_dataset("voxel_extents", data=np.array([(0, 2, 2), (2, 0, 1)], vext_t))
+      meta = np.zeros(2, meta_t)
+      meta["valid"] = True
+      meta["projection_id"] = [2, 0]
+      meta["number_of_voxels"] = [nw, nt]
+      g.create_dataset("image_meta", data=meta)
+      vox = np.array([(h[1] * nt + h[2], h[col]) for h in hits], vox_t)  # id = wire*nt + time
+      g.create_dataset("voxels", data=vox)
+  return expected_img, expected_lab
+
+
+def test_hand_built_file_in_an_older_layout(tmp_path):
+  path = os.fspath(tmp_path / "hand.h5")
+  expected_img, expected_lab = _old_layout_file(path)
+  events = larcv.read_cosmictagger(path, downsample=1)
+  np.testing.assert_array_equal(events.images, expected_img)
+  np.testing.assert_array_equal(events.labels, expected_lab)
+  events = larcv.read_cosmictagger(path, downsample=2)
+  np.testing.assert_allclose(events.images, loop_average(expected_img, 2), rtol=1e-6)
+  np.testing.assert_array_equal(events.labels, loop_max(expected_lab, 2))
+
+
+def _modify(path, producer, dataset, fn):
+  with h5py.File(path, "r+") as f:
+    g = f[larcv.group_path(producer)]
+    data = g[dataset][:]
+    data = fn(data)
+    del g[dataset]
+    g.create_dataset(dataset, data=data)
+
+
+@pytest.fixture
+def good_file(tmp_path):
+  images, labels = random_events(4, n=3)
+  return write(tmp_path, images, labels)
+
+
+def test_missing_group_and_events(good_file):
+  with h5py.File(good_file, "r+") as f:
+    del f[larcv.group_path("sbnd_cosmicseg")]
+  with pytest.raises(ValueError, match=r"events\.h5: missing group "
+                     r"/Data/sparse2d_sbnd_cosmicseg_group"):
+    larcv.read_cosmictagger(good_file)
+  with h5py.File(good_file, "r+") as f:
+    del f["/Events"]
+  with pytest.raises(ValueError, match=r"events\.h5: missing dataset /Events/event_id"):
+    larcv.read_cosmictagger(good_file)
+
+
+def test_wrong_dtypes(good_file):
+  _modify(good_file, "sbndwire", "voxels",
+          lambda v: np.array([(int(i), str(x)) for i, x in v[:3]],
+                             [("id", "<u8"), ("value", "S8")]))
+  with pytest.raises(ValueError, match=r"sparse2d_sbndwire_group/voxels: field 'value' has "
+                     r"dtype .*expected kind float"):
+    larcv.read_cosmictagger(good_file)
+
+
+def test_missing_field(tmp_path):
+  images, labels = random_events(5, n=2)
+  path = write(tmp_path, images, labels)
+  _modify(path, "sbnd_cosmicseg", "voxel_extents",
+          lambda v: np.array(v[["first", "N"]].tolist(), [("first", "<u8"), ("N", "<u4")]))
+  with pytest.raises(ValueError, match=r"sparse2d_sbnd_cosmicseg_group/voxel_extents: dtype "
+                     r".* has no field 'ID'"):
+    larcv.read_cosmictagger(path)
+
+
+def test_event_counts_must_agree(tmp_path):
+  images, labels = random_events(6, n=3)
+  path = write(tmp_path, images, labels)
+  # Labels in a separate file with a different number of events.
+  label_file = write(tmp_path, images[:2], labels[:2], name="labels.h5")
+  with pytest.raises(ValueError, match=r"labels\.h5: /Events/event_id: 2 events, the image "
+                     r"file .*events\.h5 has 3"):
+    larcv.read_cosmictagger(path, label_path=label_file)
+  same = write(tmp_path, images, labels, name="labels_ok.h5")
+  events = larcv.read_cosmictagger(path, label_path=same, downsample=1)
+  np.testing.assert_array_equal(events.labels, labels)
+  # In one file: the label group has an event fewer.
+  _modify(path, "sbnd_cosmicseg", "extents", lambda e: e[:2])
+  with pytest.raises(ValueError, match=r"sparse2d_sbnd_cosmicseg_group/extents: 2 events, "
+                     r"the image file .* has 3"):
+    larcv.read_cosmictagger(path)
+
+
+def test_voxel_id_out_of_range(good_file):
+  with h5py.File(good_file) as f:
+    vext = f[larcv.group_path("sbndwire")]["voxel_extents"][:]
+  row = 4  # event 1, projection 1
+
+  def corrupt(v):
+    v["id"][vext["first"][row]] = 12 * 8  # one past the last pixel of 12 wires x 8 ticks
+    return v
+
+  _modify(good_file, "sbndwire", "voxels", corrupt)
+  with pytest.raises(ValueError, match=r"events\.h5: /Data/sparse2d_sbndwire_group/voxels: "
+                     r"event 1: projection 1: voxel id 96 out of range"):
+    larcv.read_cosmictagger(good_file)
+
+
+@pytest.mark.parametrize("bad", [3.0, 1.5, -1.0])
+def test_label_values_outside_classes(good_file, bad):
+  def corrupt(v):
+    v["value"][-1] = bad  # the last voxel: event 2, projection 2
+    return v
+
+  _modify(good_file, "sbnd_cosmicseg", "voxels", corrupt)
+  with pytest.raises(ValueError, match=r"sparse2d_sbnd_cosmicseg_group/voxels: event 2: "
+                     r"projection 2: label value .* not in \{0, 1, 2\}"):
+    larcv.read_cosmictagger(good_file)
+
+
+def test_inconsistent_metas_and_extents(tmp_path):
+  images, labels = random_events(7, n=2)
+  path = write(tmp_path, images, labels)
+
+  def shrink(m):
+    m["number_of_voxels"][4] = [12, 4]  # event 1, projection 1
+    return m
+
+  _modify(path, "sbndwire", "image_meta", shrink)
+  with pytest.raises(ValueError, match=r"sparse2d_sbndwire_group/image_meta: event 1: "
+                     r"projection 1 has number_of_voxels \[12, 4\], expected \[12, 8\]"):
+    larcv.read_cosmictagger(path)
+  path = write(tmp_path, images, labels, name="b.h5")
+  _modify(path, "sbndwire", "extents", lambda e: np.concatenate(
+      [e[:1], np.array([(5, 3)], e.dtype)]))
+  with pytest.raises(ValueError, match=r"b\.h5: /Data/sparse2d_sbndwire_group/extents: "
+                     r"event 1: rows \[5, 8\) outside voxel_extents \(6 rows\)"):
+    larcv.read_cosmictagger(path)
+  path = write(tmp_path, images, labels, name="c.h5")
+
+  def repeat_projection(v):
+    v["ID"] = [0, 1, 1, 0, 1, 2]
+    return v
+
+  _modify(path, "sbndwire", "voxel_extents", repeat_projection)
+  with pytest.raises(ValueError, match=r"c\.h5: .*voxel_extents: event 0: projection 1 "
+                     r"appears twice"):
+    larcv.read_cosmictagger(path)
+  path = write(tmp_path, images, labels, name="e.h5")
+
+  def duplicate(v):
+    v["id"][1] = v["id"][0]  # event 0, projection 0
+    return v
+
+  _modify(path, "sbndwire", "voxels", duplicate)
+  with pytest.raises(ValueError, match=r"e\.h5: .*sbndwire_group/voxels: event 0: projection 0: "
+                     r"duplicate voxel ids"):
+    larcv.read_cosmictagger(path)
+  with pytest.raises(ValueError, match=r"not divisible by downsample=3"):
+    larcv.read_cosmictagger(write(tmp_path, images, labels, name="d.h5"), downsample=3)
+
+
+def test_not_hdf5_and_writer_checks(tmp_path):
+  bogus = tmp_path / "bogus.h5"
+  bogus.write_text("not hdf5")
+  with pytest.raises(ValueError, match=r"bogus\.h5: cannot open as HDF5"):
+    larcv.read_cosmictagger(bogus)
+  images, labels = random_events(8, n=1)
+  with pytest.raises(ValueError, match="values must be 0, 1 or 2"):
+    larcv.write_cosmictagger(tmp_path / "x.h5", images, labels + 2)
+  with pytest.raises(ValueError, match="labels_full_res shape"):
+    larcv.write_cosmictagger(tmp_path / "x.h5", images, labels[:, :2])
+  assert not (tmp_path / "x.h5").exists()
+
+
+def test_writer_is_atomic(tmp_path, monkeypatch):
+  images, labels = random_events(9, n=2)
+  path = write(tmp_path, images, labels)
+  before = open(path, "rb").read()
+
+  def boom(*args, **kwargs):
+    raise RuntimeError("disk full")
+
+  monkeypatch.setattr(larcv, "_write_producer", boom)
+  with pytest.raises(RuntimeError, match="disk full"):
+    larcv.write_cosmictagger(path, images[:1], labels[:1])
+  assert open(path, "rb").read() == before  # the old file is untouched
+  assert sorted(os.listdir(tmp_path)) == ["events.h5"]  # no temporary file left
