@@ -65,7 +65,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   data.degrad_unit = "cm"  # Unit of positions in the files: "cm", "mm" or "um".
 
   model = config.model = ml_collections.ConfigDict()
-  model.trunk = "seed"  # "seed" (Figure 3) or "deep" (later paper).
+  model.trunk = "paper"  # "paper" (the source study's Figure 3) or "deep" (later paper).
   model.head = "vmf"  # "vmf" (heteroscedastic), "cosine" (homoscedastic) or "kent".
   # Active sites reserved per event after each regular conv/pool layer (static shapes;
   # maxima over 64 simulated 50 keV / 443 µm events: 1867, 369, 1870, 3432, 553, from

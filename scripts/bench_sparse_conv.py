@@ -80,7 +80,7 @@ def run_recoil_jax(coords, charges, nvox, labels, repeats):
   from recoil_jax.losses import direction as direction_losses
   from recoil_jax.studies.tpc import model as tpc_model
 
-  model = tpc_model.TpcDirectionNet(trunk="seed", head="cosine")
+  model = tpc_model.TpcDirectionNet(trunk="paper", head="cosine")
   batch = {"coords": jnp.asarray(coords), "charges": jnp.asarray(charges),
            "num_voxels": jnp.asarray(nvox)}
   params = model.init(jax.random.PRNGKey(0), batch)

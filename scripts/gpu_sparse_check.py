@@ -93,7 +93,7 @@ def measure_capacities(coords, charges, num) -> list[int]:
   need = []
   st = sparse.from_padded_voxels(jnp.asarray(coords), jnp.asarray(charges[..., None]),
                                  jnp.asarray(num), (GRID,) * 3)
-  for kind, _, k, s in tpc_model.TRUNKS["seed"]:
+  for kind, _, k, s in tpc_model.TRUNKS["paper"]:
     if kind == "conv":
       st = sparse.reference.sparse_conv(st, jnp.ones((k, k, k, st.num_channels, 1)), strides=s)
     else:
@@ -175,7 +175,7 @@ def check_kernels(coords, charges, num, caps, interpret: bool,
 
   with jax.default_matmul_precision("highest"):
     h = st
-    for i, ((kind, feats, k, s), cap) in enumerate(zip(tpc_model.TRUNKS["seed"][:max_layers], caps)):
+    for i, ((kind, feats, k, s), cap) in enumerate(zip(tpc_model.TRUNKS["paper"][:max_layers], caps)):
       geometry = (h.coords, h.spatial_shape, batch, (k,) * 3, (s,) * 3, (0,) * 3, (1,) * 3, cap * batch)
       want = km.build_conv_map(*geometry, build_in_map=True)
       got = rulebook.build_conv_map(*geometry, build_in_map=True, interpret=interpret)
@@ -225,7 +225,7 @@ def check_kernels(coords, charges, num, caps, interpret: bool,
         rows.append((f"layer {i} capacity overflow", float(want.overflow), 0.0, False))
 
     # The whole trunk: parameter gradients with each backend.
-    trunk = tpc_model.SparseTrunk(tpc_model.TRUNKS["seed"], capacity_per_event=tuple(caps))
+    trunk = tpc_model.SparseTrunk(tpc_model.TRUNKS["paper"], capacity_per_event=tuple(caps))
     args = (jnp.asarray(coords), jnp.asarray(charges), jnp.asarray(num))
     params = trunk.init(jax.random.key(0), *args)
     gd = jnp.asarray(rng.normal(size=(batch, 12 ** 3 * 20)), jnp.float32)
@@ -249,7 +249,7 @@ def dense_layers(batch_dense, trunk_params):
   from jax import lax
   from recoil_jax.studies.tpc import model as tpc_model
   x = batch_dense
-  for i, (kind, _, k, s) in enumerate(tpc_model.TRUNKS["seed"]):
+  for i, (kind, _, k, s) in enumerate(tpc_model.TRUNKS["paper"]):
     if kind == "conv":
       p = trunk_params[f"conv{i}"]
       x = lax.conv_general_dilated(x, p["kernel"], (s,) * 3, "VALID",
@@ -269,7 +269,7 @@ def time_network(coords, charges, num, labels, caps, repeats, interpret, budget,
   from recoil_jax.ops.sparse.pallas import dispatch
 
   batch = coords.shape[0]
-  model = tpc_model.TpcDirectionNet(trunk="seed", head="cosine", capacity_per_event=tuple(caps))
+  model = tpc_model.TpcDirectionNet(trunk="paper", head="cosine", capacity_per_event=tuple(caps))
   inputs = {"coords": jnp.asarray(coords), "charges": jnp.asarray(charges),
             "num_voxels": jnp.asarray(num)}
   y = jnp.asarray(labels)
@@ -342,7 +342,7 @@ def time_layers(coords, charges, num, caps, repeats, interpret, budget, results,
   st = sparse.from_padded_voxels(jnp.asarray(coords), jnp.asarray(charges[..., None]),
                                  jnp.asarray(num), (GRID,) * 3)
   rows = []
-  for i, ((kind, feats, k, s), cap) in enumerate(zip(tpc_model.TRUNKS["seed"][:max_layers], caps)):
+  for i, ((kind, feats, k, s), cap) in enumerate(zip(tpc_model.TRUNKS["paper"][:max_layers], caps)):
     cap_rows = cap * batch
     c_in = st.num_channels
     ks, ss = (k,) * 3, (s,) * 3

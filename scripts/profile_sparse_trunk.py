@@ -102,7 +102,7 @@ def main() -> None:
            float("nan"), float("nan"), float("nan"))]
   rng = np.random.default_rng(0)
   total_map = total_arith = total_fwd = total_bwd = 0.0
-  for i, (kind, _, kernel, stride) in enumerate(tpc_model.TRUNKS["seed"]):
+  for i, (kind, _, kernel, stride) in enumerate(tpc_model.TRUNKS["paper"]):
     cap = caps[i] * b
     if kind == "conv":
       c_out = CHANNELS[i]

@@ -378,7 +378,7 @@ def _tiny_tracks_and_trunk():
     coords[b] = np.clip(60 + steps, 0, 119)
     charges[b] = rng.uniform(1, 30, size=v)
   args = (jnp.asarray(coords), jnp.asarray(charges), jnp.array([v, v - 7], jnp.int32))
-  trunk = tpc_model.SparseTrunk(tpc_model.TRUNKS["seed"], capacity_per_event=TRUNK_CAPS)
+  trunk = tpc_model.SparseTrunk(tpc_model.TRUNKS["paper"], capacity_per_event=TRUNK_CAPS)
   shapes = jax.eval_shape(trunk.init, jax.random.key(0), *args)
   params = jax.tree_util.tree_map(
       lambda t: jnp.asarray(rng.normal(size=t.shape) / np.sqrt(np.prod(t.shape[:-1])), t.dtype), shapes)
@@ -416,7 +416,7 @@ def test_seed_trunk_layer_by_layer():
   _, args, _, params = _tiny_tracks_and_trunk()
   st = sp.from_padded_voxels(args[0], args[1][..., None], args[2], tpc_model.GRID_SHAPE)
   h = {"xla": st, "pallas": st}
-  for i, ((kind, _, k, s), cap) in enumerate(zip(tpc_model.TRUNKS["seed"], TRUNK_CAPS)):
+  for i, ((kind, _, k, s), cap) in enumerate(zip(tpc_model.TRUNKS["paper"], TRUNK_CAPS)):
     cur = h["xla"]
     geometry = (cur.coords, cur.spatial_shape, 2, (k,) * 3, (s,) * 3, (0,) * 3, (1,) * 3, 2 * cap)
     assert_maps_equal(km.build_conv_map(*geometry, build_in_map=True),

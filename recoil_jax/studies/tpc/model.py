@@ -12,7 +12,7 @@ Outputs (dict, leading axis B):
   the index into ``cube_symmetries()`` applied to each event).
 
 Trunks (channels-last sparse tensors, spconv semantics, see ``recoil_jax.ops.sparse``):
-  "seed": the seed's Figure 3 — SparseConv3d(1→50, k6, s2) → ReLU → SparseMaxPool(2, 2)
+  "paper": the source study's Figure 3 — SparseConv3d(1→50, k6, s2) → ReLU → SparseMaxPool(2, 2)
           → SparseConv3d(50→30, k4) → ReLU → SparseConv3d(30→20, k3) → ReLU
           → SparseMaxPool(2, 2) → dense 12³×20 = 34 560 features.
   "deep": the authors' later paper (arXiv 2403.15949; REFERENCE.md §1b) — SubM(1→32, k7)
@@ -48,7 +48,7 @@ GRID_SHAPE = (120, 120, 120)
 
 # (kind, features, kernel, stride) per layer; "pool" layers have no features.
 TRUNKS: dict[str, tuple[tuple[str, int, int, int], ...]] = {
-    "seed": (
+    "paper": (
         ("conv", 50, 6, 2),
         ("pool", 0, 2, 2),
         ("conv", 30, 4, 1),
@@ -166,7 +166,7 @@ class ConcentrationHead(nn.Module):
 class TpcDirectionNet(nn.Module):
   """Sparse CNN + head. ``head`` ∈ {"cosine" (homoscedastic), "vmf", "kent"}."""
 
-  trunk: str = "seed"
+  trunk: str = "paper"
   head: str = "vmf"
   capacity_per_event: Sequence[int] = (1920, 384, 1920, 3456, 576)
   hidden: int = 500
