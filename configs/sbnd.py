@@ -1,4 +1,4 @@
-r"""SBND cosmic tagging (seed 002, arXiv 2012.01301): multi-plane UResNet segmentation.
+r"""SBND cosmic tagging (arXiv 2012.01301): multi-plane UResNet segmentation.
 
 Per-pixel background / cosmic / neutrino labels of the three SBND wire-plane images
 (toy LArTPC simulation, ``recoil_jax.studies.sbnd.sim``, or CosmicTagger larcv3 files) with the
@@ -64,12 +64,10 @@ import ml_collections
 
 from recoil_jax import config_lib
 
-SIZE_VARIANTS = ("smoke", "paper")
+SIZE_VARIANTS = ("smoke", "paper")  # Applied before the others (they set sizes).
 TABLE2_VARIANTS = ("concat", "cross_plane_blocked", "batch2", "conv_upsample",
                    "filters_half", "no_balance", "lr_x10", "non_residual", "adam",
                    "full_balance")
-VARIANTS = SIZE_VARIANTS + TABLE2_VARIANTS + (
-    "batch2_accum", "focal", "pixel_mean_loss", "bf16", "cross_replica_bn")
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -137,8 +135,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   analysis.num_event_displays = 4  # One per interaction type first, then in order.
 
   # The paper: RMSProp at 3e-4, batch 8 (torch's RMSprop defaults: decay 0.99, ε 1e-8).
-  # Its warm-up / exponential-decay schedule (REFERENCE.md §3b) is not reproduced: the
-  # CPU-sized runs are far shorter than one of its epochs; constant rate.
+  # Its warm-up / exponential-decay schedule (the CosmicTagger code,
+  # github.com/coreyjadams/CosmicTagger) is not reproduced: the CPU-sized runs are far
+  # shorter than one of its epochs; constant rate.
   config.optimizer.name = "rmsprop"
   config.optimizer.learning_rate = 3e-4
   config.optimizer.rmsprop_decay = 0.99
@@ -151,13 +150,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   config.train.max_checkpoints_to_keep = 2
   config.train.early_stopping_patience = 0  # The paper trains a fixed number of steps.
 
-  names = [n for n in (variant or "").split("+") if n]
-  for name in names:
-    if name not in VARIANTS:
-      raise ValueError(f"Unknown variant {name!r} of configs/sbnd.py; known: {VARIANTS}")
   # Sizes first, so that e.g. "batch2+paper" doubles the paper's batch.
-  for name in sorted(names, key=lambda n: n not in SIZE_VARIANTS):
-    _VARIANT_FNS[name](config)
+  config_lib.apply_variants(config, variant, _VARIANT_FNS, config_file="configs/sbnd.py",
+                            first=SIZE_VARIANTS)
   return config_lib.lock(config)
 
 
@@ -224,3 +219,4 @@ _VARIANT_FNS = {
     "bf16": _set("model.dtype", "bfloat16"),
     "cross_replica_bn": _set("model.cross_replica_bn", True),
 }
+VARIANTS = tuple(_VARIANT_FNS)

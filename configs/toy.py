@@ -1,9 +1,9 @@
 r"""Toy direction regression: the trainer's smallest end-to-end experiment.
 
 A 2-layer MLP (BatchNorm + Dropout) learns a 3D unit direction from a noisy 16-dim
-linear embedding (synthetic; see ``recoil_jax/studies/toy/task.py``) with the seed-001 Adam
-(beta 0.94/0.999, eps 1e-7) at lr 1e-3 (10x the seed's: the toy is tiny) and the seed's
-early stopping (patience 2 epochs).
+linear embedding (synthetic; see ``recoil_jax/studies/toy/task.py``) with the TPC paper's
+Adam (arXiv 2403.15949; beta 0.94/0.999, eps 1e-7) at lr 1e-3 (10x the paper's: the toy is
+tiny) and the paper's early stopping (patience 2 epochs).
 
 Command:
   python -m recoil_jax.main --config=configs/toy.py --workdir=/tmp/toy
@@ -23,7 +23,7 @@ from recoil_jax import config_lib
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-  """The toy config; ``variant``: None (default) or ``"smoke"``."""
+  """The toy config; ``variant``: None (default) or ``"smoke"`` (see ``VARIANTS``)."""
   config = config_lib.base_config()
   config.task = "toy"
   config.seed = 0
@@ -39,19 +39,27 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   config.model.hidden = 64
   config.model.dropout_rate = 0.1
   config.model.batch_norm = True
+  # A complex spectral-style layer (complex parameter + complex constant collection):
+  # exercises the trainer's complex-gradient and constant-collection paths.
+  config.model.complex_features = False
 
-  config.optimizer.learning_rate = 1e-3  # 10x the seed's 1e-4: the toy is tiny.
+  config.optimizer.learning_rate = 1e-3  # 10x the paper's 1e-4: the toy is tiny.
   config.train.global_batch_size = 64
   config.train.eval_batch_size = 128
   config.train.num_epochs = 20
   config.train.log_every_steps = 32
   config.train.checkpoint_every_steps = 0  # Epoch ends only.
 
-  if variant == "smoke":
-    config_lib.apply_smoke(config)
-    config.data.num_train = 256
-    config.data.num_validation = 64
-    config.data.num_test = 48
-  elif variant is not None:
-    raise ValueError(f"Unknown variant {variant!r} of configs/toy.py; known: smoke")
+  config_lib.apply_variants(config, variant, _VARIANT_FNS, config_file="configs/toy.py")
   return config_lib.lock(config)
+
+
+def _smoke(config):
+  config_lib.apply_smoke(config)
+  config.data.num_train = 256
+  config.data.num_validation = 64
+  config.data.num_test = 48
+
+
+_VARIANT_FNS = {"smoke": _smoke}
+VARIANTS = tuple(_VARIANT_FNS)

@@ -1,11 +1,12 @@
-r"""TPC electron-recoil direction with uncertainty (seed 001): the main recoil_jax job.
+r"""TPC electron-recoil direction with uncertainty (arXiv 2403.15949): the main recoil_jax job.
 
 Simulated 40/45/50 keV electron recoils in He:CO₂ 70:30 at 760 torr, preprocessed as the
-seed (σ ~ U(160, 466) µm smearing, isotropic rotation, mean-centring, 120³ voxels of
-0.5 mm), the seed's sparse CNN (Figure 3) with the heteroscedastic von Mises–Fisher head,
-Adam(1e-4, 0.94, 0.999, 1e-7), early stopping with patience 2; then the seed's Figure 6
-on the 40 keV/200 µm and 50 keV/443 µm test sets against the non-ML moments method, a
-vMF calibration plot and angular-error histograms, all written into the workdir.
+paper (σ ~ U(160, 466) µm smearing, isotropic rotation, mean-centring, 120³ voxels of
+0.5 mm), the paper's sparse CNN (Figure 3) with the heteroscedastic von Mises–Fisher head,
+Adam(1e-4, 0.94, 0.999, 1e-7), early stopping with patience 2; then the paper's Figure 6
+on the 40 keV/200 µm and 50 keV/443 µm test sets against the non-ML moments method
+(arXiv 2202.01093), a vMF calibration plot and angular-error histograms, all written into
+the workdir.
 
 Command (variants after the colon):
   python -m recoil_jax.main --config=configs/tpc.py --workdir=runs/tpc
@@ -19,10 +20,10 @@ Variants (combine with "+", e.g. ``:cpu_hour+homoscedastic``):
   smoke          tiny: the same code path in well under a minute (tests use it).
   cpu_hour       the "about an hour on a 2-core CPU" configuration of the README results
                  (beats the non-ML method with true head/tail on both test sets).
-  full           the seed's sizes: 553k train+validation events, 20k per test set, batch
+  full           the paper's sizes: 553k train+validation events, 20k per test set, batch
                  64, up to 100 epochs with early stopping (GPU: hours; CPU: days).
-  homoscedastic  cosine-similarity head (seed eq. 1) instead of vMF.
-  kent           5-parameter Fisher–Bingham (Kent) head (the seed's future work).
+  homoscedastic  cosine-similarity head (the paper's eq. 1) instead of vMF.
+  kent           5-parameter Fisher–Bingham (Kent) head (the paper's future work).
   deep           the deeper trunk of the authors' later paper (SubM k7, k5, ...).
 
 Expected runtime (2-core CPU): smoke ≈ 40 s; default ≈ 6 min (measured 6 min 18 s); cpu_hour
@@ -38,11 +39,9 @@ import ml_collections
 
 from recoil_jax import config_lib
 
-VARIANTS = ("smoke", "cpu_hour", "full", "homoscedastic", "kent", "deep")
-
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-  """The TPC direction config; ``variant``: None or "+"-joined names from VARIANTS."""
+  """The TPC direction config; ``variant``: None or "+"-joined names of ``VARIANTS``."""
   config = config_lib.base_config()
   config.task = "tpc"
   config.seed = 0
@@ -53,7 +52,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   data.num_test = 1000  # Simulated events per test set (before discards).
   data.max_voxels = 1152  # Active voxels per event kept; larger events are discarded+counted.
   data.seed = 0  # Simulation seed (independent of the training seed).
-  data.energies_kev = (40.0, 45.0, 50.0)  # Training energies (seed: 40, 45, 50 keV).
+  data.energies_kev = (40.0, 45.0, 50.0)  # Training energies (paper: 40, 45, 50 keV).
   data.sigma_range_um = (160.0, 466.0)  # Training smearing σ ~ U(lo, hi) µm.
   # Real DEGRAD-format files (.root / .npz / .txt) instead of the simulator: a glob per
   # split; "" = not used. train_val (split 80/20, seeded) or train + validation; the
@@ -91,8 +90,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   analysis.nml_grid_nsh = (2.0, 3.0, 5.0, 8.0, 11.0)
   analysis.nml_grid_w0_cm = (0.02, 0.05, 0.1, 0.5, 1.62)
 
-  # The seed uses 1e-4 for ~10⁵ steps; the CPU-sized runs take ~10²–10³ steps, so 5e-4
-  # (the `full` variant restores the seed's 1e-4).
+  # The paper uses 1e-4 for ~10⁵ steps; the CPU-sized runs take ~10²–10³ steps, so 5e-4
+  # (the `full` variant restores the paper's 1e-4).
   config.optimizer.learning_rate = 5e-4
   config.train.global_batch_size = 64
   config.train.eval_batch_size = 64
@@ -100,12 +99,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   config.train.log_every_steps = 10
   config.train.checkpoint_every_steps = 50
 
-  for name in (variant or "").split("+"):
-    if not name:
-      continue
-    if name not in VARIANTS:
-      raise ValueError(f"Unknown variant {name!r} of configs/tpc.py; known: {VARIANTS}")
-    _VARIANT_FNS[name](config)
+  config_lib.apply_variants(config, variant, _VARIANT_FNS, config_file="configs/tpc.py")
   return config_lib.lock(config)
 
 
@@ -139,7 +133,7 @@ def _cpu_hour(config):
 
 
 def _full(config):
-  config.optimizer.learning_rate = 1e-4  # The seed's Adam(1e-4, 0.94, 0.999, 1e-7).
+  config.optimizer.learning_rate = 1e-4  # The paper's Adam(1e-4, 0.94, 0.999, 1e-7).
   config.data.num_train_val = 553712
   config.data.num_test = 20000
   config.train.num_epochs = 100
@@ -164,3 +158,4 @@ def _deep(config):
 
 _VARIANT_FNS = {"smoke": _smoke, "cpu_hour": _cpu_hour, "full": _full,
                 "homoscedastic": _homoscedastic, "kent": _kent, "deep": _deep}
+VARIANTS = tuple(_VARIANT_FNS)

@@ -1,6 +1,8 @@
 """Shared config helpers: the fields every study has, variants, locking, optimisers.
 
-Config files (``configs/*.py``) build on :func:`base_config`::
+Config files (``configs/*.py``) build on :func:`base_config` and name their variants in
+one table, applied by :func:`apply_variants` (``--config=configs/toy.py:smoke``; several
+joined with "+")::
 
   from recoil_jax import config_lib
 
@@ -8,18 +10,24 @@ Config files (``configs/*.py``) build on :func:`base_config`::
     config = config_lib.base_config()
     config.task = "toy"
     ...
-    if variant == "smoke":
-      config_lib.apply_smoke(config)
+    config_lib.apply_variants(config, variant, _VARIANT_FNS, config_file="configs/toy.py")
     return config_lib.lock(config)
 
-The defaults are the optimiser and early stopping of seed 001 (Adam, lr 1e-4,
-beta1 0.94, beta2 0.999, eps 1e-7; stop after 2 epochs without improvement).
-``optax`` is imported lazily so that config files stay cheap to import.
+  def _smoke(config):
+    config_lib.apply_smoke(config)
+    ...
+
+  _VARIANT_FNS = {"smoke": _smoke}  # name -> function(config), applied in "+" order.
+  VARIANTS = tuple(_VARIANT_FNS)
+
+The defaults are the optimiser and early stopping of the TPC study's paper (arXiv
+2403.15949: Adam, lr 1e-4, beta1 0.94, beta2 0.999, eps 1e-7; stop after 2 epochs without
+improvement). ``optax`` is imported lazily so that config files stay cheap to import.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 
@@ -29,7 +37,7 @@ STRATEGIES = ("shard_map", "pmap")  # Data-parallel training strategies (recoil_
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """The fields every study has, with the seed-001 defaults.
+  """The fields every study has, with the TPC paper's defaults (see the module docstring).
 
   Returns:
     An unlocked ConfigDict with ``task``, ``seed``, ``optimizer``, ``train`` and
@@ -73,6 +81,63 @@ def base_config() -> ml_collections.ConfigDict:
   par.coordinator_address = ""  # "host:port"; non-empty = explicit multi-process.
   par.num_processes = 1
   par.process_id = 0
+  # How long a finished process waits at shutdown for the others (process 0 runs the
+  # analysis alone after the final evaluation, which can take longer than jax's 300 s).
+  par.shutdown_timeout_s = 3600
+  return config
+
+
+def parse_variants(variant: str | None) -> list[str]:
+  """The names of a variant string: ``"a+b+c"`` -> ``["a", "b", "c"]``.
+
+  None and "" mean no variant (``[]``); surrounding whitespace and empty parts
+  (``"a++b"``, a trailing "+") are ignored.
+  """
+  if variant is None:
+    return []
+  if not isinstance(variant, str):
+    raise TypeError(f"variant must be a string like 'a+b' or None, got "
+                    f"{type(variant).__name__} {variant!r}")
+  return [n.strip() for n in variant.split("+") if n.strip()]
+
+
+def apply_variants(config: ml_collections.ConfigDict, variant: str | None,
+                   table: Mapping[str, Callable[[ml_collections.ConfigDict], Any]], *,
+                   config_file: str = "", first: Sequence[str] = ()
+                   ) -> ml_collections.ConfigDict:
+  """Applies the "+"-joined variants named in ``variant`` to ``config``, in order.
+
+  Args:
+    config: the config to change in place (unlocked or locked: variants change existing
+      fields).
+    variant: ``"a+b+c"`` (see :func:`parse_variants`); None or "" = no variant.
+    table: ``{name: function(config)}``, every variant the config file knows.
+    config_file: the config file, named in errors (e.g. ``"configs/tpc.py"``).
+    first: names applied before all others whatever their position in ``variant``
+      (e.g. variants that set sizes, so that ``"batch2+paper"`` doubles the paper's
+      batch); the rest keep their order.
+
+  Returns:
+    ``config``.
+
+  Raises:
+    ValueError: an unknown name (the message names the variant string, the config file
+      and the known names), or a name given twice.
+  """
+  names = parse_variants(variant)
+  where = f" of {config_file}" if config_file else ""
+  unknown = [n for n in names if n not in table]
+  if unknown:
+    raise ValueError(f"Unknown variant {unknown[0]!r} in {variant!r}{where}; known: "
+                     f"{', '.join(table)}")
+  repeated = sorted({n for n in names if names.count(n) > 1})
+  if repeated:
+    raise ValueError(f"Variant(s) {repeated} given more than once in {variant!r}{where}")
+  bad_first = [n for n in first if n not in table]
+  if bad_first:
+    raise ValueError(f"apply_variants{where}: first={bad_first} are not in the table")
+  for name in sorted(names, key=lambda n: n not in first):  # Stable: order kept otherwise.
+    table[name](config)
   return config
 
 

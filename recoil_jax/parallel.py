@@ -53,9 +53,10 @@ def initialize_distributed(parallel: ml_collections.ConfigDict) -> bool:
           f"[0, parallel.num_processes={parallel.num_processes})")
     jax.distributed.initialize(coordinator_address=parallel.coordinator_address,
                                num_processes=parallel.num_processes,
-                               process_id=parallel.process_id)
+                               process_id=parallel.process_id,
+                               shutdown_timeout_seconds=int(parallel.shutdown_timeout_s))
   else:
-    jax.distributed.initialize()
+    jax.distributed.initialize(shutdown_timeout_seconds=int(parallel.shutdown_timeout_s))
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())

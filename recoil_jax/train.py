@@ -64,6 +64,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -82,6 +83,7 @@ from recoil_jax import config_lib
 from recoil_jax import parallel
 from recoil_jax import tasks
 from recoil_jax.data import pipeline
+from recoil_jax import io
 from recoil_jax.tasks import Task
 
 ERROR_PREFIX = "error/"
@@ -92,11 +94,16 @@ class TrainState(train_state.TrainState):
   """Flax TrainState plus mutable model collections and the base RNG key.
 
   Attributes:
-    model_state: mutable variable collections other than ``params`` (e.g.
-      ``{"batch_stats": ...}``); empty dict if the model has none.
+    model_state: the task's mutable collections (``Task.mutable_collections``, e.g.
+      ``{"batch_stats": ...}``): updated in training steps and averaged over devices;
+      empty dict if the model has none.
+    constants: every other non-``params`` collection the model created at ``init``
+      (precomputed tables, complex constants): passed to ``apply`` unchanged, never
+      averaged or updated; checkpointed with the state.
     rng: base PRNG key (uint32[2]) folded with step and device index every step.
   """
   model_state: Any
+  constants: Any
   rng: jax.Array
 
 
@@ -104,6 +111,9 @@ class TrainState(train_state.TrainState):
 class Bookkeeping:
   """Trainer state outside the TrainState, checkpointed as JSON."""
   step: int = 0  # Completed training steps.
+  # Per-step training metrics since the last "train" log record: a resumed run continues
+  # the same logging window, so its first record averages the same steps as an unbroken run.
+  log_window: dict = dataclasses.field(default_factory=dict)
   epoch: int = 0  # Completed epochs.
   best_validation_loss: float = math.inf
   best_step: int = -1
@@ -128,8 +138,8 @@ class Bookkeeping:
 # ----------------------------------------------------------------------------- steps
 
 
-def _variables(params, model_state) -> dict[str, Any]:
-  return {"params": params, **model_state}
+def _variables(params, model_state, constants) -> dict[str, Any]:
+  return {"params": params, **constants, **model_state}
 
 
 def _local_terms(terms: Mapping[str, tuple[jax.Array, jax.Array]], outputs: Mapping[str, Any]
@@ -180,8 +190,8 @@ def _varying(tree):
   return jax.tree.map(cast, tree)
 
 
-def _device_gradients(model: nn.Module, task: Task, params, model_state, rng, step, batch, *,
-                      grad_accum_steps: int):
+def _device_gradients(model: nn.Module, task: Task, params, model_state, constants, rng, step,
+                      batch, *, grad_accum_steps: int):
   """One device's part of a training step, under ``shard_map`` or ``pmap`` (axis ``'data'``).
 
   The device batch ``[b, ...]`` is split into ``grad_accum_steps`` contiguous
@@ -204,7 +214,7 @@ def _device_gradients(model: nn.Module, task: Task, params, model_state, rng, st
 
   def micro_step(model_state, micro_batch, micro_rng):
     def loss_fn(params):
-      variables = _variables(params, model_state)
+      variables = _variables(params, model_state, constants)
       if mutable:
         outputs, new_state = model.apply(variables, micro_batch, train=True,
                                          rngs={"dropout": micro_rng}, mutable=mutable)
@@ -248,7 +258,18 @@ def _device_gradients(model: nn.Module, task: Task, params, model_state, rng, st
   return grads, _average_model_state(model_state), metrics
 
 
+def _conjugate_complex(grads):
+  """``conj`` of complex leaves: the gradient optax expects for complex parameters.
+
+  For a real loss L of a complex parameter z, ``jax.grad`` returns conj(∂L/∂z) (2 conj(z −
+  t) for L = |z − t|²), whereas optax, like PyTorch, expects ∂L/∂z* (2 (z − t)), so that
+  ``z − lr · g`` is steepest descent. Real leaves are unchanged.
+  """
+  return jax.tree.map(lambda g: jnp.conj(g) if jnp.iscomplexobj(g) else g, grads)
+
+
 def _apply_update(state: TrainState, grads, model_state, metrics, schedule):
+  grads = _conjugate_complex(grads)
   metrics = dict(metrics)
   metrics["grad_norm"] = optax.global_norm(grads)
   metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
@@ -265,17 +286,17 @@ def make_train_step(model: nn.Module, task: Task, mesh: jax.sharding.Mesh,
   ``grad_accum_steps`` splits each device's batch into that many micro-batches.
   """
 
-  def per_device(params, model_state, rng, step, batch):
-    return _device_gradients(model, task, params, model_state, rng, step, batch,
+  def per_device(params, model_state, constants, rng, step, batch):
+    return _device_gradients(model, task, params, model_state, constants, rng, step, batch,
                              grad_accum_steps=grad_accum_steps)
 
   sharded = jax.shard_map(per_device, mesh=mesh,
-                          in_specs=(P(), P(), P(), P(), P(parallel.DATA_AXIS)),
+                          in_specs=(P(), P(), P(), P(), P(), P(parallel.DATA_AXIS)),
                           out_specs=(P(), P(), P()))
 
   def train_step(state: TrainState, batch):
-    grads, new_model_state, metrics = sharded(state.params, state.model_state, state.rng,
-                                              state.step, batch)
+    grads, new_model_state, metrics = sharded(state.params, state.model_state, state.constants,
+                                              state.rng, state.step, batch)
     return _apply_update(state, grads, new_model_state, metrics, schedule)
 
   rep = parallel.replicated(mesh)
@@ -298,8 +319,8 @@ def make_pmap_train_step(model: nn.Module, task: Task, mesh: jax.sharding.Mesh,
 
   def per_device(state: TrainState, batch):
     grads, new_model_state, metrics = _device_gradients(
-        model, task, state.params, state.model_state, state.rng, state.step, batch,
-        grad_accum_steps=grad_accum_steps)
+        model, task, state.params, state.model_state, state.constants, state.rng, state.step,
+        batch, grad_accum_steps=grad_accum_steps)
     return _apply_update(state, grads, new_model_state, metrics, schedule)
 
   return jax.pmap(per_device, axis_name=parallel.DATA_AXIS,
@@ -309,47 +330,61 @@ def make_pmap_train_step(model: nn.Module, task: Task, mesh: jax.sharding.Mesh,
 def make_eval_step(model: nn.Module, task: Task, mesh: jax.sharding.Mesh):
   """The jitted ``eval_step(state, batch) -> {name: (sum, count)}`` (global, replicated)."""
 
-  def per_device(params, model_state, batch):
-    outputs = model.apply(_variables(params, model_state), batch, train=False)
+  def per_device(params, model_state, constants, batch):
+    outputs = model.apply(_variables(params, model_state, constants), batch, train=False)
     return _global_terms(*_local_terms(task.loss_terms(outputs, batch), outputs))
 
-  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(parallel.DATA_AXIS)),
-                          out_specs=P())
+  sharded = jax.shard_map(per_device, mesh=mesh,
+                          in_specs=(P(), P(), P(), P(parallel.DATA_AXIS)), out_specs=P())
 
   def eval_step(state: TrainState, batch):
-    return sharded(state.params, state.model_state, batch)
+    return sharded(state.params, state.model_state, state.constants, batch)
 
   rep = parallel.replicated(mesh)
   return jax.jit(eval_step, in_shardings=(rep, parallel.data_sharded(mesh)), out_shardings=rep)
 
 
-def make_predict_step(model: nn.Module, mesh: jax.sharding.Mesh):
-  """The jitted ``predict_step(state, batch) -> outputs`` (sharded on ``'data'``)."""
+def make_predict_step(model: nn.Module, mesh: jax.sharding.Mesh,
+                      outputs: Sequence[str] | None = None):
+  """The jitted ``predict_step(variables, batch) -> outputs`` (sharded on ``'data'``).
 
-  def per_device(params, model_state, batch):
-    return model.apply(_variables(params, model_state), batch, train=False)
+  ``variables`` are replicated over ``mesh``; ``outputs`` selects model outputs on the
+  device (None = all), so unselected outputs are never transferred to the host.
+  """
 
-  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(parallel.DATA_AXIS)),
+  def per_device(variables, batch):
+    out = model.apply(variables, batch, train=False)
+    if outputs is None:
+      return out
+    missing = [k for k in outputs if k not in out]
+    if missing:
+      raise KeyError(f"predict: outputs {missing} are not model outputs {sorted(out)}")
+    return {k: out[k] for k in outputs}
+
+  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS)),
                           out_specs=P(parallel.DATA_AXIS))
-  return jax.jit(lambda state, batch: sharded(state.params, state.model_state, batch),
-                 in_shardings=(parallel.replicated(mesh), parallel.data_sharded(mesh)),
+  return jax.jit(sharded, in_shardings=(parallel.replicated(mesh), parallel.data_sharded(mesh)),
                  out_shardings=parallel.data_sharded(mesh))
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
                        example_batch: Mapping[str, np.ndarray], seed: int,
-                       mesh: jax.sharding.Mesh) -> TrainState:
-  """Initialises the model on ``example_batch`` (host arrays) and replicates the state."""
+                       mesh: jax.sharding.Mesh,
+                       mutable_collections: Sequence[str] = ("batch_stats",)) -> TrainState:
+  """Initialises the model on ``example_batch`` (host arrays) and replicates the state.
+
+  ``mutable_collections`` (the task's) become ``model_state``; every other non-``params``
+  collection becomes ``constants``.
+  """
   rng = jax.random.PRNGKey(seed)
   batch = parallel.replicate(dict(example_batch), mesh)
 
   def init(rng, batch):
     params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
     variables = model.init({"params": params_rng, "dropout": dropout_rng}, batch, train=False)
-    variables = dict(variables)
-    params = variables.pop("params")
+    params, model_state, constants = tasks.split_collections(variables, mutable_collections)
     state = TrainState.create(apply_fn=model.apply, params=params, tx=tx,
-                              model_state=variables, rng=state_rng)
+                              model_state=model_state, constants=constants, rng=state_rng)
     # A strongly typed step, as restored from checkpoints (avoids recompilation).
     return state.replace(step=jnp.zeros((), jnp.int32))
 
@@ -439,14 +474,36 @@ def _summary_writer_class():
 
 
 class _Writer:
-  """metrics.jsonl + TensorBoard, written by process 0 only."""
+  """metrics.jsonl + TensorBoard, written by process 0 only.
 
-  def __init__(self, workdir: str, enabled: bool):
+  On a resume from step ``S`` the log is first cut back to what the checkpoint knows:
+  ``train`` / ``eval`` records with ``step <= S`` are kept, later ones and ``final``
+  records (rewritten at the end of every run) are dropped, the file is rewritten
+  atomically, and TensorBoard's events are rebuilt from the kept records. The log of a
+  resumed run therefore reads as if the run had never stopped.
+  """
+
+  def __init__(self, workdir: str, enabled: bool, resume_step: int):
     self.enabled = enabled
     self._tb = None
-    if enabled:
-      self._tb = _summary_writer_class()(os.path.join(workdir, "tensorboard"))
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    if not enabled:
+      return
+    path = os.path.join(workdir, "metrics.jsonl")
+    kept = [r for r in _read_jsonl(path)
+            if r.get("event") in ("train", "eval") and int(r.get("step", -1)) <= resume_step]
+    io.write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+    tb_dir = os.path.join(workdir, "tensorboard")
+    if os.path.isdir(tb_dir):
+      shutil.rmtree(tb_dir)
+    self._tb = _summary_writer_class()(tb_dir)
+    for r in kept:
+      self._add_scalars(r["event"], r["step"], r["split"], r["metrics"])
+    self._jsonl = open(path, "a", encoding="utf-8")
+
+  def _add_scalars(self, event, step, split, metrics) -> None:
+    prefix = split if event != "final" else f"final_{split}"
+    for k, v in metrics.items():
+      self._tb.add_scalar(f"{prefix}/{k}", float(v), int(step))
 
   def write(self, event: str, step: int, epoch: float, split: str,
             metrics: Mapping[str, float]) -> None:
@@ -456,9 +513,7 @@ class _Writer:
               "metrics": {k: float(v) for k, v in metrics.items()}, "time": time.time()}
     self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
-    prefix = split if event != "final" else f"final_{split}"
-    for k, v in metrics.items():
-      self._tb.add_scalar(f"{prefix}/{k}", float(v), int(step))
+    self._add_scalars(event, step, split, record["metrics"])
     self._tb.flush()
 
   def close(self) -> None:
@@ -467,28 +522,98 @@ class _Writer:
       self._jsonl.close()
 
 
-def _write_json(path: str, obj: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=str)
-  os.replace(tmp, path)
+def _read_jsonl(path: str) -> list[dict[str, Any]]:
+  """Records of a metrics.jsonl; a torn last line (a killed write) is dropped."""
+  if not os.path.exists(path):
+    return []
+  records = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:
+        logging.warning("%s: dropping an unreadable line (a write cut short): %.80r", path, line)
+  return records
+
+
+def report(message: str) -> None:
+  """One line for the person running the job: process 0, stdout, above the progress bar."""
+  if jax.process_index() == 0:
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+    tqdm.write(message)
+
+
+def _fmt_metrics(metrics: Mapping[str, float]) -> str:
+  return ", ".join(f"{k}={v:.5g}" for k, v in sorted(metrics.items()))
+
+
+#: ``config`` keys that may change between the runs of one workdir (they do not change the
+#: model, the data or the optimiser's trajectory up to the checkpoint). Prefixes end in ".".
+RESUMABLE_CONFIG_KEYS = (
+    "train.num_epochs", "train.early_stopping_patience", "train.progress_bar",
+    "train.data_threads", "train.prefetch_batches", "train.log_every_steps",
+    "train.checkpoint_every_steps", "train.max_checkpoints_to_keep", "train.eval_batch_size",
+    "train.strategy", "train.grad_accum_steps", "parallel.", "analysis.", "data.data_dir",
+    "model.sparse_backend")
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(d, dict):
+    out = {}
+    for k, v in d.items():
+      out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+  return {prefix[:-1]: d}
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple]:
+  """``{dotted key: (old, new)}`` for every leaf of two config JSON dicts that differs."""
+  fo, fn = _flatten(dict(old)), _flatten(dict(new))
+  missing = object()
+  return {k: (fo.get(k, "<absent>"), fn.get(k, "<absent>")) for k in sorted(set(fo) | set(fn))
+          if fo.get(k, missing) != fn.get(k, missing)}
+
+
+def check_resumable_config(config: ml_collections.ConfigDict, workdir: str) -> dict[str, tuple]:
+  """Compares ``config`` with the workdir's ``config.json`` before anything is restored.
+
+  Returns:
+    The differences in :data:`RESUMABLE_CONFIG_KEYS` (logged; the new values apply).
+
+  Raises:
+    ValueError: the workdir has a checkpoint and another key differs (another config or
+      variant: its checkpoint cannot be resumed); the message lists each key, old → new.
+  """
+  path = os.path.join(workdir, "config.json")
+  has_checkpoint = any(d.isdigit() for d in _listdir(os.path.join(workdir, "checkpoints")))
+  if not (os.path.exists(path) and has_checkpoint):
+    return {}
+  with open(path, encoding="utf-8") as f:
+    try:
+      old = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path} is not valid JSON ({e}); move the workdir aside or repair "
+                       "the file") from e
+  new = json.loads(config.to_json_best_effort())
+  diff = config_differences(old, new)
+  allowed = lambda k: any(k == p or (p.endswith(".") and k.startswith(p))  # noqa: E731
+                          for p in RESUMABLE_CONFIG_KEYS)
+  blocking = {k: v for k, v in diff.items() if not allowed(k)}
+  if blocking:
+    lines = "\n".join(f"  {k}: {o!r} -> {n!r}" for k, (o, n) in blocking.items())
+    raise ValueError(
+        f"workdir {workdir} holds a run of another config; these keys differ from its "
+        f"config.json:\n{lines}\nUse a new --workdir (or the original config) to go on.")
+  return {k: v for k, v in diff.items() if allowed(k)}
+
+
+def _listdir(path: str) -> list[str]:
+  return os.listdir(path) if os.path.isdir(path) else []
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  path = os.path.join(workdir, "config.json")
-  new = json.loads(config.to_json_best_effort())
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      old = json.load(f)
-    if old != new:
-      flat = lambda d, p="": (  # noqa: E731
-          {k2: v2 for k, v in d.items() for k2, v2 in flat(v, f"{p}{k}.").items()}
-          if isinstance(d, dict) else {p[:-1]: d})
-      fo, fn = flat(old), flat(new)
-      diff = sorted(k for k in set(fo) | set(fn) if fo.get(k) != fn.get(k))
-      logging.warning("Config differs from the one in %s (keys: %s); resuming anyway.",
-                      path, diff)
-  _write_json(path, new)
+  io.write_json_atomic(os.path.join(workdir, "config.json"),
+                       json.loads(config.to_json_best_effort()))
 
 
 def evaluate(eval_step, state: TrainState, source, *, name: str, global_batch_size: int,
@@ -506,42 +631,69 @@ def evaluate(eval_step, state: TrainState, source, *, name: str, global_batch_si
   return {k: float(s) / float(c) if c else float("nan") for k, (s, c) in total.items()}
 
 
-def make_predict_fn(predict_step, state: TrainState, sources: Mapping[str, Any], *,
-                    global_batch_size: int, mesh: jax.sharding.Mesh):
-  """``predict(split, fields=None) -> dict`` over a whole split, in source order.
+def _local_variables(state: TrainState) -> dict[str, Any]:
+  """``{"params", **collections}`` of a replicated state, on this process's first device."""
+  device = jax.local_devices()[0]
 
-  The returned dict is ``{"outputs": {name: np.ndarray [N, ...]}, field: np.ndarray
-  [N, ...], ...}``: the model outputs (``train=False``, the given weights) and the
-  example fields of the source (all of them if ``fields`` is None, else those named;
-  ``mask`` excluded), concatenated over batches and processes with padding removed;
-  ``N = len(source)``. Every process gets the full arrays.
+  def local(x):
+    if isinstance(x, jax.Array):
+      return jax.device_put(x.addressable_data(0), device)
+    return x
+
+  return jax.tree.map(local, _variables(state.params, state.model_state, state.constants))
+
+
+def make_trained(model: nn.Module, state: TrainState, sources: Mapping[str, Any], *,
+                 step: int, eval_batch_size: int) -> tasks.Trained:
+  """A :class:`tasks.Trained` bound to ``state``'s weights, on this process's devices only.
+
+  Needs no other process: ``predict`` runs over a whole split on the local devices
+  (a ``('data',)`` mesh of them, batches of ``eval_batch_size``), ``apply`` on the first
+  local device. Outputs are numpy, in source order, padding removed.
   """
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  variables = _local_variables(state)
+  local_mesh = parallel.make_mesh(jax.local_devices())
+  batch_size = eval_batch_size - eval_batch_size % local_mesh.size or local_mesh.size
+  mesh_variables = jax.device_put(variables, parallel.replicated(local_mesh))
+  steps: dict[Any, Any] = {}
 
-  def predict(split: str, fields: Sequence[str] | None = None) -> dict[str, Any]:
+  def predict(split: str, outputs: Sequence[str] | None = None,
+              fields: Sequence[str] | None = None) -> dict[str, Any]:
     if split not in sources:
       raise KeyError(f"predict: unknown split {split!r}; splits: {sorted(sources)}")
+    key = None if outputs is None else tuple(outputs)
+    if key not in steps:
+      steps[key] = make_predict_step(model, local_mesh, key)
     source = sources[split]
-    ds = pipeline.eval_batches(source, global_batch_size=global_batch_size,
-                               process_index=jax.process_index(),
-                               process_count=jax.process_count(), name=split)
+    ds = pipeline.eval_batches(source, global_batch_size=batch_size, process_index=0,
+                               process_count=1, name=split)
     outs, cols = [], []
     for batch in pipeline.iterate(ds, 0):
-      outs.append(parallel.fetch(predict_step(state, parallel.shard_batch(batch, mesh))))
+      placed = jax.device_put(batch, parallel.data_sharded(local_mesh))
+      outs.append(jax.tree.map(np.asarray, steps[key](mesh_variables, placed)))
       keep = [k for k in batch if k != "mask"] if fields is None else list(fields)
       missing = [k for k in keep if k not in batch]
       if missing:
-        raise KeyError(f"predict({split!r}): fields {missing} not in the examples {sorted(batch)}")
-      local = {k: batch[k] for k in keep}
-      if jax.process_count() > 1:
-        local = jax.tree.map(np.asarray, multihost_utils.process_allgather(local, tiled=True))
-      cols.append(local)
+        raise KeyError(f"predict({split!r}): fields {missing} not in the examples "
+                       f"{sorted(batch)}")
+      cols.append({k: batch[k] for k in keep})
     n = len(source)
-    result = {k: np.concatenate([c[k] for c in cols])[:n] for k in cols[0]}
-    result["outputs"] = {k: np.concatenate([o[k] for o in outs])[:n] for k in outs[0]}
+    result = {k: np.concatenate([c[k] for c in cols])[:n] for k in (cols[0] if cols else {})}
+    result["outputs"] = {k: np.concatenate([o[k] for o in outs])[:n]
+                         for k in (outs[0] if outs else {})}
     return result
 
-  return predict
+  jitted_apply = jax.jit(lambda v, b: model.apply(v, b, train=False))
+
+  def apply(batch: Mapping[str, Any]) -> dict[str, Any]:
+    batch = {k: np.asarray(v) for k, v in batch.items()}
+    if "mask" not in batch:
+      n = len(next(iter(batch.values())))
+      batch["mask"] = np.ones((n,), np.float32)
+    return jax.tree.map(np.asarray, jitted_apply(variables, batch))
+
+  return tasks.Trained(model=model, variables=variables, step=step, predict=predict,
+                       apply=apply)
 
 
 # ----------------------------------------------------------------------------- main loop
@@ -552,6 +704,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
   """Trains (or resumes) in ``workdir``, then evaluates the best weights on every split.
 
+  Order: the config is checked against the workdir's (before anything is restored) and
+  by ``task.validate()``; data and model are built; the newest readable checkpoint is
+  restored; training runs to ``num_epochs`` (or early stopping); every split is evaluated
+  with the best weights; process 0 runs ``task.analyse`` and writes ``final_metrics.json``.
+
   Args:
     config: the experiment config (``config_lib.base_config`` fields plus the task's).
     workdir: output directory (created); the unit of resumption.
@@ -559,18 +716,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     mesh: optional ``('data',)`` mesh (default: all devices, ``parallel.make_mesh()``).
 
   Returns:
-    ``{split: {term: value}}`` for every evaluation split with the best weights, plus
-    ``"analysis"``: whatever ``task.analyse`` returned.
+    ``{split: {term: value}}`` for every evaluation split with the best weights; on
+    process 0 also ``"analysis"``: whatever ``task.analyse`` returned.
   """
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh() if mesh is None else mesh
   tc = config.train
   config_lib.validate_train(tc, mesh.size)  # Before the task builds its datasets.
+  changed = check_resumable_config(config, workdir)
   task = tasks.get_task(config) if task is None else task
+  task.validate()
   is_chief = jax.process_index() == 0
   process_count = jax.process_count()
 
+  if process_count > 1:  # Process 0 builds the datasets once; the others then reuse them.
+    if is_chief:
+      task.train_source()
+      task.eval_sources()
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("recoil_jax: datasets prepared by process 0")
   train_source = task.train_source()
   eval_sources = dict(task.eval_sources())
   batch_size = tc.global_batch_size
@@ -592,7 +757,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   example = pipeline.stack_examples([train_source[i] for i in range(per_device)],
                                     name="train", indices=list(range(per_device)))
   example["mask"] = np.ones((per_device,), np.float32)
-  state = create_train_state(model, tx, example, config.seed, mesh)
+  state = create_train_state(model, tx, example, config.seed, mesh, task.mutable_collections)
   strategy = make_strategy(tc.strategy, model, task, mesh, schedule,
                            grad_accum_steps=tc.grad_accum_steps)
   eval_step = make_eval_step(model, task, mesh)
@@ -601,31 +766,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                     max_to_keep=tc.max_checkpoints_to_keep)
   best_ckpt = checkpointing.Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
   book = Bookkeeping()
-  latest = ckpt.latest_step()
-  if latest is not None:
-    state, meta = ckpt.restore(latest, state)
+  restored = ckpt.restore_latest(state)
+  if restored is not None:
+    _, state, meta = restored
     book = Bookkeeping.from_json(meta)
-    logging.info("Resumed from step %d (epoch %d, finished=%s) in %s", book.step, book.epoch,
-                 book.finished, ckpt.directory)
+    report(f"Resumed {workdir} at step {book.step} (epoch {book.epoch}"
+           f"{', finished' if book.finished else ''}).")
+    for k, (old, new) in changed.items():
+      report(f"  config {k}: {old!r} -> {new!r}")
   if is_chief:
     _write_config(config, workdir)
-  writer = _Writer(workdir, enabled=is_chief)
+  writer = _Writer(workdir, enabled=is_chief, resume_step=book.step)
   eval_kw = dict(global_batch_size=tc.eval_batch_size, mesh=mesh,
                  num_threads=tc.data_threads, prefetch=tc.prefetch_batches)
+  _reopen_if_extended(book, total_steps, tc.early_stopping_patience)
 
   def where(step: int) -> str:
     return (f"at training step {step} (0-based global step = index of the batch; "
             f"epoch {step // steps_per_epoch})")
 
   if not book.finished:
-    logging.info("Training %d steps (%d epochs x %d steps, global batch %d, %d devices, "
-                 "%d processes, strategy %s, %d micro-batches per device batch) from step %d.",
-                 total_steps, tc.num_epochs, steps_per_epoch, batch_size, mesh.size,
-                 process_count, strategy.name, tc.grad_accum_steps, book.step)
+    report(f"Training {total_steps} steps ({tc.num_epochs} epochs x {steps_per_epoch} steps, "
+           f"global batch {batch_size}, {mesh.size} devices, {process_count} processes, strategy "
+           f"{strategy.name}, {tc.grad_accum_steps} micro-batches per device batch) from step "
+           f"{book.step} into {workdir}")
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm(total=total_steps, initial=book.step, unit="step", dynamic_ncols=True,
                disable=not (is_chief and tc.progress_bar))
-    window: dict[str, list[float]] = {}
+    window: dict[str, list[float]] = {k: list(v) for k, v in book.log_window.items()}
     pending = None  # (0-based step, device metrics) of the step still in flight.
 
     def consume(step_and_metrics) -> None:
@@ -639,8 +807,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         window.clear()
         writer.write("train", s + 1, (s + 1) / steps_per_epoch, "train", means)
         bar.set_postfix(loss=f"{means['loss']:.4g}")
-        logging.info("step %d/%d: %s", s + 1, total_steps,
-                     ", ".join(f"{k}={v:.5g}" for k, v in sorted(means.items())))
+        logging.info("step %d/%d: %s", s + 1, total_steps, _fmt_metrics(means))
 
     batches = pipeline.iterate(train_ds, book.step, num_threads=tc.data_threads,
                                prefetch=tc.prefetch_batches)
@@ -667,8 +834,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           val = evaluate(eval_step, state, eval_sources[VALIDATION], name=VALIDATION, **eval_kw)
           _check_health(val, f"in the {VALIDATION} evaluation after step {step}")
           writer.write("eval", step, book.epoch, VALIDATION, val)
-          logging.info("epoch %d (step %d) %s: %s", book.epoch, step, VALIDATION,
-                       ", ".join(f"{k}={v:.5g}" for k, v in sorted(val.items())))
+          report(f"epoch {book.epoch} (step {step}) {VALIDATION}: {_fmt_metrics(val)}")
           if val["loss"] < book.best_validation_loss:
             book.best_validation_loss = val["loss"]
             book.best_step = step
@@ -688,36 +854,59 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         if step == total_steps:
           book.finished = True
           book.stop_reason = book.stop_reason or f"completed {tc.num_epochs} epochs"
+      book.log_window = {k: list(v) for k, v in window.items()}
       ckpt.save(step, state, book.to_json())
     state = strategy.to_canonical(loop_state)
     del loop_state
     bar.close()
-    logging.info("Training finished at step %d: %s", book.step, book.stop_reason)
+    report(f"Training finished at step {book.step}: {book.stop_reason}")
+  else:
+    report(f"{workdir} has finished training ({book.stop_reason}); evaluating its best "
+           "weights again.")
 
   best_step = best_ckpt.latest_step()
   if best_step is not None:
-    state, _ = best_ckpt.restore(best_step, state)
-    logging.info("Restored the best weights (step %d) from %s", best_step, best_ckpt.directory)
+    restored_best = best_ckpt.restore_latest(state)
+    if restored_best is not None:
+      best_step, state, _ = restored_best
+      logging.info("Restored the best weights (step %d) from %s", best_step,
+                   best_ckpt.directory)
   final: dict[str, Any] = {}
   final_step = best_step if best_step is not None else book.step
   for split, source in eval_sources.items():
     final[split] = evaluate(eval_step, state, source, name=split, **eval_kw)
     _check_health(final[split], f"in the final {split} evaluation")
     writer.write("final", final_step, final_step / steps_per_epoch, split, final[split])
-    logging.info("final %s: %s", split,
-                 ", ".join(f"{k}={v:.5g}" for k, v in sorted(final[split].items())))
-  predict = make_predict_fn(make_predict_step(model, mesh), state, eval_sources,
-                            global_batch_size=tc.eval_batch_size, mesh=mesh)
-  analysis = task.analyse(predict, workdir) or {}
-  final["analysis"] = analysis
-  if is_chief:
-    _write_json(os.path.join(workdir, "final_metrics.json"),
-                {"step": book.step, "best_step": best_step, "stop_reason": book.stop_reason,
-                 "metrics": final})
   writer.close()
   ckpt.close()
   best_ckpt.close()
+  if is_chief:  # The analysis and its files: process 0 alone, on its own devices.
+    trained = make_trained(model, state, eval_sources, step=final_step,
+                           eval_batch_size=tc.eval_batch_size)
+    final["analysis"] = task.analyse(trained, workdir) or {}
+    io.write_json_atomic(os.path.join(workdir, "final_metrics.json"),
+                         {"step": book.step, "best_step": best_step,
+                          "stop_reason": book.stop_reason, "metrics": final})
   return final
+
+
+def _reopen_if_extended(book: Bookkeeping, total_steps: int, patience: int) -> None:
+  """Un-finishes a finished run that the config now lets train further.
+
+  A run that completed its epochs goes on when ``train.num_epochs`` grew; one stopped early
+  goes on when ``train.early_stopping_patience`` grew past its epochs without improvement
+  (0 = off). The learning-rate schedule is that of the new ``total_steps``.
+  """
+  if not book.finished or book.step >= total_steps:
+    return
+  if patience > 0 and book.epochs_without_improvement >= patience:
+    report(f"The run stopped early ({book.stop_reason}); raise "
+           "config.train.early_stopping_patience to train it further.")
+    return
+  report(f"Training resumes past the finished step {book.step} up to step {total_steps} "
+         "(the learning-rate schedule now spans the new total).")
+  book.finished = False
+  book.stop_reason = ""
 
 
 # ----------------------------------------------------------------------------- inference
@@ -727,10 +916,11 @@ def load_trained(config: ml_collections.ConfigDict, workdir: str, *,
                  which: str = "best") -> tuple[Task, nn.Module, dict]:
   """(task, model, variables) of a trained run: the weights of the newest checkpoint in workdir/<which> ("best" or "checkpoints").
 
+  For notebooks and scripts outside a run (a run's own analysis gets ``tasks.Trained``).
   The task is built from ``config`` (its training source gives the example the state
   tree is traced on; no model is initialised or compiled), and the TrainState of the
-  newest step is restored onto the first local CPU device. ``variables`` is
-  ``{"params": ..., **model_state}``, ready for ``model.apply(variables, batch,
+  newest readable step is restored onto the first local CPU device. ``variables`` is
+  ``{"params": ..., **collections}``, ready for ``model.apply(variables, batch,
   train=False)``; the optimiser state is dropped.
 
   Raises:
@@ -754,17 +944,18 @@ def load_trained(config: ml_collections.ConfigDict, workdir: str, *,
   example = pipeline.stack_examples([train_source[0]], name="train", indices=[0])
   example["mask"] = np.ones((1,), np.float32)
   # Shapes and dtypes of the TrainState only (tracing, no compilation or initialisation).
-  abstract = jax.eval_shape(lambda: create_train_state(model, tx, example, config.seed, mesh))
+  abstract = jax.eval_shape(lambda: create_train_state(model, tx, example, config.seed, mesh,
+                                                       task.mutable_collections))
   single = jax.sharding.SingleDeviceSharding(cpu)
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=single),
                         abstract)
   ckpt = checkpointing.Checkpointer(directory, max_to_keep=None)
   try:
-    step = ckpt.latest_step()
-    if step is None:
+    restored = ckpt.restore_latest(target)
+    if restored is None:
       raise FileNotFoundError(f"load_trained: no complete checkpoint in {directory}")
-    state, _ = ckpt.restore(step, target)
+    step, state, _ = restored
   finally:
     ckpt.close()
   logging.info("load_trained: step %d from %s onto %s", step, directory, cpu)
-  return task, model, _variables(state.params, state.model_state)
+  return task, model, _variables(state.params, state.model_state, state.constants)

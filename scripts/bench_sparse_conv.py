@@ -1,10 +1,10 @@
-"""Benchmark: the seed-001 network on simulated 50 keV tracks, recoil_jax vs its peers.
+"""Benchmark: the TPC paper's network on simulated 50 keV tracks, recoil_jax vs its peers.
 
-Runs, on the *same* batch of simulated 50 keV electron recoils (seed preprocessing, σ =
-443 µm, 120³ voxels), the seed network's trunk (SparseConv3d(1→50, k6, s2) → ReLU →
-SparseMaxPool(2, 2) → SparseConv3d(50→30, k4) → ReLU → SparseConv3d(30→20, k3) → ReLU →
-SparseMaxPool(2, 2) → dense 20×12³) plus the homoscedastic head, forward and
-forward+backward, with:
+Runs, on the *same* batch of simulated 50 keV electron recoils (the preprocessing of
+arXiv 2403.15949, σ = 443 µm, 120³ voxels), the paper's network trunk
+(SparseConv3d(1→50, k6, s2) → ReLU → SparseMaxPool(2, 2) → SparseConv3d(50→30, k4) → ReLU
+→ SparseConv3d(30→20, k3) → ReLU → SparseMaxPool(2, 2) → dense 20×12³) plus the
+homoscedastic head, forward and forward+backward, with:
 
   recoil_jax   sparse ops (XLA reference path), jit-compiled
   jax_dense    the same layer shapes as dense XLA 3D convolutions (lax.conv) on 120³
@@ -39,7 +39,7 @@ GRID = 120
 
 
 def make_batch(batch: int, seed: int, max_voxels: int):
-  """Simulated 50 keV tracks, σ = 443 µm, preprocessed as the seed → padded voxel arrays."""
+  """Simulated 50 keV tracks, σ = 443 µm, preprocessed as the paper → padded voxel arrays."""
   from recoil_jax.studies.tpc import preprocess as tpc_preprocess
   from recoil_jax.studies.tpc import sim as electron_recoil
 
@@ -104,7 +104,7 @@ def run_jax_dense(coords, charges, nvox, labels, repeats):
   import jax
   import jax.numpy as jnp
 
-  class DenseSeedNet(nn.Module):
+  class DensePaperNet(nn.Module):
     @nn.compact
     def __call__(self, x):
       x = nn.relu(nn.Conv(50, (6, 6, 6), strides=2, padding="VALID")(x))
@@ -120,7 +120,7 @@ def run_jax_dense(coords, charges, nvox, labels, repeats):
 
   dense = _densify(coords, charges, nvox)
   x = jnp.asarray(dense)[..., None]
-  model = DenseSeedNet()
+  model = DensePaperNet()
   params = model.init(jax.random.PRNGKey(0), x[:1])
   fwd = jax.jit(model.apply)
   grad = jax.jit(jax.grad(lambda p, x: -(model.apply(p, x) * jnp.asarray(labels)).sum(-1).mean()))
@@ -324,10 +324,8 @@ def main() -> None:
         spread = f" (per round {min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else ""
         print(f"{ours_name} vs {impl} {key[:-2]}: {np.median(ratios):.2f}x faster{spread}")
   if args.out:
-    tmp_out = args.out + ".tmp"
-    with open(tmp_out, "w") as f:
-      json.dump(report, f, indent=2)
-    os.replace(tmp_out, args.out)
+    from recoil_jax import io  # pylint: disable=g-import-not-at-top
+    io.write_text_atomic(args.out, json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -389,6 +389,7 @@ def main() -> None:
     if mode not in ("forward", "train"):
       raise SystemExit(f"--modes: unknown mode {mode!r} (forward, train)")
 
+  from recoil_jax import io  # pylint: disable=g-import-not-at-top
   from recoil_jax.studies.sbnd import model as uresnet  # pylint: disable=g-import-not-at-top
   report = {"machine": _machine(), "model": model, "batch": args.batch, "single": [],
             "scaling": []}
@@ -430,7 +431,8 @@ def main() -> None:
         "GFLOP/step analytic: convolutions only, 2·MAC (forward; train = 3× forward). "
         f"Paper configuration at 3×640×1024: "
         f"{uresnet.forward_flops(uresnet.UResNet(), 640, 1024)['total'] / 1e9:.2f} GFLOP "
-        f"(REFERENCE.md: {uresnet.PAPER_FORWARD_GFLOP}, which is the 5×5-first-conv count).")
+        f"(with a 5×5 first conv: {uresnet.PAPER_FORWARD_GFLOP}, computed; arXiv 2012.01301 "
+        "prints no FLOP count).")
 
   devices = [int(d) for d in args.devices.split(",") if d]
   if devices:
@@ -484,10 +486,7 @@ def main() -> None:
           "gradient one. Fake devices share the machine's cores: the times are the cost of "
           "splitting, not a speed-up.")
   if args.out:
-    tmp_path = args.out + ".tmp"
-    with open(tmp_path, "w") as f:
-      json.dump(report, f, indent=1)
-    os.replace(tmp_path, args.out)
+    io.write_text_atomic(args.out, json.dumps(report, indent=1))
     print(f"\nwrote {args.out}")
 
 

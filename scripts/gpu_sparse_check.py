@@ -1,16 +1,16 @@
 """GPU check of the Pallas sparse kernels: correctness vs the XLA reference, then timings.
 
 One prepared run for a lent GPU (written for an H200). On simulated 50 keV electron recoils
-(σ = 443 µm, seed preprocessing, 120³ voxels of 500 µm) it
+(σ = 443 µm, the preprocessing of arXiv 2403.15949, 120³ voxels of 500 µm) it
 
 1. checks every kernel on the GPU against the XLA reference (float32 products at HIGHEST precision):
-   hash-table history independence under concurrent inserts, each seed-trunk rulebook entry for
+   hash-table history independence under concurrent inserts, each paper-trunk rulebook entry for
    entry, conv forward / dX / dW, max-pool forward / backward, bf16 forward, and the whole trunk's
    parameter gradients;
 2. measures the fp32 (HIGHEST) and bf16 matmul rates of the card;
-3. times the seed network (trunk + homoscedastic head, recoil_jax/studies/tpc/model.py) forward and
-   forward+backward at batch 64 and 256: Pallas vs the XLA path vs the same layers as dense 3D
-   convolutions (cuDNN through XLA);
+3. times the paper's network (trunk + homoscedastic head, recoil_jax/studies/tpc/model.py)
+   forward and forward+backward at batch 64 and 256: Pallas vs the XLA path vs the same layers
+   as dense 3D convolutions (cuDNN through XLA);
 4. times each trunk layer the same three ways, and the rulebook alone, with the FLOPs at active
    sites (2 * pairs * C_in * C_out) against the measured fp32 rate and ~790 TFLOP/s bf16;
 
@@ -38,6 +38,8 @@ import traceback
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.92")
 
 import numpy as np  # noqa: E402
+
+from recoil_jax import io  # noqa: E402
 
 GRID = 120
 LAYER_NAMES = ("conv k6 s2 1→50", "pool 2", "conv k4 50→30", "conv k3 30→20", "pool 2")
@@ -67,8 +69,8 @@ def _short_error(e: BaseException) -> str:
 # Data.
 
 def make_tracks(batch: int, seed: int, max_voxels: int, voxel_cap: int | None):
-  """Simulated 50 keV tracks (σ 443 µm), seed preprocessing; padded arrays trimmed to the batch's
-  largest event. ``voxel_cap`` keeps only the first voxels of each event (dry run)."""
+  """Simulated 50 keV tracks (σ 443 µm), the paper's preprocessing; padded arrays trimmed to the
+  batch's largest event. ``voxel_cap`` keeps only the first voxels of each event (dry run)."""
   from recoil_jax.studies.tpc import preprocess as tpc_preprocess
   from recoil_jax.studies.tpc import sim as electron_recoil
   tracks = electron_recoil.simulate_electron_recoils(seed, 50.0, num_tracks=2 * batch + 8)
@@ -235,7 +237,7 @@ def check_kernels(coords, charges, num, caps, interpret: bool,
     with dispatch.use_backend("xla"):
       gx = jax.grad(loss)(params)
     err = max(_rel(a, b) for a, b in zip(jax.tree_util.tree_leaves(gp), jax.tree_util.tree_leaves(gx)))
-    rows.append(("seed trunk parameter gradients (worst rel. to max)", err, 1e-4, err <= 1e-4))
+    rows.append(("paper trunk parameter gradients (worst rel. to max)", err, 1e-4, err <= 1e-4))
   return rows
 
 
@@ -508,10 +510,7 @@ def main() -> int:
 
   def save():
     if args.out:
-      tmp = args.out + ".tmp"
-      with open(tmp, "w") as f:
-        json.dump(results, f, indent=1, default=float)
-      os.replace(tmp, args.out)
+      io.write_text_atomic(args.out, json.dumps(results, indent=1, default=float))
 
   from recoil_jax.studies.tpc import model as tpc_model
   default_caps = list(tpc_model.TpcDirectionNet.capacity_per_event)

@@ -1,10 +1,11 @@
-"""Active sites per event after each regular layer of the seed trunk, on simulated tracks.
+"""Active sites per event after each regular layer of the paper trunk, on simulated tracks.
 
 The numbers behind ``model.capacity_per_event`` in ``configs/tpc.py``: for each
-test-like sample (energy, fixed σ) it simulates tracks, applies the seed preprocessing, runs
-the trunk's site rules (SparseConv k6 s2 → MaxPool 2 → SparseConv k4 → SparseConv k3 →
-MaxPool 2) on one event at a time with never-overflowing capacities, and prints the mean,
-99th percentile and maximum number of active sites per event after each layer.
+test-like sample (energy, fixed σ) it simulates tracks, applies the preprocessing of the TPC
+source paper (arXiv 2403.15949), runs the trunk's site rules (SparseConv k6 s2 → MaxPool 2 →
+SparseConv k4 → SparseConv k3 → MaxPool 2) on one event at a time with never-overflowing
+capacities, and prints the mean, 99th percentile and maximum number of active sites per event
+after each layer.
 
   python scripts/measure_sparse_capacity.py --num-tracks 200
 """

@@ -1,8 +1,9 @@
-"""Per-layer profile of the seed trunk's XLA sparse path: kernel-map build vs arithmetic.
+"""Per-layer profile of the paper trunk's XLA sparse path: kernel-map build vs arithmetic.
 
-On a batch of simulated 50 keV tracks (σ = 443 µm, seed preprocessing, 120³ grid; the same
-batch as ``scripts/bench_sparse_conv.py``) it runs the seed trunk layer by layer with the
-capacities of ``TpcDirectionNet`` and times, each as its own jitted function:
+On a batch of simulated 50 keV tracks (σ = 443 µm, the paper's preprocessing, 120³ grid; the same
+batch as ``scripts/bench_sparse_conv.py``) it runs the trunk of the TPC paper (arXiv 2403.15949)
+layer by layer with the capacities of ``TpcDirectionNet`` and times, each as its own jitted
+function:
 
   voxels   from_padded_voxels (sort + duplicate merge)
   sites    the output-site work alone (the jitted layer returning only its output coordinates,
@@ -13,7 +14,7 @@ capacities of ``TpcDirectionNet`` and times, each as its own jitted function:
            kernel-map cost
   fwd+bwd  value and gradient of sum(out * r) in the input features (and the kernel)
 
-plus the whole seed network (trunk + homoscedastic head) forward and forward+backward as in the
+plus the whole paper network (trunk + homoscedastic head) forward and forward+backward as in the
 benchmark. Times are medians of ``--repeats`` calls after one warm-up (compilation excluded);
 the machine load is printed with them.
 
@@ -150,7 +151,7 @@ def main() -> None:
         f"{total_fwd * 1e3:>8.1f} {total_bwd * 1e3:>11.1f}")
   if not args.skip_model:
     res = bench_sparse_conv.run_recoil_jax(coords, charges, nvox, labels, args.repeats)
-    print(f"seed network (trunk + head): forward {res['forward_s'] * 1e3:.0f} ms, "
+    print(f"paper network (trunk + head): forward {res['forward_s'] * 1e3:.0f} ms, "
           f"forward+backward {res['backward_s'] * 1e3:.0f} ms, overflow {res['capacity_overflow']}; "
           f"load average {os.getloadavg()}")
 

@@ -37,9 +37,6 @@ from typing import Any, Sequence
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_PATH = os.path.join(REPO_ROOT, "configs", "sbnd.py")
-ABLATION_VARIANTS = ("baseline", "concat", "cross_plane_blocked", "batch2", "conv_upsample",
-                     "filters_half", "no_balance", "lr_x10", "non_residual", "adam",
-                     "full_balance")
 QUICK = dict(base_variant="smoke", height=32, width=64, num_train=16, num_validation=8,
              num_test=8, steps=2)
 
@@ -47,12 +44,23 @@ QUICK = dict(base_variant="smoke", height=32, width=64, num_train=16, num_valida
 def _config_module():
   spec = importlib.util.spec_from_file_location("sbnd_config", CONFIG_PATH)
   module = importlib.util.module_from_spec(spec)
+  if REPO_ROOT not in sys.path:  # The config file imports recoil_jax.config_lib.
+    sys.path.insert(0, REPO_ROOT)
   spec.loader.exec_module(module)
   return module
 
 
+# The rows: the baseline, then the Table 2 variants of configs/sbnd.py in the paper's order.
+ABLATION_VARIANTS = ("baseline",) + tuple(_config_module().TABLE2_VARIANTS)
+
+
 def variant_config(variant: str, args: argparse.Namespace):
-  """The config of one ablation row: base variant + the row's variant + sizes + budget."""
+  """The config of one ablation row: base variant(s) + the row's variant + sizes + budget.
+
+  ``args.base_variant`` and the row's variant are joined with "+" and parsed by
+  ``configs/sbnd.py`` (``config_lib.apply_variants``): an unknown or repeated name is an
+  error naming the known ones.
+  """
   names = [n for n in (args.base_variant, "" if variant == "baseline" else variant) if n]
   config = _config_module().get_config("+".join(names) or None)
   d, t = config.data, config.train
@@ -104,8 +112,9 @@ def _fmt(x: Any) -> str:
 def write_tables(workdir: str, rows: Sequence[dict[str, Any]], setup: dict[str, Any]
                  ) -> tuple[str, str]:
   """``ablation.json`` and ``ablation.md`` (ours, simulated, beside the paper's Table 2)."""
+  from recoil_jax import io  # pylint: disable=g-import-not-at-top
   from recoil_jax.studies.sbnd import analysis as sbnd_analysis  # pylint: disable=g-import-not-at-top
-  label = sbnd_analysis.SIMULATED
+  label = io.SIMULATED
   metrics = sbnd_analysis.TABLE2_METRICS
   names = ("non-bkg acc.", "cosmic IoU", "ν IoU", "mean IoU")
   md = [f"Table 2 ablation ({label}): {setup['height']}×{setup['width']} images, "
@@ -125,8 +134,8 @@ def write_tables(workdir: str, rows: Sequence[dict[str, Any]], setup: dict[str, 
               + ("–" if row.get("seconds") is None else f"{row['seconds']:.0f}") + " |")
   md_text = "\n".join(md) + "\n"
   payload = {"data": label, "setup": setup, "rows": list(rows)}
-  json_path = sbnd_analysis.write_json_atomic(os.path.join(workdir, "ablation.json"), payload)
-  md_path = sbnd_analysis.write_text_atomic(os.path.join(workdir, "ablation.md"), md_text)
+  json_path = io.write_json_atomic(os.path.join(workdir, "ablation.json"), payload)
+  md_path = io.write_text_atomic(os.path.join(workdir, "ablation.md"), md_text)
   return json_path, md_path
 
 
@@ -163,7 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   args.data_dir = args.data_dir or os.path.join(workdir, "tfds")
   os.makedirs(workdir, exist_ok=True)
 
-  sys.path.insert(0, REPO_ROOT)
+  if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+  from recoil_jax import io  # pylint: disable=g-import-not-at-top
   from recoil_jax import train  # pylint: disable=g-import-not-at-top
   from recoil_jax.studies.sbnd import analysis as sbnd_analysis  # pylint: disable=g-import-not-at-top
 
@@ -187,8 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       final = _finished(run_dir, config)
       if final is None:
         raise RuntimeError(f"{run_dir}: no final_metrics.json after training {variant!r}")
-      with open(os.path.join(run_dir, "ablation_time.json"), "w", encoding="utf-8") as f:
-        json.dump({"seconds": seconds}, f)
+      io.write_json_atomic(os.path.join(run_dir, "ablation_time.json"), {"seconds": seconds})
     else:
       print(f"[sbnd_ablation] {variant!r} already finished in {run_dir}; skipped", flush=True)
       timing = os.path.join(run_dir, "ablation_time.json")

@@ -109,10 +109,42 @@ def test_two_processes_match_one_process(tmp_path, one_device_run):
   outputs = [p.communicate(timeout=300) for p in procs]
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]
-  assert "2 processes" in outputs[0][1] and "4 devices" in outputs[0][1]
+  # Process 0 reports and writes; process 1 trains and evaluates silently.
+  assert "2 processes" in outputs[0][0] and "4 devices" in outputs[0][0]
+  assert "validation" not in outputs[1][0] and "Workdir" not in outputs[1][0]
+  assert os.path.exists(os.path.join(workdir, "toy_analysis.json"))
   with open(os.path.join(workdir, "final_metrics.json")) as f:
     multi = json.load(f)["metrics"]
   _assert_same_run(workdir, multi, *one_device_run)
   assert multi["analysis"]["num_test"] == one_device_run[1]["analysis"]["num_test"]
   assert multi["analysis"]["test_median_angle_deg"] == pytest.approx(
       one_device_run[1]["analysis"]["test_median_angle_deg"], rel=1e-4)
+
+
+def test_two_processes_run_the_tpc_study_and_write_once(tmp_path):
+  """A real study on 2 processes sharing one workdir and one dataset folder: process 0
+  builds the dataset, both train, process 0 alone analyses and writes (the predictions
+  files and figures once, no temporary files left, no race at shutdown)."""
+  workdir, data_dir = str(tmp_path / "run"), str(tmp_path / "data")
+  port = _free_port()
+  env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  procs = [
+      subprocess.Popen(
+          [sys.executable, "-m", "recoil_jax.main", "--config=configs/tpc.py:smoke",
+           f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+           f"--config.parallel.coordinator_address=127.0.0.1:{port}",
+           "--config.parallel.num_processes=2", f"--config.parallel.process_id={i}"],
+          cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  files = set(os.listdir(workdir))
+  assert {"final_metrics.json", "figure6.png", "figure6.md", "calibration.png",
+          "predictions_test_40keV_200um.npz", "predictions_test_50keV_443um.npz"} <= files
+  assert not [f for f in files if ".tmp" in f], files
+  with open(os.path.join(workdir, "final_metrics.json")) as f:
+    final = json.load(f)
+  assert set(final["metrics"]["analysis"]["test_sets"]) == {"test_40keV_200um",
+                                                           "test_50keV_443um"}
+  assert "Workdir" in outputs[0][0] and "Workdir" not in outputs[1][0]

@@ -70,14 +70,72 @@ def test_killed_run_resumes_to_identical_result_and_finished_run_is_not_retraine
   assert saved_state(killed, "best")[0] == saved_state(clean_dir, "best")[0]
   assert _tree_equal(saved_state(killed, "best")[1], saved_state(clean_dir, "best")[1])
 
-  # Running a finished workdir again evaluates but does not train.
-  n_events = len(_events(clean_dir))
+  # The resumed run's log reads as if it had never stopped: no repeated steps.
+  assert _log(killed) == _log(clean_dir)
+
+  # Running a finished workdir again evaluates but does not train; the log is unchanged.
+  log = _log(clean_dir)
   ckpt_steps = _complete_steps(clean_dir)
   again = train.train_and_evaluate(toy_smoke, clean_dir)
   assert again == clean
-  new = _events(clean_dir)[n_events:]
-  assert {e["event"] for e in new} == {"final"}
+  assert _log(clean_dir) == log
   assert _complete_steps(clean_dir) == ckpt_steps
+
+
+def _log(workdir):
+  """metrics.jsonl without wall-clock times."""
+  return [{k: v for k, v in e.items() if k != "time"} for e in _events(workdir)]
+
+
+def test_more_epochs_extend_a_finished_run_as_if_unbroken(tmp_path, toy_smoke):
+  """1 epoch, then the same workdir with 3: the same weights, metrics and log as 3 epochs
+  in one go (constant learning rate; the log window open at the checkpoint carries on)."""
+  toy_smoke.train.early_stopping_patience = 0
+  toy_smoke.train.num_epochs = 1
+  extended = str(tmp_path / "extended")
+  train.train_and_evaluate(toy_smoke, extended)
+  toy_smoke.train.num_epochs = 3
+  result = train.train_and_evaluate(toy_smoke, extended)
+  clean = train.train_and_evaluate(toy_smoke, str(tmp_path / "clean"))
+  assert result == clean
+  assert _tree_equal(saved_state(extended, "checkpoints")[1],
+                     saved_state(str(tmp_path / "clean"), "checkpoints")[1])
+  assert _log(extended) == _log(str(tmp_path / "clean"))
+  with open(os.path.join(extended, "config.json")) as f:
+    assert json.load(f)["train"]["num_epochs"] == 3
+
+
+def test_unreadable_latest_checkpoint_is_set_aside_and_the_previous_one_resumed(
+    tmp_path, toy_smoke):
+  clean = train.train_and_evaluate(toy_smoke, str(tmp_path / "clean"))
+  workdir = str(tmp_path / "broken")
+  train.train_and_evaluate(toy_smoke, workdir)
+  steps = _complete_steps(workdir)
+  latest = os.path.join(workdir, "checkpoints", str(steps[-1]), "state")
+  for root, _, files in os.walk(latest):  # Truncate every data file of the newest step.
+    for name in files:
+      if os.sep + "d" in root:
+        os.truncate(os.path.join(root, name), 16)
+  again = train.train_and_evaluate(toy_smoke, workdir)
+  assert again == clean  # Resumed from the step before and trained the rest again.
+  aside = os.listdir(os.path.join(workdir, "checkpoints.unreadable"))
+  assert [a.split("-")[0] for a in aside] == [str(steps[-1])]
+  assert _complete_steps(workdir) == steps
+
+
+def test_a_workdir_of_another_config_is_refused_before_anything_is_restored(
+    tmp_path, toy_smoke):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(toy_smoke, workdir)
+  with open(os.path.join(workdir, "config.json")) as f:
+    before = f.read()
+  toy_smoke.model.hidden = 32
+  toy_smoke.optimizer.learning_rate = 0.5
+  with pytest.raises(ValueError, match=r"(?s)model.hidden: 64 -> 32.*"
+                                       r"optimizer.learning_rate: 0.001 -> 0.5"):
+    train.train_and_evaluate(toy_smoke, workdir)
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert f.read() == before
 
 
 class AntiValidationTask(toy.ToyRegressionTask):

@@ -15,6 +15,7 @@ from jax import test_util as jtu
 import numpy as np
 import pytest
 
+from recoil_jax import io
 from recoil_jax.losses import segmentation as sl
 from recoil_jax.studies.sbnd import analysis as seg
 
@@ -323,8 +324,9 @@ def test_figure9_plot_and_tables(tmp_path):
   assert open(path, "rb").read(8) == PNG_MAGIC
   md = seg.figure9_markdown(curves)
   assert "simulated" in md and md.count("\n| ") == 6 + 1  # Header + one row per bin.
-  seg.write_json_atomic(tmp_path / "figure9.json", curves)
+  io.write_json_atomic(tmp_path / "figure9.json", curves)  # None (empty bins) -> null.
   assert json.loads((tmp_path / "figure9.json").read_text())["bin_edges_gev"][-1] == 3.0
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["figure9.json", "figure9.png"]
 
 
 # ------------------------------------------------------------------------ display
@@ -342,7 +344,7 @@ def test_event_display_writes_a_png(tmp_path, zoom):
   path = seg.plot_event_display(tmp_path / "event.png", image, label, pred,
                                 title="νμ CC, 1.2 GeV", zoom=zoom, max_panel_pixels=48)
   assert open(path, "rb").read(8) == PNG_MAGIC
-  assert not list(tmp_path.glob("*.tmp"))
+  assert [p.name for p in tmp_path.iterdir()] == ["event.png"]  # No temporary file left.
   with pytest.raises(ValueError, match="must all be"):
     seg.plot_event_display(tmp_path / "bad.png", image, label[:2])
 

@@ -233,7 +233,8 @@ def test_files_mode(tmp_path):
   e = fake_events(7, 1, height=2 * H, width=2 * W, interaction_fractions=(0.25,) * 4)
   larcv.write_cosmictagger(paths[2], e.images, e.labels)
   stale = sbnd_dataset.SbndWireImages(data_dir=os.fspath(tmp_path / "tfds"), config=config)
-  with pytest.raises(ValueError, match=r"files\['validation'\]: the files changed"):
+  with pytest.raises(ValueError, match=r"files\['validation'\]: the files changed since the "
+                     r"config .*cosmic_tagging_2\.h5: size/mtime"):
     stale.download_and_prepare(file_format="array_record")
   assert not stale.is_prepared()
 

@@ -1,5 +1,6 @@
 """Tests of the CosmicTagger larcv3 HDF5 reader and fixture writer (h5py only)."""
 
+import logging
 import os
 
 import h5py
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 from recoil_jax.studies.sbnd import larcv
+from recoil_jax.studies.sbnd import sim as lartpc
 
 
 def random_events(seed, n=3, ticks=8, wires=12, occupancy=0.3):
@@ -348,3 +350,119 @@ def test_writer_is_atomic(tmp_path, monkeypatch):
     larcv.write_cosmictagger(path, images[:1], labels[:1])
   assert open(path, "rb").read() == before  # the old file is untouched
   assert sorted(os.listdir(tmp_path)) == ["events.h5"]  # no temporary file left
+
+
+def test_empty_events_are_counted_and_reported(tmp_path, caplog):
+  images, labels = random_events(10, n=8)
+  images[[1, 4, 6]] = 0.0  # no charge on any plane (their labelled pixels stay)
+  images[5, 2] = 0.0  # one empty plane only: not an empty event
+  path = write(tmp_path, images, labels)
+  assert larcv.count_empty_events(path) == 3
+  np.testing.assert_array_equal(larcv.empty_events(path), [1, 4, 6])
+  np.testing.assert_array_equal(larcv.empty_events(path, start=2, stop=6), [4])
+  stats = larcv.ReadStats()
+  with caplog.at_level(logging.WARNING):
+    events = larcv.read_cosmictagger(path, downsample=1, stats=stats)
+  # The return type is unchanged: empty events are all-zero images.
+  assert isinstance(events, lartpc.SbndEvents)
+  np.testing.assert_array_equal(events.images, images)
+  np.testing.assert_array_equal(events.labels, labels)
+  assert (stats.path, stats.start, stats.stop, stats.num_events) == (path, 0, 8, 8)
+  assert stats.num_empty == 3 and stats.empty_entries.tolist() == [1, 4, 6]
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warnings) == 1
+  assert warnings[0].startswith(f"{path}: 3 of 8 events (entries [0, 8)) have no image voxel")
+  assert warnings[0].endswith("entries 1, 4, 6")
+
+  caplog.clear()  # Iterating in chunks: one warning for the range read, before the first chunk.
+  stats = larcv.ReadStats()
+  with caplog.at_level(logging.WARNING):
+    chunks = larcv.iter_cosmictagger(path, downsample=2, chunk_size=2, start=3, stop=7,
+                                     stats=stats)
+    next(chunks)
+    assert stats.empty_entries.tolist() == [4, 6] and stats.num_events == 4
+    rest = list(chunks)
+  assert len(rest) == 1
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warnings) == 1 and "2 of 4 events (entries [3, 7))" in warnings[0]
+
+  caplog.clear()  # Many empty events: the first five are listed.
+  images[:] = 0.0
+  many = write(tmp_path, images, labels, name="many.h5")
+  with caplog.at_level(logging.WARNING):
+    larcv.read_cosmictagger(many, downsample=2)
+  (message,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert "many.h5: 8 of 8 events" in message and message.endswith("entries 0, 1, 2, 3, 4, ...")
+
+  caplog.clear()  # No empty event: no warning, a count of 0.
+  full = write(tmp_path, *random_events(11, n=3), name="full.h5")
+  stats = larcv.ReadStats()
+  with caplog.at_level(logging.WARNING):
+    larcv.read_cosmictagger(full, downsample=2, stats=stats)
+  assert stats.num_empty == 0 and larcv.count_empty_events(full) == 0
+  assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_hand_built_event_without_projections_is_empty(tmp_path):
+  path = os.fspath(tmp_path / "hand.h5")
+  _old_layout_file(path)  # event 1 has no projection at all
+  np.testing.assert_array_equal(larcv.empty_events(path), [1])
+
+
+def _rechunk_voxels(path, producer, rows_per_chunk):
+  """Rewrites a producer's voxels in small gzip chunks (so a damaged chunk hits few events)."""
+  with h5py.File(path, "r+") as f:
+    g = f[larcv.group_path(producer)]
+    data = g["voxels"][:]
+    del g["voxels"]
+    g.create_dataset("voxels", data=data, chunks=(rows_per_chunk,), compression="gzip")
+
+
+def test_corrupted_or_truncated_hdf5_names_the_file(tmp_path):
+  images, labels = random_events(12, n=6, ticks=16, wires=24)
+  good = write(tmp_path, images, labels, name="good.h5")
+  data = open(good, "rb").read()
+  for fraction in (0.02, 0.3, 0.7, 0.99):
+    path = tmp_path / f"truncated_{int(fraction * 100)}.h5"
+    path.write_bytes(data[:int(len(data) * fraction)])
+    with pytest.raises(ValueError, match=rf"{path.name}: cannot open as HDF5: .*truncated") as info:
+      larcv.read_cosmictagger(path)
+    assert isinstance(info.value.__cause__, OSError)
+    with pytest.raises(ValueError, match=rf"{path.name}: cannot open as HDF5"):
+      larcv.count_empty_events(path)
+  with pytest.raises(FileNotFoundError, match=r"missing\.h5"):
+    larcv.read_cosmictagger(tmp_path / "missing.h5")
+
+  # Garbage inside one compressed chunk of the image voxels: the chunk's first event is named.
+  path = os.fspath(tmp_path / "garbled.h5")
+  larcv.write_cosmictagger(path, images, labels)
+  _rechunk_voxels(path, "sbndwire", 16)
+  with h5py.File(path) as f:
+    g = f[larcv.group_path("sbndwire")]
+    chunk = g["voxels"].id.get_chunk_info(2)  # voxel rows [32, 48)
+    vext = g["voxel_extents"][:]
+  ends = vext["first"].astype(np.int64) + vext["N"].astype(np.int64)
+  first_event = int(np.flatnonzero(ends > 32)[0]) // 3  # 3 projections per event
+  content = bytearray(open(path, "rb").read())
+  middle = chunk.byte_offset + chunk.size // 2
+  content[middle:middle + 8] = b"\xff" * 8
+  with open(path, "wb") as f:
+    f.write(bytes(content))
+  with pytest.raises(ValueError, match=rf"garbled\.h5: /Data/sparse2d_sbndwire_group/voxels: "
+                     rf"event {first_event}: rows \[\d+, \d+\): cannot read: the file is "
+                     r"corrupted or truncated \(OSError: ") as info:
+    larcv.read_cosmictagger(path, downsample=1)
+  assert isinstance(info.value.__cause__, OSError)
+  # Counting empty events reads only the extents: still possible.
+  assert larcv.count_empty_events(path) == 0
+
+  # Garbage anywhere: either the file still reads, or a ValueError names it.
+  for offset in range(0, len(data), 509):
+    damaged = bytearray(data)
+    damaged[offset:offset + 16] = b"\xa5" * 16
+    path = tmp_path / "damaged.h5"
+    path.write_bytes(bytes(damaged))
+    try:
+      larcv.read_cosmictagger(path, downsample=1)
+    except ValueError as e:
+      assert str(e).startswith(f"{path}: "), (offset, str(e))

@@ -220,8 +220,9 @@ def test_forward_flops_match_the_convolutions_in_the_graph():
 
 
 def test_forward_flops_of_the_paper_configuration():
-  # REFERENCE.md's 118.9 GFLOP per event at 3 × 640 × 1024 is reproduced with a 5 × 5
-  # first conv (torch master); the paper's 7 × 7 adds 2·(49 − 25)·8·640·1024·3 FLOP.
+  # The computed 118.9 GFLOP per event at 3 × 640 × 1024 (arXiv 2012.01301 prints no FLOP
+  # count) is reproduced with a 5 × 5 first conv (CosmicTagger torch master); the paper's
+  # 7 × 7 adds 2·(49 − 25)·8·640·1024·3 FLOP.
   five = uresnet.forward_flops(uresnet.UResNet(first_kernel=5), 640, 1024)["total"]
   seven = uresnet.forward_flops(uresnet.UResNet(), 640, 1024)["total"]
   assert round(five / 1e9, 1) == uresnet.PAPER_FORWARD_GFLOP

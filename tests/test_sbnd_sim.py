@@ -1,7 +1,8 @@
 """Tests of the toy SBND LArTPC simulator (recoil_jax.studies.sbnd.sim and helpers).
 
-Reference numbers come from physics-facts.md §3 (CSDA ranges, MIP dE/dx,
-ModBox R ≈ 0.70, ≈19k e⁻ per 3 mm wire) and the CosmicTagger paper
+Reference numbers are independently computed liquid-argon values (CSDA ranges,
+MIP dE/dx, ModBox R ≈ 0.70 with the ArgoNeuT parameters of arXiv 1306.1712,
+≈19k e⁻ per 3 mm wire) and come from the CosmicTagger paper
 (arXiv 2012.01301: ~11k active, ~2.3k cosmic, ~250 neutrino pixels per plane at
 640×1024).  All numbers produced here are simulated.
 """
@@ -13,7 +14,7 @@ import math
 import numpy as np
 import pytest
 
-from recoil_jax.studies.sbnd import sim as lartpc as L
+from recoil_jax.studies.sbnd import sim as L
 from recoil_jax.studies.sbnd import sim_generators as gen
 from recoil_jax.studies.sbnd import sim_physics as phys
 from recoil_jax.studies.sbnd import sim_tracks as tr
@@ -46,9 +47,9 @@ def _straight_muon(kinetic_mev, start, direction, length_mm, **options):
 # --------------------------------------------------------------------------
 
 
-def test_csda_ranges_match_physics_facts():
+def test_csda_ranges_match_computed_tables():
   tables = phys.range_tables()
-  # physics-facts.md §3 [computed], cm.
+  # Independently computed CSDA ranges (Bethe, PDG liquid-argon constants), cm.
   proton = {10: 0.13, 30: 0.92, 50: 2.28, 100: 7.8, 200: 25.9, 500: 116}
   muon = {50: 10.8, 100: 30.5, 300: 123, 1000: 433}
   for species, table in ((phys.PROTON, proton), (phys.MUON, muon)):
@@ -126,9 +127,9 @@ def test_mip_charge_on_collection_wires():
   expected = (L.WIRE_PITCH_MM * dedx_cm / 10 / phys.LAR_W_ION_MEV *
               phys.modbox_recombination(dedx_cm, 0.5) * atten)
   assert np.median(electrons) == pytest.approx(expected, rel=0.02)
-  # physics-facts.md: ≈19k e⁻ per 3 mm wire before attenuation.
+  # Computed: ≈19k e⁻ per 3 mm wire before attenuation (MIP, ModBox, W = 23.6 eV).
   assert np.median(electrons) / atten == pytest.approx(19e3, rel=0.05)
-  # Signal-to-noise of the collection peak (recipe D: ≈30-50).
+  # Signal-to-noise of the collection peak (expected ≈30-50 for a MIP).
   peak = images[2].max()
   assert 30 < peak / L.SbndPhysics().noise_adc[2] < 60
   # The track is labelled on the row where its charge arrives.

@@ -16,6 +16,7 @@ import pytest
 from conftest import REPO_ROOT, load_config, subprocess_env
 from recoil_jax.studies.sbnd import analysis as seg
 from recoil_jax.studies.sbnd import task as sbnd
+from recoil_jax.studies.sbnd import model as uresnet
 
 CONFIG = "configs/sbnd.py"
 
@@ -66,7 +67,7 @@ _NUMERIC_ONLY = ("dtype", "cross_replica_bn", "leaky_slope", "bn_momentum", "bn_
 def test_every_variant_builds_with_the_expected_parameter_count():
   """Every variant's config builds its model; each distinct parameter structure (at the
   default size, and the paper's Table 1 size) has the count of Table 1's rule
-  (sbnd.expected_parameter_count, independent of the model code)."""
+  (uresnet.expected_parameter_count, independent of the model code)."""
   module = _config_module()
   counts, seen = {}, {}
   for variant in ("",) + module.VARIANTS + ("paper+concat",):
@@ -77,11 +78,11 @@ def test_every_variant_builds_with_the_expected_parameter_count():
       counts[variant] = counts[seen[structure]]
       continue
     seen[structure] = variant
-    shapes = sbnd.abstract_variables(model, config.data.height, config.data.width)
-    counts[variant] = sbnd.parameter_count(shapes)
-    assert counts[variant] == sbnd.expected_parameter_count(config.model), variant
+    shapes = uresnet.abstract_variables(model, config.data.height, config.data.width)
+    counts[variant] = uresnet.parameter_count(shapes)
+    assert counts[variant] == uresnet.expected_parameter_count(config.model), variant
     assert "batch_stats" in shapes
-  # Table 1 (REFERENCE.md §3b): 23,839,953 printed; −30 for the final 1×1 conv (27 instead
+  # Table 1 (arXiv 2012.01301, Table 1): 23,839,953 printed; −30 for the final 1×1 conv (27 instead
   # of Table 1's 57, which no code version has).
   assert counts["paper"] == 23_839_953 - 30
   assert counts["paper+concat"] - counts["paper"] == sum(
@@ -112,8 +113,9 @@ def test_bad_config_values_are_clear_errors(tmp_path):
 
 
 def test_train_and_eval_outputs_give_the_same_loss_terms():
-  """The training path (logits) and the evaluation path (per-event statistics computed in
-  the model) reduce to the same (sum, count) terms; padded events count for nothing."""
+  """The training path (logits only) and the evaluation path (logits + per-event statistics
+  computed in the model) reduce to the same (sum, count) terms; padded events count for
+  nothing; the model computes no loss."""
   config = load_config(CONFIG, "smoke")
   task = sbnd.SbndCosmicTask(config)
   rng = np.random.default_rng(0)
@@ -129,14 +131,13 @@ def test_train_and_eval_outputs_give_the_same_loss_terms():
   def run(batch, masked):
     variables = model.init(jax.random.PRNGKey(0), batch, train=False)
     stats_out = model.apply(variables, batch, train=False)
-    logits_out = model.clone(eval_outputs="logits").apply(variables, batch, train=False)
+    logits_out = {"logits": stats_out["logits"]}
     return (stats_out, logits_out, task.loss_terms(stats_out, batch),
             task.loss_terms(logits_out, batch),
             task.loss_terms(model.apply(variables, masked, train=False), masked))
 
   stats_out, logits_out, a, b, c = run(batch, masked)
-  stats_keys, logits_keys = set(stats_out), set(logits_out)
-  assert logits_keys == {"logits"} and "event_loss" in stats_keys
+  assert set(stats_out) == {"logits", *seg.STAT_KEYS}
   assert set(a) == {"loss", *seg.METRIC_NAMES}
   for name in a:
     np.testing.assert_allclose(np.asarray(a[name]), np.asarray(b[name]), rtol=1e-5,

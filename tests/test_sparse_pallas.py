@@ -2,9 +2,10 @@
 
 What runs here: every kernel in the Pallas interpreter (sequential programs, exact atomics), the
 rulebooks compared entry for entry with `kernel_map`, forward values against dense convolutions,
-gradients against autodiff of the XLA reference and by finite differences, bf16, the seed trunk with
-both backends, and the Triton lowering of every kernel for CUDA (which needs no GPU). What cannot
-run here: PTX compilation, concurrent programs and GPU timing (scripts/gpu_sparse_check.py).
+gradients against autodiff of the XLA reference and by finite differences, bf16, the TPC paper's
+trunk (arXiv 2403.15949) with both backends, and the Triton lowering of every kernel for CUDA (which
+needs no GPU). What cannot run here: PTX compilation, concurrent programs and GPU timing
+(scripts/gpu_sparse_check.py).
 
 Shapes are bucketed (fixed capacities) so that the interpreter compiles each kernel only a few times.
 """
@@ -360,13 +361,13 @@ def test_bf16_inputs_accumulate_in_fp32():
 
 
 # ------------------------------------------------------------------------------------------------
-# The seed trunk with both backends.
+# The TPC paper's trunk (arXiv 2403.15949) with both backends.
 
 TRUNK_CAPS = (256, 64, 416, 896, 176)  # per event; measured need on the tracks below (238, 50, 390, 854, 164)
 
 
 def _tiny_tracks_and_trunk():
-  """Two tiny random-walk tracks near the centre of the 120^3 grid, the seed trunk and its params
+  """Two tiny random-walk tracks near the centre of the 120^3 grid, the paper trunk and its params
   (drawn with NumPy: the initialisers would cost compiles, not test anything)."""
   from recoil_jax.studies.tpc import model as tpc_model
   rng = np.random.default_rng(9)
@@ -386,8 +387,8 @@ def _tiny_tracks_and_trunk():
 
 
 @pytest.mark.slow
-def test_seed_trunk_pallas_equals_xla():
-  """The seed trunk (k6/s2 conv, pool, k4 conv, k3 conv, pool on 120^3) on two tiny tracks: the
+def test_paper_trunk_pallas_equals_xla():
+  """The paper trunk (k6/s2 conv, pool, k4 conv, k3 conv, pool on 120^3) on two tiny tracks: the
   Flax module's outputs and parameter gradients with each backend, selected by `use_backend`."""
   rng, args, trunk, params = _tiny_tracks_and_trunk()
   g = jnp.asarray(rng.normal(size=(2, 12 ** 3 * 20)), jnp.float32)
@@ -410,7 +411,7 @@ def test_seed_trunk_pallas_equals_xla():
 
 
 @pytest.mark.slow
-def test_seed_trunk_layer_by_layer():
+def test_paper_trunk_layer_by_layer():
   """The same trunk op by op: rulebooks entry for entry, sites and features after every layer."""
   from recoil_jax.studies.tpc import model as tpc_model
   _, args, _, params = _tiny_tracks_and_trunk()

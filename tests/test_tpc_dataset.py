@@ -108,6 +108,10 @@ def test_rebuild_reuses_and_sizes_do_not_collide(built):
   assert len(names) == 7
   assert a.name.startswith("sim-electron_recoil-n50-t20-v400-s3-")
   assert tpc_dataset.make_config(num_train_val=50, num_test=20, max_voxels=400, seed=3).name == a.name
+  with pytest.raises(ValueError, match=r"unknown simulator 'nope'; registered: \[.*"
+                     r"'electron_recoil'.*'test_lines'"):
+    tpc_dataset.make_config(num_train_val=50, num_test=20, max_voxels=400, seed=3,
+                            simulator="nope")
 
 
 def test_source_returns_fixed_shapes(built):
@@ -215,7 +219,8 @@ def test_degrad_files_mode(tmp_path):
                                 degrad_files=spec)
   degrad.write_electron_npz(files / "test40.npz", _file_tracks(6, 9, 40.0))
   stale = tpc_dataset.TpcTracks(data_dir=os.fspath(tmp_path / "tfds"), config=config)
-  with pytest.raises(ValueError, match=r"'test_40keV_200um'.*changed since the config"):
+  with pytest.raises(ValueError, match=r"'test_40keV_200um'.*changed since the config "
+                     r".*test40\.npz: size/mtime"):
     stale.download_and_prepare(file_format="array_record")
   assert not stale.is_prepared()
 

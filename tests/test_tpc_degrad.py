@@ -16,7 +16,8 @@ def make_events(seed=0, n_events=5):
 
 
 def write_root(path, events_cm, tree="degrad", names=("x", "y", "z"), extra=None):
-  """A TTree with one entry per event and jagged x, y, z branches, as the seed authors'."""
+  """A TTree with one entry per event and jagged x, y, z branches, as the paper's authors'
+  (arXiv 2403.15949) store DEGRAD output."""
   cols = {n: ak.Array([e[:, i].tolist() for e in events_cm]) for i, n in enumerate(names)}
   cols.update(extra or {})
   types = {k: ("var * float64" if isinstance(v, ak.Array) and v.ndim == 2 else v.dtype)
@@ -108,6 +109,105 @@ def test_root_errors_name_file_event_and_problem(tmp_path):
     dr.read_degrad_root(not_root)
   with pytest.raises(FileNotFoundError, match="missing.root"):
     dr.read_degrad_root(tmp_path / "missing.root")
+
+
+def write_root_in_baskets(path, events_cm, per_basket):
+  """Like write_root, one ``extend`` (one basket per branch) per ``per_basket`` events."""
+  with uproot.recreate(path) as f:
+    t = f.mktree("degrad", {n: "var * float64" for n in "xyz"})
+    for lo in range(0, len(events_cm), per_basket):
+      t.extend({n: ak.Array([e[:, i].tolist() for e in events_cm[lo:lo + per_basket]])
+                for i, n in enumerate("xyz")})
+
+
+def test_corrupted_root_files_name_the_file_and_entries(tmp_path):
+  events = make_events(8, n_events=30)
+  good = tmp_path / "good.root"
+  write_root_in_baskets(good, events, per_basket=10)
+  assert_same(dr.read_degrad_root(good), events, 10.0)
+  data = good.read_bytes()
+
+  # Garbage in the middle of branch y's second basket (events 10..19): a zlib error.
+  branch = uproot.open(good)["degrad"]["y"]
+  start, size = int(branch.member("fBasketSeek")[1]), int(branch.member("fBasketBytes")[1])
+  damaged = bytearray(data)
+  damaged[start + size // 2:start + size // 2 + 16] = b"\xff" * 16
+  path = tmp_path / "garbled.root"
+  path.write_bytes(bytes(damaged))
+  with pytest.raises(dr.ElectronFileError,
+                     match=r"garbled\.root: cannot read branch 'y' of tree 'degrad' at entries "
+                     r"\(events\) \[10, 20\): the file is corrupted or truncated") as info:
+    dr.read_degrad_root(path)
+  assert info.value.__cause__ is not None  # the original (zlib) error
+
+  # Truncated anywhere: an ElectronFileError naming the file, never a bare uproot error.
+  for fraction in (0.05, 0.3, 0.6, 0.9, 0.99):
+    path = tmp_path / f"truncated_{int(fraction * 100)}.root"
+    path.write_bytes(data[:int(len(data) * fraction)])
+    with pytest.raises(dr.ElectronFileError, match=rf"{path.name}: ") as info:
+      dr.read_electron_file(path)
+    assert isinstance(info.value, ValueError) and info.value.__cause__ is not None
+    assert "corrupted or truncated" in str(info.value) or "cannot open" in str(info.value)
+  path = tmp_path / "truncated_90.root"  # The last basket of y is cut: events 20..29.
+  with pytest.raises(dr.ElectronFileError, match=r"entries \(events\) \[20, 30\)"):
+    dr.read_degrad_root(path)
+
+  # Random bytes with a .root suffix.
+  path = tmp_path / "noise.root"
+  path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+  with pytest.raises(dr.ElectronFileError, match=r"noise\.root: cannot open as a ROOT file"):
+    dr.read_electron_file(path)
+
+
+def test_corrupted_npz_and_text_files_name_the_file(tmp_path):
+  events = make_events(9)
+  good = tmp_path / "good.npz"
+  dr.write_electron_npz(good, events)
+  data = good.read_bytes()
+  cases = {"truncated.npz": data[:len(data) // 2], "noise.npz": bytes(range(256)) * 8}
+  damaged = bytearray(data)  # np.savez stores members uncompressed, with a CRC-32.
+  offset = data.index(b"y.npy")
+  damaged[offset + 200:offset + 232] = b"\x00" * 32
+  cases["crc.npz"] = bytes(damaged)
+  compressed = tmp_path / "compressed.npz"
+  flat = np.concatenate(events)
+  np.savez_compressed(compressed, x=flat[:, 0], y=flat[:, 1], z=flat[:, 2],
+                      counts=[len(e) for e in events])
+  damaged = bytearray(compressed.read_bytes())
+  offset = damaged.index(b"z.npy")
+  damaged[offset + 60:offset + 92] = b"\xff" * 32
+  cases["deflate.npz"] = bytes(damaged)
+  for name, content in cases.items():
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(dr.ElectronFileError, match=rf"{name}: cannot read") as info:
+      dr.read_electron_file(path)
+    assert info.value.__cause__ is not None, name
+  with pytest.raises(dr.ElectronFileError, match=r"crc\.npz: cannot read array 'y': the file is "
+                     r"corrupted or truncated \(BadZipFile: Bad CRC-32"):
+    dr.read_electron_npz(tmp_path / "crc.npz")
+  single = tmp_path / "single.npz"
+  with open(single, "wb") as f:
+    np.save(f, flat)
+  with pytest.raises(dr.ElectronFileError, match=r"single\.npz: a single \.npy array"):
+    dr.read_electron_npz(single)
+
+  # Text: binary garbage, a NUL byte, a non-numeric field.
+  binary = tmp_path / "binary.txt"
+  binary.write_bytes(b"# event 0\n1 2 3\n" + data[:64])
+  with pytest.raises(dr.ElectronFileError, match=r"binary\.txt: line 3: byte \d+ .* is not "
+                     r"UTF-8 text") as info:
+    dr.read_electron_text(binary)
+  assert isinstance(info.value.__cause__, UnicodeDecodeError)
+  nul = tmp_path / "nul.dat"
+  nul.write_bytes(b"1 2 3\n\n4 5 \x006\n")
+  with pytest.raises(dr.ElectronFileError, match=r"nul\.dat, event 1: line 3: non-numeric"):
+    dr.read_electron_file(nul)
+  field = tmp_path / "field.csv"
+  field.write_text("# event 0\n1,2,3\n# event 1\n1,2,3\n4,five,6\n")
+  with pytest.raises(dr.ElectronFileError,
+                     match=r"field\.csv, event 1: line 5: non-numeric value in '4,five,6'"):
+    dr.read_electron_file(field)
 
 
 def test_text_formats(tmp_path):

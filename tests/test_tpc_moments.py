@@ -44,7 +44,11 @@ def make_tracks(n, seed=0, length_cm=2.0, sigma_cm=0.03, electrons=1200, bend_pe
 
 
 def reference_moments(pos, q, true_dir, nsl=1.5, nsh=3.0, w0=0.05, truth=False):
-  """Slow, obvious per-event numpy version of REFERENCE.md §1b (pos in cm)."""
+  """Slow, obvious per-event numpy version of the moments method (pos in cm).
+
+  Di Marco et al., arXiv 2202.01093, in 3-D as ``mghrear/3D_Heteroscedastic_Convnet:
+  mymodels.py`` (``NML``).
+  """
   xb = (q[:, None] * pos).sum(0) / q.sum()
   x = pos - xb
   cov = (q[:, None] * x).T @ x / q.sum()

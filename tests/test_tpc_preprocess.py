@@ -1,4 +1,4 @@
-"""Tests of the seed-001 preprocessing (smear, rotate, mean-centre, voxelise)."""
+"""Tests of the TPC study's preprocessing (smear, rotate, mean-centre, voxelise)."""
 
 import numpy as np
 import pytest

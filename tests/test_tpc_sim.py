@@ -1,8 +1,9 @@
 """Tests of the toy electron-recoil simulator and its gas tables.
 
-Reference numbers are the [computed] tables of physics-facts.md §0, §1a-1c
-(ESTAR-method stopping powers, CSDA ranges, elastic/transport mean free paths
-and a reference single-scattering toy MC).
+Reference numbers are independently computed tables (ESTAR-method stopping
+powers and CSDA ranges after ICRU Report 37, Bragg additivity, 760 torr, 20 °C;
+elastic/transport mean free paths; and an independent single-scattering toy MC:
+screened Rutherford plus CSDA loss, 300 tracks per energy), not published data.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from recoil_jax.studies.tpc.sim import simulate_electron_recoils
 # gas.py
 # --------------------------------------------------------------------------
 
-# physics-facts.md §1b: T (keV) -> (S MeV cm²/g, dE/dx keV/cm, R_CSDA mm).
+# Computed (ESTAR method, 760 torr, 20 °C): T (keV) -> (S MeV cm²/g, dE/dx keV/cm, R_CSDA mm).
 HE_CO2_TABLE = {
     2: (67.7, 45.1, 0.27),
     5: (34.6, 23.0, 1.26),
@@ -250,7 +251,7 @@ def test_track_end_is_denser_than_start(tracks):
 
 
 def test_track_size_matches_reference_toy_mc(tracks):
-  # physics-facts.md §1c: <max distance from start> 3.0 / 34.6 / 51 mm.
+  # Independent single-scattering toy MC: <max distance from start> 3.0 / 34.6 / 51 mm.
   for energy, ref in ((10, 3.0), (40, 34.6), (50, 51.0)):
     r = tracks[energy]
     dmax = [np.linalg.norm(r.track(i), axis=1).max() for i in range(len(r))]

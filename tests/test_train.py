@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -135,10 +136,12 @@ def test_locked_config_rejects_unknown_keys(toy_smoke):
     toy_smoke.no_such_key = 1
 
 
-def test_registry_builds_toy_and_lists_known_tasks_for_unknown(toy_smoke):
+def test_tasks_are_found_by_study_folder(toy_smoke):
   assert isinstance(tasks.get_task(toy_smoke), toy.ToyRegressionTask)
+  assert {"toy", "tpc", "sbnd"} <= set(tasks.study_names())
+  assert tasks.get_task_class("recoil_jax.studies.toy.task") is toy.ToyRegressionTask
   toy_smoke.task = "nope"
-  with pytest.raises(KeyError, match="toy"):
+  with pytest.raises(KeyError, match=r"no module recoil_jax.studies.nope.task.*'toy'"):
     tasks.get_task(toy_smoke)
 
 
@@ -190,16 +193,21 @@ def test_evaluate_and_predict_are_exact_under_padding(toy_smoke):
   metrics = train.evaluate(train.make_eval_step(model, task, mesh), state, test_src,
                            name="test", global_batch_size=20, mesh=mesh)
   assert metrics["loss"] == pytest.approx(float(expected), rel=1e-5)
-  predict = train.make_predict_fn(train.make_predict_step(model, mesh), state,
-                                  task.eval_sources(), global_batch_size=20, mesh=mesh)
-  pred = predict("test")
+  trained = train.make_trained(model, state, task.eval_sources(), step=0, eval_batch_size=20)
+  pred = trained.predict("test")
   assert sorted(pred) == ["direction", "features", "outputs"]
   np.testing.assert_array_equal(pred["direction"], full["direction"])
   direct = model.apply({"params": state.params, **state.model_state}, full, train=False)
   np.testing.assert_allclose(pred["outputs"]["direction"], direct["direction"], atol=1e-6)
-  assert sorted(predict("validation", fields=("direction",))) == ["direction", "outputs"]
+  assert sorted(trained.predict("validation", fields=("direction",))) == ["direction", "outputs"]
+  selected = trained.predict("test", outputs=("direction",), fields=())
+  assert sorted(selected) == ["outputs"] and sorted(selected["outputs"]) == ["direction"]
+  applied = trained.apply({"features": full["features"][:5]})
+  np.testing.assert_allclose(applied["direction"], direct["direction"][:5], atol=1e-6)
   with pytest.raises(KeyError, match="unknown split 'nope'"):
-    predict("nope")
+    trained.predict("nope")
+  with pytest.raises(KeyError, match="not model outputs"):
+    trained.predict("test", outputs=("kappa",))
 
 
 def test_train_and_evaluate_smoke_in_process(tmp_path, toy_smoke):
@@ -221,3 +229,64 @@ def test_train_and_evaluate_smoke_in_process(tmp_path, toy_smoke):
   assert final["test"] == pytest.approx(result["test"])
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["task"] == "toy"
+
+
+# ----------------------------------------------------------------------------- contract
+
+
+def test_constant_collections_are_neither_trained_nor_averaged(tmp_path, toy_smoke):
+  """A complex constant collection (made at init) survives training bit for bit, apart
+  from the mutable batch_stats; the complex parameter trains and the loss falls."""
+  toy_smoke.model.complex_features = True
+  toy_smoke.model.dropout_rate = 0.0
+  task, mesh, model, state, batch = _setup(toy_smoke, 16)
+  assert set(state.model_state) == {"batch_stats"} and set(state.constants) == {"constants"}
+  projection = np.asarray(state.constants["constants"]["ComplexFeatures_0"]["projection"])
+  assert projection.dtype == np.complex64
+  result = train.train_and_evaluate(toy_smoke, str(tmp_path / "run"), task=task, mesh=mesh)
+  step, saved = saved_state(str(tmp_path / "run"), "checkpoints")
+  np.testing.assert_array_equal(saved["constants"]["constants"]["ComplexFeatures_0"]
+                                ["projection"], projection)
+  w = saved["params"]["ComplexFeatures_0"]["w"]
+  assert w.dtype == np.complex64
+  assert not np.allclose(w, np.asarray(state.params["ComplexFeatures_0"]["w"]))
+  assert result["test"]["loss"] < -0.2  # Random guessing gives 0.
+
+
+class _ComplexTarget(nn.Module):
+  """One complex parameter z; outputs |z − t|² per example (t = 1 + 2i)."""
+
+  @nn.compact
+  def __call__(self, batch, train: bool):
+    z = self.param("z", lambda key: jnp.asarray(0.5 - 0.5j, jnp.complex64))
+    return {"d2": jnp.abs(z - (1 + 2j)) ** 2 * jnp.ones_like(batch["mask"])}
+
+
+class _ComplexTask(toy.ToyRegressionTask):
+  def build_model(self):
+    return _ComplexTarget()
+
+  def loss_terms(self, outputs, batch):
+    return {"loss": (jnp.sum(outputs["d2"] * batch["mask"]), jnp.sum(batch["mask"]))}
+
+
+def test_complex_parameter_update_is_steepest_descent(toy_smoke):
+  """For a real loss L(z) = |z − t|², jax.grad returns 2·conj(z − t); optax expects
+  ∂L/∂z* = 2(z − t) (its conjugate), so that SGD's z − lr·g moves z straight to t."""
+  task = _ComplexTask(toy_smoke)
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  batch = {"features": np.zeros((4, 16), np.float32), "mask": np.ones((4,), np.float32)}
+  lr = 0.1
+  state = train.create_train_state(task.build_model(), optax.sgd(lr), batch, 0, mesh)
+  z0 = complex(np.asarray(state.params["z"]))
+  step = train.make_train_step(task.build_model(), task, mesh, optax.constant_schedule(lr))
+  new_state, metrics = step(state, parallel.shard_batch(batch, mesh))
+  z1 = complex(np.asarray(new_state.params["z"]))
+  t = 1 + 2j
+  assert z1 == pytest.approx(z0 - lr * 2 * (z0 - t), abs=1e-6)
+  assert abs(z1 - t) < abs(z0 - t)
+  # Negative control: jax.grad's raw output used as the update moves Im(z) the wrong way.
+  raw = jax.grad(lambda z: jnp.abs(z - t) ** 2)(jnp.complex64(z0))
+  z_raw = z0 - lr * complex(raw)
+  assert abs(z_raw.imag - t.imag) > abs(z0.imag - t.imag)
+  assert float(metrics["loss"]) == pytest.approx(abs(z0 - t) ** 2, rel=1e-5)

@@ -416,7 +416,7 @@ def test_two_processes_pmap_with_accumulation_match_one_device(tmp_path):
   outputs = [p.communicate(timeout=300) for p in procs]
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]
-  assert "4 devices, 2 processes, strategy pmap, 2 micro-batches" in outputs[0][1]
+  assert "4 devices, 2 processes, strategy pmap, 2 micro-batches" in outputs[0][0]
   with open(os.path.join(workdir, "final_metrics.json")) as f:
     multi = json.load(f)["metrics"]
   for split in ("validation", "test"):

@@ -22,12 +22,17 @@ position is restored exactly.
 Evaluation. Every example is visited once, in source order; the last global batch is
 padded with copies of the last example (``mask`` 0), and every process yields the same
 number of batches, ``ceil(len(source) / global_batch_size)``.
+
+Sources. :func:`normalise_index` (negative indices, range check naming the source) and
+:func:`check_splits` (requested vs available splits) are the checks every study's
+random-access source makes (``studies/*/source.py``).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import operator
 from typing import Any, Mapping, Sequence
 
 import grain
@@ -36,6 +41,64 @@ import numpy as np
 from recoil_jax.tasks import RandomAccessSource
 
 Batch = dict[str, np.ndarray]
+
+
+def normalise_index(index: int, length: int, name: str) -> int:
+  """``index`` of a source of ``length`` examples as an int in [0, length).
+
+  Negative indices count from the end, as for a list.
+
+  Args:
+    index: an integer (Python or numpy; not a float or bool).
+    length: the source's number of examples.
+    name: the source's name for error messages (e.g. ``"train"``).
+
+  Raises:
+    TypeError: ``index`` is not an integer.
+    IndexError: ``index`` is outside [-length, length); the message names the source.
+  """
+  if isinstance(index, (bool, np.bool_)):
+    raise TypeError(f"{name}: index {index!r} is a bool, expected an integer")
+  try:
+    i = operator.index(index)
+  except TypeError:
+    raise TypeError(f"{name}: index {index!r} is a {type(index).__name__}, expected an "
+                    "integer") from None
+  if i < 0:
+    i += length
+  if not 0 <= i < length:
+    raise IndexError(f"{name}: index {index} out of range for a source of {length} examples")
+  return i
+
+
+def check_splits(available: Sequence[str], requested: Sequence[str] | None,
+                 where: str) -> list[str]:
+  """The splits to read: ``requested`` (in its order), or all ``available`` if None.
+
+  Args:
+    available: the splits the dataset has.
+    requested: split names, or None for all of ``available``.
+    where: names the dataset in the error (e.g. its folder).
+
+  Raises:
+    TypeError: ``requested`` is a single string (a common slip for ``[name]``).
+    KeyError: requested splits are missing: "``where``: no split(s) [...]; available [...]".
+    ValueError: a split is requested twice.
+  """
+  available = list(available)
+  if requested is None:
+    return available
+  if isinstance(requested, str):
+    raise TypeError(f"{where}: splits must be a sequence of names, got the string "
+                    f"{requested!r} (use [{requested!r}])")
+  names = list(requested)
+  missing = [s for s in names if s not in available]
+  if missing:
+    raise KeyError(f"{where}: no split(s) {missing}; available {available}")
+  repeated = sorted({s for s in names if names.count(s) > 1})
+  if repeated:
+    raise ValueError(f"{where}: split(s) {repeated} requested more than once")
+  return names
 
 
 def _local_batch_size(global_batch_size: int, process_count: int, name: str) -> int:

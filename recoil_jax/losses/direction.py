@@ -3,18 +3,19 @@
 Every loss returns per-example values of shape ``[B]``; reductions (masked sums and
 counts) are the caller's job, because the trainer reduces exactly under padding.
 
-Conventions (REFERENCE.md §1b):
+Conventions:
 
 * Directions are 3-vectors (dimensionless). ``mu``/``gamma1`` and ``y`` are expected to
   be unit vectors; the losses do not re-normalise them.
-* vMF density ``f(y) = exp(κ μ·y) / c(κ)`` with ``c(κ) = 4π sinh(κ)/κ``. The negative
-  log-likelihood is evaluated branch-free as
+* vMF density ``f(y) = exp(κ μ·y) / c(κ)`` with ``c(κ) = 4π sinh(κ)/κ`` (the heteroscedastic
+  loss of arXiv 2403.15949). The negative log-likelihood is evaluated branch-free as
   ``NLL = κ‖y − μ‖²/2 + log 4π + log(−expm1(−2κ)/(2κ))``, which equals
   ``κ‖y − μ‖²/2 − log(κ / (2π(1 − e^{−2κ})))`` and stays finite, with finite
   gradients, for κ ∈ [1e-6, 1e5] in float32 and float64 (κ → 0 gives log 4π).
-* Kent/FB5 density ``f(x) = exp(κ γ₁·x + β[(γ₂·x)² − (γ₃·x)²]) / c(κ, β)`` (Kent 1982).
-  Its normaliser is summed in log space from the series in modified Bessel functions of
-  half-integer order, which are computed here (JAX has no general-order ``ive``).
+* Kent/FB5 density ``f(x) = exp(κ γ₁·x + β[(γ₂·x)² − (γ₃·x)²]) / c(κ, β)`` (Kent 1982,
+  J. R. Stat. Soc. B 44:71). Its normaliser is summed in log space from the series in
+  modified Bessel functions of half-integer order, which are computed here (JAX has no
+  general-order ``ive``).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def _safe_norm(v: jax.Array) -> jax.Array:
 def cosine_similarity_loss(
     pred: jax.Array, label: jax.Array, eps: float = 1e-8
 ) -> jax.Array:
-  """Per-example negative cosine similarity, seed eq. (1).
+  """Per-example negative cosine similarity (the source study's eq. (1); arXiv 2403.15949).
 
   Args:
     pred: ``[B, 3]`` predicted directions (any length).
@@ -153,7 +154,7 @@ def vmf_log_normaliser(kappa: jax.Array) -> jax.Array:
 
 
 def vmf_nll(mu: jax.Array, kappa: jax.Array, y: jax.Array) -> jax.Array:
-  """Per-example vMF negative log-likelihood on S² (REFERENCE.md §1b).
+  """Per-example vMF negative log-likelihood on S² (arXiv 2403.15949), branch-free.
 
   ``NLL = κ‖y − μ‖²/2 − log(κ / (2π(1 − e^{−2κ})))``. The squared distance keeps full
   precision when μ ≈ y at large κ (``1 − μ·y`` would lose it in float32).

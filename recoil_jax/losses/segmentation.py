@@ -1,6 +1,8 @@
-"""Per-pixel segmentation losses for multi-plane wire images (SBND cosmic tagging, seed 002).
+"""Per-pixel segmentation losses for multi-plane wire images (SBND cosmic tagging).
 
-Layouts (REFERENCE.md §3b, the SBND interfaces):
+Source study: arXiv 2012.01301 (loss weighting in its §7).
+
+Layouts (the SBND interfaces; class codes as in ``coreyjadams/CosmicTagger``'s files):
 
 * ``logits``: float ``[B, P, H, W, C]`` (event, plane, drift row, wire column, class);
   computed in float32 whatever the model's compute dtype.
@@ -45,7 +47,7 @@ import jax.numpy as jnp
 
 BALANCES = ("light", "full", "none", "focal")
 NORMALISATIONS = ("plane_weighted_mean", "pixel_mean")
-PAPER_CLASS_WEIGHTS = (1.0, 1.5, 10.0)  # background, cosmic, neutrino (seed 002 §7).
+PAPER_CLASS_WEIGHTS = (1.0, 1.5, 10.0)  # background, cosmic, neutrino (arXiv 2012.01301 §7).
 
 
 def _check(logits: jax.Array, labels: jax.Array) -> None:

@@ -1,7 +1,7 @@
 """Gas mixtures and electron transport tables for the toy TPC simulators.
 
 What this module computes (numpy, float64, vectorised over the kinetic energy
-``T_keV``), following ``physics-facts.md`` section 0:
+``T_keV``), with standard formulas:
 
 * the electron *collision* stopping power of each molecular component with the
   ICRU 37 / ESTAR (Rohrlich-Carlson) formula without shell or density-effect
@@ -25,8 +25,8 @@ at 1 keV for low-Z media and becomes meaningless near ~0.1 keV.  Energies below
 ``T_MIN_KEV`` are rejected.  CSDA ranges are integrated from ``T_MIN_KEV``
 (0.15 keV), where the formula is still positive for every component; the part
 below 1 keV is physically ill-defined and contributes a near-constant
-~0.085 mm (He:CO₂ 70:30), which reproduces the tabulated ranges of
-``physics-facts.md`` §1b to their quoted precision.
+~0.085 mm (He:CO₂ 70:30), which reproduces independently computed ESTAR-method
+ranges (the tables in ``tests/test_tpc_sim.py``) to their quoted precision.
 """
 
 from __future__ import annotations

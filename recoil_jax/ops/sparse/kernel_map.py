@@ -1,6 +1,7 @@
 """Kernel maps (rulebooks) for sparse 3D convolution and pooling, jittable with static capacities.
 
-Semantics follow spconv (traveller59/spconv). Per axis, with kernel K, stride s, padding p, dilation d:
+Semantics follow spconv (github.com/traveller59/spconv); submanifold convolution is that of
+Graham & van der Maaten, arXiv 1706.01307. Per axis, with kernel K, stride s, padding p, dilation d:
 
 * regular conv / pool: output site o exists iff i = o*s - p + k*d is an active input for some kernel
   offset k in [0, K) and 0 <= o < out, out = floor((in + 2p - d(K-1) - 1)/s) + 1;
@@ -19,7 +20,7 @@ Three interchangeable implementations (``method``), identical results:
   gather of a word and its prefix, a popcount); the K2 taps along the last axis share one fetch of
   the row's words, and for stride-1 convs the in_map needs one query per K2 taps (a regular conv's
   outputs next to an input all exist, so their ranks are consecutive). Kernels that are a multiple
-  of the stride (the seed's k6/s2 conv, k2/s2 pooling) work on coarse cells of s0*s1*s2 voxels, a grid
+  of the stride (the TPC paper's k6/s2 conv, k2/s2 pooling) work on coarse cells of s0*s1*s2 voxels, a grid
   prod(s) times smaller (`build_space_to_depth_map`). No sort, no scatter of candidates, no prefix
   sum over the full key space: XLA's CPU sort, large scatters and cumsum cost tens of ns per element,
   while fused dense passes and gathers are fast. Costs ~1 byte per voxel of B*prod(grid), so it suits
@@ -553,7 +554,7 @@ def _take_rows_int(a: jax.Array, idx: jax.Array) -> jax.Array:
 
 def _conv_map_prefers_bitmap(n_in: int, shape: Triple, out_shape: Triple, batch_size: int, ks: Triple,
                              ss: Triple, ds: Triple, out_capacity: int, build_in_map: bool) -> bool:
-  """Static cost model (ns; constants fitted to the seed trunk's layers on a 2-core x86 CPU, where
+  """Static cost model (ns; constants fitted to the paper trunk's layers on a 2-core x86 CPU, where
   the bitmap was 2-30x faster): dense bitmap passes vs candidates + unique. The candidates win for
   few sites in very large grids."""
   in_space = batch_size * int(np.prod(shape))

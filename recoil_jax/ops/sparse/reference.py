@@ -22,10 +22,10 @@ with in-bounds indices (rows marked -1 read a zero padding row, or add into a sp
 jnp indexing would add a select per index for negative-index wrapping, also in the backward pass.
 Gradients come from JAX autodiff; inactive rows neither contribute nor receive gradient.
 
-Strided convolutions whose kernel is a multiple of the stride (dilation 1; e.g. the seed's k6/s2 first
-layer) run as a space-to-depth regrouping followed by a stride-1 convolution on the coarse grid: the
-s0*s1*s2 voxels of a coarse cell become channels, and kernel offset k = j*s + r becomes coarse offset j
-with channel block r. Same sites, same sums (in another order), but the rulebook has prod(K/s) columns
+Strided convolutions whose kernel is a multiple of the stride (dilation 1; e.g. the k6/s2 first layer
+of the TPC paper's trunk, arXiv 2403.15949) run as a space-to-depth regrouping followed by a stride-1
+convolution on the coarse grid: the s0*s1*s2 voxels of a coarse cell become channels, and kernel offset
+k = j*s + r becomes coarse offset j with channel block r. Same sites, same sums (in another order), but the rulebook has prod(K/s) columns
 instead of prod(K) (27 instead of 216 for k6/s2) and the gathers move contiguous rows of s^3*C_in numbers.
 """
 

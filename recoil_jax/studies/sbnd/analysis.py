@@ -1,10 +1,11 @@
-"""Segmentation metrics, event selection, Figure 9 and event displays (SBND, seed 002).
+"""Segmentation metrics, event selection, Figure 9 and event displays (SBND, arXiv 2012.01301).
 
 Layouts: predictions and labels are integer ``[N, P, H, W]`` (event, plane, drift row,
 wire column) with classes 0 background, 1 cosmic, 2 neutrino; images float ``[N, P, H,
 W]``. Planes 0, 1 are the induction planes (U, V), plane 2 the collection plane (Y).
 
-Metrics (CosmicTagger's definitions, REFERENCE.md §3b) are built from per-event
+Metrics (the definitions of the CosmicTagger code, github.com/coreyjadams/CosmicTagger,
+reported in arXiv 2012.01301 Table 2) are built from per-event
 *statistics* (:func:`event_statistics`, a few numbers per event and plane, computable in
 the jitted step) and reduced as exact ``(sum, count)`` pairs (:func:`metric_terms`):
 
@@ -19,19 +20,19 @@ the jitted step) and reduced as exact ``(sum, count)`` pairs (:func:`metric_term
 
 Counts are exact integers per image (int32) and float32 once summed.
 
-Event selection (seed 002 §8, Table 3): an event is tagged "neutrino" when every plane
+Event selection (arXiv 2012.01301, Table 3): an event is tagged "neutrino" when every plane
 has at least ``min_pixels`` neutrino-predicted pixels and the mean drift row ("mean-Y")
 of those pixels agrees within ``max_row_diff`` rows for all plane pairs. The paper's 100
 pixels and 50 rows are for 640×1024 images; :func:`scaled_selection_thresholds` scales
 them to other resolutions.
 
-Numbers from simulated data are labelled "simulated" in every table and figure.
+Numbers from simulated data are labelled "simulated" (``recoil_jax.io.SIMULATED``) in
+every table and figure; figures are written atomically (``recoil_jax.io``).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 from typing import Any, Mapping, Sequence
@@ -41,7 +42,8 @@ from matplotlib.patches import Patch
 import numpy as np
 import scipy.stats
 
-SIMULATED = "simulated"
+from recoil_jax import io
+
 CLASS_NAMES = ("background", "cosmic", "neutrino")
 PLANE_NAMES = ("plane 0 (U, induction)", "plane 1 (V, induction)", "plane 2 (Y, collection)")
 # Interaction types (index = interaction code of the data; -1 = unknown). Same order as
@@ -342,8 +344,11 @@ def iou_vs_energy(stats: Mapping[str, Any], interaction: Any, energy_gev: Any,
 
 
 def plot_figure9(path: str | os.PathLike, curves: Mapping[str, Any], *,
-                 label: str = SIMULATED) -> str:
-  """Figure 9 as a PNG: ν IoU (solid) and cosmic IoU (dashed) vs neutrino energy per type."""
+                 label: str = io.SIMULATED) -> str:
+  """Figure 9 as a PNG: ν IoU (solid) and cosmic IoU (dashed) vs neutrino energy per type.
+
+  Written atomically to ``path``; returns the absolute path.
+  """
   edges = np.asarray(curves["bin_edges_gev"], np.float64)
   centres = 0.5 * (edges[1:] + edges[:-1])
   fig = Figure(figsize=(7.5, 5.6))
@@ -363,7 +368,7 @@ def plot_figure9(path: str | os.PathLike, curves: Mapping[str, Any], *,
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.13))  # Off the data.
   fig.tight_layout()
-  return _save_figure(fig, path)
+  return io.save_figure_atomic(fig, path, dpi=110)
 
 
 # ------------------------------------------------------------------------- tables
@@ -382,41 +387,8 @@ def _fmt_binomial(b: Mapping[str, Any]) -> str:
           f"({b['k']}/{b['n']})")
 
 
-def json_safe(x: Any) -> Any:
-  """Nested structure with numpy scalars/arrays as Python values and NaN/inf as None."""
-  if isinstance(x, Mapping):
-    return {str(k): json_safe(v) for k, v in x.items()}
-  if isinstance(x, np.ndarray):
-    return json_safe(x.tolist())
-  if isinstance(x, (list, tuple)):
-    return [json_safe(v) for v in x]
-  if isinstance(x, (np.floating, float)):
-    return float(x) if math.isfinite(float(x)) else None
-  if isinstance(x, np.integer):
-    return int(x)
-  if isinstance(x, np.bool_):
-    return bool(x)
-  return x
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> str:
-  """Writes ``text`` to ``path`` through a temporary file and ``os.replace``."""
-  path = os.fspath(path)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
-  return path
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> str:
-  """JSON (NaN → null) written atomically."""
-  return write_text_atomic(path, json.dumps(json_safe(obj), indent=2, sort_keys=True) + "\n")
-
-
 def selection_markdown(table: Mapping[str, Any], thresholds: Mapping[str, Any], *,
-                       label: str = SIMULATED) -> str:
+                       label: str = io.SIMULATED) -> str:
   """Table 3 as markdown, beside the paper's numbers."""
   lines = [
       f"Event selection ({label}): ≥ {thresholds['min_pixels']:.4g} neutrino-tagged pixels "
@@ -436,7 +408,7 @@ def selection_markdown(table: Mapping[str, Any], thresholds: Mapping[str, Any], 
   return "\n".join(lines) + "\n"
 
 
-def figure9_markdown(curves: Mapping[str, Any], *, label: str = SIMULATED) -> str:
+def figure9_markdown(curves: Mapping[str, Any], *, label: str = io.SIMULATED) -> str:
   """Figure 9's points as a markdown table (mean ± standard error, events per bin)."""
   edges = curves["bin_edges_gev"]
   header = "| E_ν [GeV] | " + " | ".join(
@@ -457,7 +429,7 @@ def figure9_markdown(curves: Mapping[str, Any], *, label: str = SIMULATED) -> st
 
 
 def metrics_markdown(metrics: Mapping[str, Mapping[str, float]], *,
-                     label: str = SIMULATED) -> str:
+                     label: str = io.SIMULATED) -> str:
   """Per-split metrics beside the paper's baseline row (Table 2)."""
   _, paper = PAPER_TABLE2["baseline"]
   lines = [f"Segmentation metrics ({label}; per event and plane, IoU = 1 for an empty "
@@ -474,15 +446,6 @@ def metrics_markdown(metrics: Mapping[str, Mapping[str, float]], *,
 
 
 # ------------------------------------------------------------------------- displays
-
-
-def _save_figure(fig: Figure, path: str | os.PathLike) -> str:
-  path = os.fspath(path)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
-  fig.savefig(tmp, format="png", dpi=110)
-  os.replace(tmp, path)
-  return path
 
 
 def _max_pool(a: np.ndarray, f: int) -> np.ndarray:
@@ -524,7 +487,7 @@ def _zoom_box(truth: np.ndarray, pred: np.ndarray | None, margin: int, min_size:
 
 def plot_event_display(path: str | os.PathLike, image: Any, label: Any,
                        prediction: Any = None, *, title: str = "",
-                       data_label: str = SIMULATED, zoom: bool = False,
+                       data_label: str = io.SIMULATED, zoom: bool = False,
                        max_panel_pixels: int = 512) -> str:
   """The three planes of one event: charge, truth overlaid, prediction overlaid.
 
@@ -536,7 +499,7 @@ def plot_event_display(path: str | os.PathLike, image: Any, label: Any,
   plane is cropped to its neutrino pixels (truth ∪ prediction) plus a margin.
 
   Args:
-    path: output PNG.
+    path: output PNG (folders created).
     image: float ``[P, H, W]``.
     label: integer ``[P, H, W]`` true classes.
     prediction: integer ``[P, H, W]`` predicted classes, or None.
@@ -544,6 +507,9 @@ def plot_event_display(path: str | os.PathLike, image: Any, label: Any,
     data_label: e.g. "simulated".
     zoom: crop to the neutrino activity of each plane.
     max_panel_pixels: display size limit per panel side (pixels of the image).
+
+  Returns:
+    The absolute path of the PNG, written atomically.
   """
   image = np.asarray(image, np.float32)
   label = np.asarray(label)
@@ -598,4 +564,4 @@ def plot_event_display(path: str | os.PathLike, image: Any, label: Any,
              loc="upper right", fontsize=9)
   fig.suptitle(f"{title} ({data_label})" if title else f"({data_label})", fontsize=11)
   fig.tight_layout(rect=(0, 0, 0.97, 0.97))
-  return _save_figure(fig, path)
+  return io.save_figure_atomic(fig, path, dpi=110)

@@ -1,11 +1,12 @@
-"""TFDS dataset of SBND wire-plane events (seed 002), array_record, no TensorFlow.
+"""TFDS dataset of SBND wire-plane events (arXiv 2012.01301), array_record, no TensorFlow.
 
 Splits ``train``, ``validation``, ``test``. Events come from
 
 * simulation (default): ``recoil_jax.studies.sbnd.sim.simulate_sbnd_events`` in chunks of
   ``chunk_size`` events; chunk ``c`` of split ``s`` is simulated with the seed
   :func:`chunk_seed(seed, s, c) <chunk_seed>`, so the dataset depends only on the config
-  (and can be re-simulated to check it). Other simulators: :func:`register_simulator`.
+  (and can be re-simulated to check it). Other simulators: :func:`register_simulator`
+  (``SIMULATORS``, a ``builder_lib.SimulatorRegistry``).
 * CosmicTagger larcv3 files (``files={split: [path or glob, ...]}``): read with
   ``larcv.iter_cosmictagger`` (``downsample``, ``threshold``); interaction -1 and energy
   nan (no truth). ``num_*`` > 0 cap the events read per split (0: all). Splits without
@@ -14,10 +15,10 @@ Splits ``train``, ``validation``, ``test``. Events come from
 Each example is one event, stored sparsely: ``pixels`` int32 [n] flat indices into the
 event's [3, H, W] grid (plane-major: plane = pixel // (H·W), row = drift, column = wire),
 sorted; ``values`` float32 [n] and ``labels`` uint8 [n] at those pixels; ``interaction``
-int32 (index into ``lartpc.INTERACTIONS``, -1 unknown); ``neutrino_energy_gev`` float32.
+int32 (index into ``sbnd.sim.INTERACTIONS``, -1 unknown); ``neutrino_energy_gev`` float32.
 Stored pixels are the non-zero image pixels plus labelled pixels whose value is zero
 (charge below threshold still carries truth), so images and labels round-trip exactly
-(``sbnd_source.densify``). H and W are in the config and in ``metadata.json``. Examples
+(``sbnd.source.densify``). H and W are in the config and in ``metadata.json``. Examples
 are stored in event order (no shuffling on write): example i of a simulated split is event
 i % chunk_size of chunk i // chunk_size.
 
@@ -26,37 +27,31 @@ plane) is stored in the metadata (:func:`split_stats`); for simulated data these
 simulated numbers.
 
 The config name encodes sizes, resolution and seed plus a hash of every field (for files,
-of the paths, sizes and modification times). Atomicity as in ``tpc_tfds`` (tfds 4.9.10
-writes into ``incomplete.*`` and renames at the end; a killed build leaves no ``<ver>``
-folder; :func:`build_sbnd_dataset` warns about such leftovers).
+of the paths, sizes and modification times; ``builder_lib.hashed_name``); files changed
+after the config was made are refused at build time. Atomicity and leftovers of killed
+builds: see ``recoil_jax.data.builder_lib`` (:func:`build_sbnd_dataset` warns about
+``incomplete.*`` folders).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import glob
-import hashlib
-import json
 import math
 import os
-import re
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from recoil_jax.data import builder_lib
 from recoil_jax.studies.sbnd import larcv
 
 SPLITS = ("train", "validation", "test")
 _SPLIT_CODE = {name: i for i, name in enumerate(SPLITS)}
 NUM_PLANES = 3
-NUM_INTERACTIONS = 4  # len(lartpc.INTERACTIONS)
-
-# simulator(seed, num_events, *, height, width, interaction_fractions, **physics_kwargs)
-#   -> lartpc.SbndEvents
-SimulatorFn = Callable[..., Any]
-
+NUM_INTERACTIONS = 4  # len(sbnd.sim.INTERACTIONS)
 
 def _lartpc_simulator(seed: int, num_events: int, **kwargs):
   try:
@@ -67,17 +62,15 @@ def _lartpc_simulator(seed: int, num_events: int, **kwargs):
   return lartpc.simulate_sbnd_events(seed, num_events, **kwargs)
 
 
-_SIMULATORS: dict[str, SimulatorFn] = {"lartpc": _lartpc_simulator}
-
-
-def register_simulator(name: str, fn: SimulatorFn) -> None:
-  """Makes ``fn`` (the signature of ``simulate_sbnd_events``) usable as ``simulator=name``.
-
-  The name enters the config name, so datasets of different simulators never collide.
-  """
-  if not re.fullmatch(r"[A-Za-z0-9_]+", name):
-    raise ValueError(f"simulator name {name!r}: use letters, digits and '_'")
-  _SIMULATORS[name] = fn
+#: The SBND simulators: ``fn(seed, num_events, *, height, width, interaction_fractions,
+#: **physics_kwargs) -> sbnd.sim.SbndEvents`` (the signature of ``simulate_sbnd_events``),
+#: by the name a config records.
+SIMULATORS = builder_lib.SimulatorRegistry(
+    "sbnd_tfds", {"lartpc": _lartpc_simulator},
+    signature="fn(seed, num_events, *, height, width, interaction_fractions, **physics) -> "
+              "SbndEvents")
+#: ``register_simulator(name, fn)``: makes ``fn`` usable as ``simulator=name``.
+register_simulator = SIMULATORS.register
 
 
 def chunk_seed(seed: int, split: str, chunk: int) -> int:
@@ -145,10 +138,6 @@ def _resolve(split: str, patterns: Sequence[str]) -> list[str]:
   return paths
 
 
-def _stat(paths: Sequence[str]) -> tuple:
-  return tuple((p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths)
-
-
 def make_config(*, num_train: int, num_validation: int, num_test: int, height: int, width: int,
                 seed: int, files: Mapping[str, Sequence[str] | str] | None = None,
                 chunk_size: int = 8, simulator: str = "lartpc",
@@ -180,10 +169,10 @@ def make_config(*, num_train: int, num_validation: int, num_test: int, height: i
     spec = tuple((s, tuple([files[s]] if isinstance(files[s], (str, os.PathLike))
                            else [os.fspath(p) for p in files[s]]))
                  for s in SPLITS if s in files)
-    resolved = tuple((s, _stat(_resolve(s, patterns))) for s, patterns in spec)
+    resolved = tuple((s, builder_lib.file_stamps(_resolve(s, patterns)))
+                     for s, patterns in spec)
   else:
-    if simulator not in _SIMULATORS:
-      raise ValueError(f"unknown simulator {simulator!r}; registered: {sorted(_SIMULATORS)}")
+    SIMULATORS.check(simulator)
     if min(num_train, num_validation, num_test) < 1:
       raise ValueError(f"simulation needs num_train, num_validation, num_test >= 1, got "
                        f"{num_train}, {num_validation}, {num_test}")
@@ -194,10 +183,9 @@ def make_config(*, num_train: int, num_validation: int, num_test: int, height: i
                 physics_kwargs=() if spec else physics, files=spec, files_resolved=resolved,
                 downsample=int(downsample) if spec else 0,
                 threshold=(None if threshold is None else float(threshold)) if spec else None)
-  digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=repr).encode()).hexdigest()
   kind = "files" if spec else f"sim-{simulator}"
-  name = (f"{kind}-n{num_train}-v{num_validation}-t{num_test}-{height}x{width}-s{seed}-"
-          f"{digest[:10]}")
+  name = builder_lib.hashed_name(
+      f"{kind}-n{num_train}-v{num_validation}-t{num_test}-{height}x{width}-s{seed}", fields)
   source = "CosmicTagger larcv3 files" if spec else f"simulator {simulator!r} (simulated)"
   description = (f"{source}; {num_train}/{num_validation}/{num_test} train/validation/test "
                  f"events of 3x{height}x{width}")
@@ -205,7 +193,7 @@ def make_config(*, num_train: int, num_validation: int, num_test: int, height: i
 
 
 class SbndWireImages(tfds.core.GeneratorBasedBuilder):
-  """Three SBND wire-plane images per event with per-pixel labels (seed 002)."""
+  """Three SBND wire-plane images per event with per-pixel labels (arXiv 2012.01301)."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Sparse wire-plane events: toy simulator or CosmicTagger files."}
@@ -246,9 +234,8 @@ class SbndWireImages(tfds.core.GeneratorBasedBuilder):
     self.info.metadata["stats"] = {}
     if cfg.files:
       for split, patterns in cfg.files:
-        if _stat(_resolve(split, patterns)) != dict(cfg.files_resolved)[split]:
-          raise ValueError(f"files[{split!r}]: the files changed since the config {cfg.name} "
-                           "was made; make a new config")
+        builder_lib.check_files_unchanged(f"files[{split!r}]", _resolve(split, patterns),
+                                          dict(cfg.files_resolved)[split], cfg.name)
       self.info.metadata["files"] = {s: [p for p, _, _ in r] for s, r in cfg.files_resolved}
       splits = [s for s in SPLITS if s in dict(cfg.files)]
       for s in SPLITS:
@@ -282,7 +269,7 @@ class SbndWireImages(tfds.core.GeneratorBasedBuilder):
 
   def _simulated(self, split: str) -> Iterator[tuple[str, Any]]:
     cfg = self._cfg
-    simulate = _SIMULATORS[cfg.simulator]
+    simulate = SIMULATORS.get(cfg.simulator)
     num = cfg.num_events(split)
     for chunk in range(math.ceil(num / cfg.chunk_size)):
       n = min(cfg.chunk_size, num - chunk * cfg.chunk_size)
@@ -366,14 +353,6 @@ def split_stats(builder: tfds.core.DatasetBuilder) -> dict[str, dict[str, Any]]:
   return dict(stored)
 
 
-def _stale_incomplete_dirs(builder: tfds.core.DatasetBuilder) -> list[str]:
-  config_dir = os.path.dirname(os.fspath(builder.data_path))
-  if not os.path.isdir(config_dir):
-    return []
-  return sorted(os.path.join(config_dir, d) for d in os.listdir(config_dir)
-                if d.startswith("incomplete."))
-
-
 def build_sbnd_dataset(
     data_dir: str | os.PathLike,
     *,
@@ -410,7 +389,7 @@ def build_sbnd_dataset(
 
   Returns:
     The prepared builder: ``builder.as_data_source(split)`` for reading (see
-    ``sbnd_source.SbndSource``), :func:`split_stats` for occupancies.
+    ``sbnd.source.SbndSource``), :func:`split_stats` for occupancies.
   """
   config = make_config(num_train=num_train, num_validation=num_validation, num_test=num_test,
                        height=height, width=width, seed=seed, files=files,
@@ -418,13 +397,5 @@ def build_sbnd_dataset(
                        interaction_fractions=interaction_fractions,
                        physics_kwargs=physics_kwargs, downsample=downsample,
                        threshold=threshold)
-  builder = SbndWireImages(data_dir=os.fspath(data_dir), config=config)
-  stale = _stale_incomplete_dirs(builder)
-  if stale:
-    logging.warning("sbnd_tfds: unfinished build folder(s) left by an interrupted run (safe to "
-                    "delete when no build is running): %s", stale)
-  if builder.is_prepared():
-    logging.info("sbnd_tfds: reusing %s", builder.data_path)
-  else:
-    builder.download_and_prepare(file_format="array_record")
-  return builder
+  return builder_lib.prepare_or_reuse(
+      SbndWireImages(data_dir=os.fspath(data_dir), config=config), log_name="sbnd_tfds")

@@ -1,5 +1,8 @@
 """Reader and fixture writer for the CosmicTagger public dataset (larcv3 HDF5), with h5py only.
 
+The dataset of the SBND cosmic-tagging paper (arXiv 2012.01301, its dataset description;
+data format and loader: github.com/coreyjadams/CosmicTagger).
+
 Layout of a larcv3 file (checked against ``DeepLearnPhysics/larcv3``:
 ``src/larcv3/core/dataformat/IOManager.cxx``, ``EventSparseTensor.cxx``,
 ``DataFormatTypes.cxx``, ``ImageMeta.h``, ``Voxel.h``, ``EventID.h``)::
@@ -33,21 +36,31 @@ Downsampling (``Downsample`` preprocess, ``SparseTensor::compress`` in ``Voxel.c
 image is average-pooled as sum / factor² (empty pixels count as zero), the labels
 max-pooled; both axes by the same factor: 2048 x 1280 -> 1024 x 640 for the paper.
 
-Threshold: REFERENCE.md says "pixel values thresholded >= 5"; the CosmicTagger pipeline
-itself applies none (``Tensor2DFromImage2D`` ``Thresholds: [0,0,0]``; the fetcher calls
-``larcvsparse_to_dense_2d`` without its ``threshold``, which caps values from above
-anyway). So ``threshold`` defaults to None (the files as the paper's network saw them);
-with a value, full-resolution image voxels below it are zeroed before pooling (as
-``VoxelSet::threshold_min``), labels are kept.
+Threshold: the paper's dataset description (arXiv 2012.01301) has pixel values thresholded
+at >= 5; the CosmicTagger pipeline itself applies none (``Tensor2DFromImage2D``
+``Thresholds: [0,0,0]``; the fetcher calls ``larcvsparse_to_dense_2d`` without its
+``threshold``, which caps values from above anyway). So ``threshold`` defaults to None
+(the files as the paper's network saw them); with a value, full-resolution image voxels
+below it are zeroed before pooling (as ``VoxelSet::threshold_min``), labels are kept.
+
+Empty events (no image voxel on any plane) are read as all-zero images, as CosmicTagger
+does; the reader counts them per file and logs a warning naming the file, the count and
+the first entries (:func:`empty_events`, :func:`count_empty_events`, :class:`ReadStats`).
+
+Errors: a malformed or corrupted file raises ``ValueError`` naming the file, the
+group/dataset, the event (when known) and the problem; a low-level HDF5 error (truncated
+file, a chunk failing its filter) is kept as ``__cause__``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import tempfile
 from typing import Iterator, Sequence
 
+from absl import logging
 import h5py
 import numpy as np
 
@@ -83,6 +96,53 @@ _REQUIRED = {
     "voxels": {"id": (_INT, ()), "value": ("f", ())},
 }
 _EVENT_ID_FIELDS = {"run": (_INT, ()), "subrun": (_INT, ()), "event": (_INT, ())}
+# Empty events listed in the warning.
+_SHOWN_EMPTY = 5
+# What h5py raises for a damaged file (a chunk failing its filter, a broken B-tree/header).
+_H5_ERRORS = (OSError, RuntimeError, KeyError)
+
+
+@dataclasses.dataclass
+class ReadStats:
+  """Per-file counts of :func:`iter_cosmictagger` / :func:`read_cosmictagger` (``stats=``).
+
+  Filled before the first chunk is yielded, for the event range read.
+
+  Attributes:
+    path: the image file.
+    start, stop: the entry range read.
+    empty_entries: int64 entry indices (rows of ``/Events/event_id``) of the events with no
+      image voxel on any plane (read as all-zero images).
+  """
+  path: str = ""
+  start: int = 0
+  stop: int = 0
+  empty_entries: np.ndarray = dataclasses.field(
+      default_factory=lambda: np.zeros(0, np.int64))
+
+  @property
+  def num_events(self) -> int:
+    return self.stop - self.start
+
+  @property
+  def num_empty(self) -> int:
+    return int(self.empty_entries.size)
+
+
+def _describe(e: BaseException) -> str:
+  """``Type: message`` of a low-level error, on one line."""
+  text = " ".join(str(e).split())
+  return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def _h5_errors(where: str):
+  """Low-level HDF5 read errors inside become a ValueError naming ``where``."""
+  try:
+    yield
+  except _H5_ERRORS as e:
+    raise ValueError(f"{where}: cannot read: the file is corrupted or truncated "
+                     f"({_describe(e)})") from e
 
 
 def group_path(producer: str, product: str = "sparse2d") -> str:
@@ -136,23 +196,29 @@ class _Producer:
   def __init__(self, f: h5py.File, path: str, producer: str):
     self.path = path
     self.group = group_path(producer)
-    if self.group not in f:
-      raise ValueError(f"{path}: missing group {self.group} (not a CosmicTagger larcv3 file, "
-                       f"or no {producer!r} producer)")
-    g = f[self.group]
-    self.datasets = {}
-    for name, fields in _REQUIRED.items():
-      self.datasets[name] = _checked_dataset(g, name, fields, f"{path}: {self.group}/{name}")
+    with _h5_errors(f"{path}: {self.group}"):
+      if self.group not in f:
+        raise ValueError(f"{path}: missing group {self.group} (not a CosmicTagger larcv3 file, "
+                         f"or no {producer!r} producer)")
+      g = f[self.group]
+      self.datasets = {}
+      for name, fields in _REQUIRED.items():
+        self.datasets[name] = _checked_dataset(g, name, fields, f"{path}: {self.group}/{name}")
     self.num_events = self.datasets["extents"].shape[0]
 
   def where(self, dataset: str, event: int | None = None) -> str:
     loc = f"{self.path}: {self.group}/{dataset}"
     return loc if event is None else f"{loc}: event {event}"
 
-  def read(self, lo: int, hi: int, num_voxels: tuple[int, int]) -> list[dict]:
-    """Per event of [lo, hi): {projection id: (voxel ids uint64, values float32)}; every
-    projection's number_of_voxels must equal ``num_voxels``."""
-    ext = self.datasets["extents"][lo:hi]
+  def rows(self, dataset: str, lo: int, hi: int, event: int | None = None) -> np.ndarray:
+    """Rows [lo, hi) of a dataset; a damaged file raises ValueError naming rows and event."""
+    where = self.where(dataset, event)
+    with _h5_errors(f"{where}: rows [{lo}, {hi})"):
+      return self.datasets[dataset][lo:hi]
+
+  def extents(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """(first, N) int64 of events [lo, hi): their rows of voxel_extents, bounds checked."""
+    ext = self.rows("extents", lo, hi, f"{lo}..{hi - 1}" if hi - lo > 1 else lo)
     ext_first = ext["first"].astype(np.int64)
     ext_n = ext["N"].astype(np.int64)
     n_vext = self.datasets["voxel_extents"].shape[0]
@@ -162,6 +228,27 @@ class _Producer:
       raise ValueError(f"{self.where('extents', e)}: rows [{ext_first[bad[0]]}, "
                        f"{ext_first[bad[0]] + ext_n[bad[0]]}) outside voxel_extents "
                        f"({n_vext} rows)")
+    return ext_first, ext_n
+
+  def voxels_per_event(self, lo: int, hi: int) -> np.ndarray:
+    """int64 [hi - lo]: voxels of each event of [lo, hi), all projections together."""
+    ext_first, ext_n = self.extents(lo, hi)
+    counts = np.zeros(hi - lo, np.int64)
+    rows = ext_n > 0
+    if rows.any():
+      r0 = int(ext_first[rows].min())
+      r1 = int((ext_first + ext_n)[rows].max())
+      n = self.rows("voxel_extents", r0, r1, f"{lo}..{hi - 1}")["N"].astype(np.int64)
+      cumulative = np.concatenate([[0], np.cumsum(n)])
+      a = np.where(rows, ext_first - r0, 0)
+      counts = np.where(rows, cumulative[a + ext_n] - cumulative[a], 0)
+    return counts
+
+  def read(self, lo: int, hi: int, num_voxels: tuple[int, int]) -> list[dict]:
+    """Per event of [lo, hi): {projection id: (voxel ids uint64, values float32)}; every
+    projection's number_of_voxels must equal ``num_voxels``."""
+    ext_first, ext_n = self.extents(lo, hi)
+    n_vext = self.datasets["voxel_extents"].shape[0]
     if self.datasets["image_meta"].shape[0] != n_vext:
       raise ValueError(f"{self.where('image_meta')}: {self.datasets['image_meta'].shape[0]} "
                        f"rows, voxel_extents has {n_vext} (one per projection expected)")
@@ -171,8 +258,9 @@ class _Producer:
       return events
     r0 = int(ext_first[rows].min())
     r1 = int((ext_first + ext_n)[rows].max())
-    vext = self.datasets["voxel_extents"][r0:r1]
-    meta = self.datasets["image_meta"][r0:r1]
+    events_in = f"{lo}..{hi - 1}"
+    vext = self.rows("voxel_extents", r0, r1, events_in)
+    meta = self.rows("image_meta", r0, r1, events_in)
     v_first = vext["first"].astype(np.int64)
     v_n = vext["N"].astype(np.int64)
     n_vox = self.datasets["voxels"].shape[0]
@@ -185,7 +273,13 @@ class _Producer:
       k = _event_of_bad_row(ext_first, ext_n, r0, (v_first < 0) | (v_first + v_n > n_vox))
       raise ValueError(f"{self.where('voxel_extents', lo + k)}: voxel rows outside voxels "
                        f"({n_vox} rows)")
-    voxels = self.datasets["voxels"][v_lo:v_hi]
+    try:
+      voxels = self.datasets["voxels"][v_lo:v_hi]
+    except _H5_ERRORS as e:  # Name the first event whose voxels cannot be read.
+      k = self._first_unreadable(ext_first, ext_n, r0, v_first, v_n)
+      raise ValueError(f"{self.where('voxels', lo + k if k is not None else events_in)}: rows "
+                       f"[{v_lo}, {v_hi}): cannot read: the file is corrupted or truncated "
+                       f"({_describe(e)})") from e
     ids_all = voxels["id"]
     values_all = voxels["value"].astype(np.float32)
     for k in range(hi - lo):
@@ -222,6 +316,17 @@ class _Producer:
     return events
 
 
+  def _first_unreadable(self, ext_first, ext_n, r0, v_first, v_n) -> int | None:
+    """Index in the chunk of the first event whose voxel rows cannot be read, or None."""
+    for k in range(len(ext_first)):
+      for r in range(ext_first[k] - r0, ext_first[k] + ext_n[k] - r0):
+        try:
+          self.datasets["voxels"][int(v_first[r]):int(v_first[r] + v_n[r])]
+        except _H5_ERRORS:
+          return k
+    return None
+
+
 def _event_of_bad_row(ext_first, ext_n, r0, bad_rows) -> int:
   for k in range(len(ext_first)):
     if bad_rows[ext_first[k] - r0:ext_first[k] + ext_n[k] - r0].any():
@@ -248,10 +353,12 @@ def _checked_dataset(g: h5py.Group, name: str, fields, where: str) -> h5py.Datas
 
 
 def _num_events_of(f: h5py.File, path: str) -> int:
-  if EVENT_ID_PATH not in f:
-    raise ValueError(f"{path}: missing dataset {EVENT_ID_PATH} (not a larcv3 file)")
-  ds = _checked_dataset(f["/Events"], "event_id", _EVENT_ID_FIELDS, f"{path}: {EVENT_ID_PATH}")
-  return int(ds.shape[0])
+  with _h5_errors(f"{path}: {EVENT_ID_PATH}"):
+    if EVENT_ID_PATH not in f:
+      raise ValueError(f"{path}: missing dataset {EVENT_ID_PATH} (not a larcv3 file)")
+    ds = _checked_dataset(f["/Events"], "event_id", _EVENT_ID_FIELDS,
+                          f"{path}: {EVENT_ID_PATH}")
+    return int(ds.shape[0])
 
 
 def num_events(path: str | os.PathLike) -> int:
@@ -262,10 +369,44 @@ def num_events(path: str | os.PathLike) -> int:
 
 
 def _open(path: str) -> h5py.File:
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no such file")
   try:
     return h5py.File(path, "r")
-  except OSError as e:
-    raise ValueError(f"{path}: cannot open as HDF5 ({e})") from e
+  except _H5_ERRORS as e:
+    raise ValueError(f"{path}: cannot open as HDF5: not an HDF5 file, or a truncated or "
+                     f"corrupted one ({_describe(e)})") from e
+
+
+def empty_events(path: str | os.PathLike, *, start: int = 0,
+                 stop: int | None = None) -> np.ndarray:
+  """Entry indices (int64, rows of ``/Events/event_id``) of the events of [start, stop)
+  with no image (``sbndwire``) voxel on any plane. Reads only the extents, not the voxels."""
+  path = os.fspath(path)
+  with _open(path) as f:
+    n = _num_events_of(f, path)
+    img = _Producer(f, path, IMAGE_PRODUCER)
+    stop = n if stop is None else min(int(stop), n)
+    if not 0 <= start <= stop:
+      raise ValueError(f"{path}: event range [{start}, {stop}) invalid for {n} events")
+    if img.num_events < stop:
+      raise ValueError(f"{img.where('extents')}: {img.num_events} events, {EVENT_ID_PATH} has {n}")
+    return int(start) + np.flatnonzero(img.voxels_per_event(int(start), stop) == 0)
+
+
+def count_empty_events(path: str | os.PathLike, *, start: int = 0,
+                       stop: int | None = None) -> int:
+  """Number of events of [start, stop) with no image voxel on any plane (:func:`empty_events`)."""
+  return int(empty_events(path, start=start, stop=stop).size)
+
+
+def _warn_empty(stats: ReadStats) -> None:
+  if stats.num_empty:
+    shown = ", ".join(str(int(e)) for e in stats.empty_entries[:_SHOWN_EMPTY])
+    more = ", ..." if stats.num_empty > _SHOWN_EMPTY else ""
+    logging.warning("%s: %d of %d events (entries [%d, %d)) have no image voxel on any plane "
+                    "(empty events, read as all-zero images); entries %s%s", stats.path,
+                    stats.num_empty, stats.num_events, stats.start, stats.stop, shown, more)
 
 
 def _densify(event: dict, num_voxels: tuple[int, int], factor: int, *, image: bool,
@@ -298,8 +439,8 @@ def _densify(event: dict, num_voxels: tuple[int, int], factor: int, *, image: bo
 
 def iter_cosmictagger(path: str | os.PathLike, *, downsample: int = 2,
                       threshold: float | None = None, label_path: str | os.PathLike | None = None,
-                      start: int = 0, stop: int | None = None,
-                      chunk_size: int = 32) -> Iterator[lartpc.SbndEvents]:
+                      start: int = 0, stop: int | None = None, chunk_size: int = 32,
+                      stats: ReadStats | None = None) -> Iterator[lartpc.SbndEvents]:
   """Reads a CosmicTagger file in chunks of events (bounded memory).
 
   Args:
@@ -311,6 +452,8 @@ def iter_cosmictagger(path: str | os.PathLike, *, downsample: int = 2,
     label_path: file holding ``sbnd_cosmicseg`` if not ``path`` (same number of events).
     start, stop: event range (``stop`` None: to the end).
     chunk_size: events read per HDF5 access.
+    stats: optional :class:`ReadStats`, filled (path, range, empty events) before the first
+      chunk is yielded. Empty events of the range are also logged (a warning).
 
   Yields:
     ``SbndEvents`` of up to ``chunk_size`` events: images float32 [n, 3, T/f, W/f]
@@ -320,7 +463,9 @@ def iter_cosmictagger(path: str | os.PathLike, *, downsample: int = 2,
   Raises:
     ValueError: naming the file, group/dataset, event and problem, for a missing group,
       a wrong dtype, event counts that disagree, out-of-range voxel ids, label values not
-      in {0, 1, 2}, or inconsistent image metas.
+      in {0, 1, 2}, inconsistent image metas, or a corrupted/truncated file (HDF5 error as
+      ``__cause__``).
+    FileNotFoundError: a file does not exist.
   """
   if int(downsample) < 1:
     raise ValueError(f"downsample must be >= 1, got {downsample}")
@@ -356,6 +501,13 @@ def iter_cosmictagger(path: str | os.PathLike, *, downsample: int = 2,
     if num_voxels[0] % factor or num_voxels[1] % factor:
       raise ValueError(f"{img.where('image_meta')}: number_of_voxels {list(num_voxels)} "
                        f"not divisible by downsample={factor}")
+    counted = ReadStats(path=path, start=int(start), stop=stop,
+                        empty_entries=int(start) + np.flatnonzero(
+                            img.voxels_per_event(int(start), stop) == 0))
+    if stats is not None:
+      stats.path, stats.start, stats.stop = counted.path, counted.start, counted.stop
+      stats.empty_entries = counted.empty_entries
+    _warn_empty(counted)
     for lo in range(int(start), stop, int(chunk_size)):
       hi = min(stop, lo + int(chunk_size))
       img_events = img.read(lo, hi, num_voxels)
@@ -375,11 +527,11 @@ def iter_cosmictagger(path: str | os.PathLike, *, downsample: int = 2,
 def read_cosmictagger(path: str | os.PathLike, *, downsample: int = 2,
                       max_events: int | None = None, threshold: float | None = None,
                       label_path: str | os.PathLike | None = None,
-                      start: int = 0) -> lartpc.SbndEvents:
+                      start: int = 0, stats: ReadStats | None = None) -> lartpc.SbndEvents:
   """Reads (up to ``max_events``) events of a CosmicTagger file into memory.
 
   Dense arrays are large (7.9 MB per event at 640 x 1024): for whole files use
-  :func:`iter_cosmictagger`. Arguments and errors as there.
+  :func:`iter_cosmictagger`. Arguments (``stats``: empty events) and errors as there.
 
   Returns:
     ``SbndEvents`` with images float32 [N, 3, T/f, W/f], labels uint8, interaction -1,
@@ -387,7 +539,8 @@ def read_cosmictagger(path: str | os.PathLike, *, downsample: int = 2,
   """
   stop = None if max_events is None else int(start) + int(max_events)
   chunks = list(iter_cosmictagger(path, downsample=downsample, threshold=threshold,
-                                  label_path=label_path, start=start, stop=stop))
+                                  label_path=label_path, start=start, stop=stop,
+                                  stats=stats))
   if not chunks:
     n_wires, n_ticks = FULL_NUMBER_OF_VOXELS
     shape = (0, NUM_PLANES, n_ticks // downsample, n_wires // downsample)

@@ -1,7 +1,7 @@
-"""Multi-plane UResNet for per-pixel cosmic / neutrino tagging in SBND (seed 002).
+"""Multi-plane UResNet for per-pixel cosmic / neutrino tagging in SBND.
 
 arXiv 2012.01301, Table 1; reference code ``coreyjadams/CosmicTagger``
-(``src/networks/torch/uresnet2D.py`` and its TensorFlow mirror; REFERENCE.md §3b).
+(``src/networks/torch/uresnet2D.py`` and its TensorFlow mirror).
 
 Layouts:
   images  float32 [B, P, H, W]            P = 3 wire planes (0, 1 induction; 2 collection),
@@ -29,7 +29,8 @@ Choices, with the evidence they rest on:
     ``variable_axes={"params": None, "batch_stats": 0}``: parameters are shared (one copy,
     no plane axis) and every ``batch_stats`` leaf has a leading plane axis of size P.
     Folding the planes into the batch axis would pool the statistics of induction and
-    collection planes, whose charge distributions differ (REFERENCE.md §3d); it is not done.
+    collection planes, whose charge distributions differ (bipolar induction, unipolar
+    collection signals); it is not done.
     The cross-plane deepest block sees one concatenated tensor, so its statistics are, as
     in the reference, shared. ``bn_axis_name`` additionally averages every batch statistic
     over a mapped device axis (cross-replica BN, under ``shard_map`` or ``pmap``).
@@ -39,20 +40,21 @@ Choices, with the evidence they rest on:
     and the sum comes before the up blocks. TensorFlow / 2019 torch add after the up blocks,
     torch master adds the level *input*; parameter counts are the same in all three.
   * **Final layer.** Table 1's Final row (57 = 3·(16 + 3)) needs 16 input channels and BN,
-    which no code version has (REFERENCE.md §3b). The torch code ends with a plain 1×1
+    which no ``coreyjadams/CosmicTagger`` version has. The torch code ends with a plain 1×1
     conv F_0 → 3 with bias (27 parameters; the TensorFlow code adds BN: 33); the torch
     layer is used here. Every other Table 1 row is matched exactly; the total is
     23,839,923 instead of Table 1's 23,839,953 (−30, the Final row only). The first conv
     is 7×7 as in the paper and the 2019 code (torch master: 5×5).
   * **FLOPs.** ``forward_flops`` gives 119.62 GFLOP (2·MAC, convolutions) per event at
-    3 × 640 × 1024; REFERENCE.md's 118.9 is the same count with a 5×5 first conv.
+    3 × 640 × 1024; ``PAPER_FORWARD_GFLOP`` = 118.9 is the same count with a 5×5 first
+    conv (a computed figure: arXiv 2012.01301 prints no FLOP count).
   * **Variants** (Table 2 rows that change the model): ``connections="concat"`` concatenates
     [up, skip] and applies Block(1×1, 2F_i → F_i) (adds F_i(2F_i + 3) per level);
     ``cross_plane=False`` runs the deepest block per plane with shared weights (Block 1×1
     F_depth → 256 … → F_depth); ``upsampling="convolutional"`` replaces interpolation +
     1×1 by ConvTranspose(2×2, stride 2, 2F_i → F_i) + BN + LeakyReLU;
     ``initial_filters`` halves for "filters / 2" (Table 1's counts are for 8; the paper's
-    text says 16 for the baseline and 8 for the variant, REFERENCE.md §3d; which pair is
+    text (§7) says 16 for the baseline and 8 for the variant; which pair is
     run is the experiment config's choice); ``residual=False`` follows the reference's
     ``BlockSeries``: each series of ``blocks_per_level`` residual blocks becomes as many
     plain Blocks (one conv each, so half the convolutions, not just the sums removed).
@@ -70,6 +72,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 CONNECTIONS = ("sum", "concat")
 UPSAMPLINGS = ("interpolation", "convolutional")
@@ -87,7 +90,9 @@ PAPER_TABLE1: tuple[tuple[str, int], ...] = (
     ("final", 57),
 )
 PAPER_TABLE1_TOTAL = 23_839_953
-PAPER_FORWARD_GFLOP = 118.9  # per event at 3 × 640 × 1024 (REFERENCE.md §3c)
+# Forward GFLOP per event at 3 × 640 × 1024 with a 5×5 first conv (a computed figure;
+# arXiv 2012.01301 prints no FLOP count).
+PAPER_FORWARD_GFLOP = 118.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -429,7 +434,8 @@ def table1_rows(params: Any) -> list[tuple[str, int]]:
 def forward_flops(model: UResNet, height: int, width: int, planes: int = 3) -> dict[str, float]:
   """Analytic forward FLOPs of one event, convolutions only (2 · multiply-adds).
 
-  Counted like the paper's 118.9 GFLOP (REFERENCE.md §3c): every conv and transposed conv;
+  Counted like ``PAPER_FORWARD_GFLOP`` (118.9 GFLOP, a computed figure; arXiv 2012.01301
+  prints none): every conv and transposed conv;
   biases, BatchNorm, activations, pooling and interpolation are left out (they scale as
   pixels · channels, not pixels · channels², and XLA's ``cost_analysis`` counts them).
 
@@ -469,3 +475,48 @@ def forward_flops(model: UResNet, height: int, width: int, planes: int = 3) -> d
   out["final"] = conv(1, f0, model.num_classes, n0)
   out["total"] = sum(out.values())
   return out
+
+
+def expected_parameter_count(model: Mapping[str, Any], num_classes: int = 3,
+                             planes: int = 3) -> int:
+  """Trainable parameters of a UResNet config by the rule of Table 1 (arXiv 2012.01301).
+
+  Every conv counts ``c_out·(k²·c_in + 3)`` (weights, bias, BN γ and β), except the final
+  plain 1×1 conv ``num_classes·(F₀ + 1)``; transposed-conv upsampling 2×2 is
+  ``F·(4·2F + 3)``; concat skips add a 1×1 conv ``F·(2F + 3)`` per level; non-residual
+  series have one conv per block instead of two. An independent check of the model.
+
+  Args:
+    model: ``config.model`` (fields as in configs/sbnd.py).
+  """
+  p = conv_parameter_count
+  f0, depth = model["initial_filters"], model["depth"]
+  convs = model["blocks_per_level"] * (2 if model["residual"] else 1)
+  total = p(model["first_kernel"], 1, f0)
+  for i in range(depth):
+    f = f0 * 2 ** i
+    total += convs * p(3, f, f) + p(1, f, 2 * f)  # down: blocks, bottleneck F -> 2F
+    up = f * (4 * 2 * f + 3) if model["upsampling"] == "convolutional" else p(1, 2 * f, f)
+    if model["connections"] == "concat":
+      up += p(1, 2 * f, f)
+    total += up + convs * p(3, f, f)
+  fd, deep = f0 * 2 ** depth, model["deepest_filters"]
+  c_in = planes * fd if model["cross_plane"] else fd
+  deep_convs = model["deepest_blocks"] * (2 if model["residual"] else 1)
+  total += p(1, c_in, deep) + deep_convs * p(model["deepest_kernel"], deep, deep)
+  total += p(1, deep, c_in)
+  return total + num_classes * (f0 + 1)
+
+
+def parameter_count(variables: Mapping[str, Any]) -> int:
+  """Trainable parameters (the ``params`` collection) of initialised variables or shapes."""
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(variables["params"])))
+
+
+def abstract_variables(model: nn.Module, height: int, width: int, batch: int = 1
+                       ) -> Mapping[str, Any]:
+  """Shapes of the model's variables (``jax.eval_shape``; nothing computed)."""
+  example = {"image": jax.ShapeDtypeStruct((batch, 3, height, width), jnp.float32),
+             "label": jax.ShapeDtypeStruct((batch, 3, height, width), jnp.int32)}
+  return jax.eval_shape(lambda ex: model.init(jax.random.PRNGKey(0), ex, train=False), example)
+

@@ -1,8 +1,10 @@
 """Toy SBND LArTPC simulator: three wire-plane images with cosmic/neutrino labels.
 
 A seeded, vectorised (numpy) stand-in for the LArSoft + GENIE + CORSIKA samples
-of the CosmicTagger paper (arXiv 2012.01301), following ``physics-facts.md``
-§3 and recipe D.  Everything it produces is **simulated**.
+of the CosmicTagger paper (arXiv 2012.01301), with detector constants after
+the SBND Wire-Cell configuration (``SBNSoftware/sbndcode``:
+``sbndcode/WireCell/cfg/pgrapher/experiment/sbnd/params.jsonnet`` and
+``simparams.jsonnet``).  Everything it produces is **simulated**.
 
 Image layout (the CosmicTagger / larcv3 convention)
 ---------------------------------------------------
@@ -36,7 +38,7 @@ averaged over the 4 ticks of a native row.  The shaper is a Gaussian of
 σ = 1.0 µs (a CR-RC⁴ semi-Gaussian of 2 µs peaking time has σ ≈ √4 · 0.5 µs)
 with a peak gain of 14 mV/fC, i.e. 5.10 ADC per 1000 e⁻ at the peak and a
 pulse area of 25.6 ADC·tick per 1000 e⁻ (``adc_tick_per_electron``; the
-pulser's 41.6 ADC·tick per 1000 e⁻ in ``physics-facts.md`` would need a
+pulser's 41.6 ADC·tick per 1000 e⁻ of the SBND ``params.jsonnet`` would need a
 1.6 µs σ and is not used).  A minimum-ionising track (≈19k e⁻ per 3 mm wire
 after recombination) then peaks at ≈ 97 ADC per tick and at ≈ 60–75 ADC in a
 native collection pixel (depending on where in the row it arrives).  Native
@@ -143,7 +145,11 @@ _ROW_TAPS = 4
 
 @dataclasses.dataclass(frozen=True)
 class SbndPhysics:
-  """Detector and simulation parameters (``physics-facts.md`` §3).
+  """Detector and simulation parameters.
+
+  Drift velocity, diffusion and electron lifetime follow the SBND Wire-Cell simulation
+  configuration (``SBNSoftware/sbndcode:sbndcode/WireCell/cfg/pgrapher/experiment/sbnd/
+  simparams.jsonnet``); ModBox α, β are the ArgoNeuT values (arXiv 1306.1712).
 
   Attributes:
     mean_cosmics: mean cosmic muons crossing the active volume per

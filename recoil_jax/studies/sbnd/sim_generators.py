@@ -1,6 +1,6 @@
 """Event generators of the toy SBND simulator: cosmic muons and BNB neutrinos.
 
-Cosmic muons (``physics-facts.md`` §3, recipe D):
+Cosmic muons:
 
 * Intensity ∝ cos²θ (zenith angle θ, uniform azimuth), sampled as rays from a
   disc of radius R (the half-diagonal of the active volume) perpendicular to
@@ -14,7 +14,7 @@ Cosmic muons (``physics-facts.md`` §3, recipe D):
 * Energy: E = 2 GeV·U^(−1/1.7) − 1 GeV (a sea-level-like E^−2.7 tail,
   E ≥ 1 GeV, ⟨E⟩ ≈ 3.9 GeV); charge ratio μ⁺/μ⁻ = 1.25.
 
-Neutrinos (BNB-like, ``physics-facts.md`` §3 topologies):
+Neutrinos (BNB-like; approximate topologies and channel fractions, not a generator tune):
 
 * E_ν ~ Gamma(k = 4, θ = 0.2 GeV) (⟨E_ν⟩ = 0.8 GeV, mode 0.6 GeV), redrawn
   below the channel's threshold; vertex uniform in the active volume; time

@@ -1,14 +1,15 @@
 """Liquid-argon physics for the toy SBND simulator: stopping powers, CSDA ranges,
 energy-loss fluctuations, multiple scattering and ModBox recombination.
 
-Numbers are the ``physics-facts.md`` §3 values (LAr ρ = 1.39 g/cm³, W = 23.6 eV,
-X₀ = 14 cm, ModBox α = 0.93, β = 0.212) and the PDG formulas:
+Numbers are standard liquid-argon values (LAr ρ = 1.39 g/cm³, W = 23.6 eV,
+X₀ = 14 cm; PDG), the ArgoNeuT ModBox parameters (α = 0.93, β = 0.212;
+arXiv 1306.1712) and the PDG formulas:
 
 * Heavy charged particles (μ, π, p): Bethe mean rate of energy loss with the
   Sternheimer density-effect correction of liquid argon (PDG atomic and nuclear
   properties: I = 188 eV, C̄ = 5.2146, x₀ = 0.2, x₁ = 3.0, a = 0.19559, k = 3).
   No shell or Barkas corrections, so ranges below ~1 MeV are approximate.
-* Electrons: collision stopping power (Rohrlich–Carlson, ``physics-facts.md`` §0)
+* Electrons: collision stopping power (Rohrlich–Carlson, as in ICRU Report 37 / ESTAR)
   with the same density effect; radiative losses are simulated explicitly as
   bremsstrahlung photons by the shower code, never as a continuous loss.
 * CSDA range tables R(T) and their inverse T(R) on a log grid (float64).
@@ -24,7 +25,7 @@ import math
 
 import numpy as np
 
-# Liquid argon (physics-facts.md §3; PDG for I and the density-effect parameters).
+# Liquid argon (standard values; PDG for I and the density-effect parameters).
 LAR_DENSITY_G_CM3 = 1.39
 LAR_Z_OVER_A = 18.0 / 39.948
 LAR_MEAN_EXCITATION_MEV = 188.0e-6

@@ -49,7 +49,8 @@ import numpy as np
 
 from recoil_jax.studies.sbnd import sim_physics as phys
 
-# Active volume (physics-facts.md §3), mm: [[x_lo, y_lo, z_lo], [x_hi, y_hi, z_hi]].
+# Active volume (bounds of the SBND Wire-Cell ``params.jsonnet``, ``SBNSoftware/sbndcode``),
+# mm: [[x_lo, y_lo, z_lo], [x_hi, y_hi, z_hi]].
 ACTIVE_VOLUME_MM = np.array([[-2000.0, -2000.0, 0.0], [2000.0, 2000.0, 5000.0]])
 
 PHOTON = 4  # species code of photons in the stack (charged species: phys.*)

@@ -4,12 +4,12 @@ Every example is a dict of numpy arrays:
 
   image                float32 [3, H, W]  (plane, drift row, wire column); 0 = no charge
   label                int32   [3, H, W]  0 background, 1 cosmic, 2 neutrino
-  interaction          int32   []         index into lartpc.INTERACTIONS; -1 unknown
+  interaction          int32   []         sbnd.sim.INTERACTIONS index; -1 unknown
   neutrino_energy_gev  float32 []         GeV; 0 for cosmic_only, nan when unknown
 
 :class:`SbndSource` densifies one sparse example of the TFDS dataset
-(``sbnd_tfds``, ``builder.as_data_source(split)``); :class:`InMemorySbndSource` wraps
-``lartpc.SbndEvents`` (colab, tests).
+(``recoil_jax.studies.sbnd.dataset``, ``builder.as_data_source(split)``);
+:class:`InMemorySbndSource` wraps ``sbnd.sim.SbndEvents`` (colab, tests).
 """
 
 from __future__ import annotations
@@ -18,16 +18,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from recoil_jax.data import builder_lib
+from recoil_jax.data import pipeline
+
 NUM_PLANES = 3
-
-
-def _normalise_index(index: int, length: int) -> int:
-  i = int(index)
-  if i < 0:
-    i += length
-  if not 0 <= i < length:
-    raise IndexError(f"index {index} out of range for a source of {length} examples")
-  return i
 
 
 def densify(pixels: np.ndarray, values: np.ndarray, labels: np.ndarray, height: int,
@@ -78,7 +72,7 @@ class SbndSource:
     return len(self._source)
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    i = _normalise_index(index, len(self))
+    i = pipeline.normalise_index(index, len(self), self.name)
     ex = self._source[i]
     image, label = densify(ex["pixels"], ex["values"], ex["labels"], self.height, self.width,
                            where=f"{self.name}[{i}]")
@@ -93,7 +87,7 @@ class SbndSource:
 
 
 class InMemorySbndSource:
-  """Fixed-shape view of ``lartpc.SbndEvents`` held in memory."""
+  """Fixed-shape view of ``sbnd.sim.SbndEvents`` held in memory."""
 
   def __init__(self, events):
     images = np.asarray(events.images)
@@ -109,7 +103,7 @@ class InMemorySbndSource:
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     e = self._events
-    i = _normalise_index(index, len(self))
+    i = pipeline.normalise_index(index, len(self), "events")
     return {"image": np.asarray(e.images[i], np.float32),
             "label": np.asarray(e.labels[i], np.int32),
             "interaction": np.int32(e.interaction[i]),
@@ -118,19 +112,13 @@ class InMemorySbndSource:
 
 def sbnd_sources(builder, splits: Sequence[str] | None = None,
                  min_abs_value: float = 0.0) -> dict[str, SbndSource]:
-  """``{split: SbndSource}`` for a prepared ``sbnd_tfds`` builder (all its splits by default)."""
-  if not builder.is_prepared():
-    raise ValueError(f"{builder.data_path}: dataset is not prepared (build it with "
-                     "sbnd_tfds.build_sbnd_dataset)")
+  """``{split: SbndSource}`` for a prepared SBND dataset builder (all its splits by default)."""
+  names = builder_lib.prepared_splits(builder, splits,
+                                      build_with="sbnd.dataset.build_sbnd_dataset")
   # The size it was built at (metadata), not a config object that may be a bare name.
   meta = (builder.info.metadata or {}).get("config") or {}
   height = int(meta.get("height", builder.builder_config.height))
   width = int(meta.get("width", builder.builder_config.width))
-  available = list(builder.info.splits.keys())
-  names = list(splits) if splits is not None else available
-  missing = [s for s in names if s not in available]
-  if missing:
-    raise KeyError(f"{builder.data_path}: no split(s) {missing}; available {available}")
   return {s: SbndSource(builder.as_data_source(s), height, width, name=s,
                        min_abs_value=min_abs_value)
           for s in names}

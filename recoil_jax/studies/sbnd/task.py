@@ -1,28 +1,26 @@
-"""SBND cosmic tagging (seed 002): dataset, multi-plane UResNet, loss, metrics, analysis.
+"""SBND cosmic tagging (arXiv 2012.01301): dataset, multi-plane UResNet, loss, metrics, analysis.
 
 Data: simulated events (``recoil_jax.studies.sbnd.sim``) or CosmicTagger larcv3 files
 (``config.data.files``, a comma-separated glob per split), both through the same TFDS
-array_record dataset (``data.sbnd_tfds``) and fixed-shape sources (``data.sbnd_source``):
+array_record dataset (``dataset.py``) and fixed-shape sources (``source.py``):
 ``image`` float32 [3, H, W], ``label`` int32 [3, H, W], ``interaction``,
 ``neutrino_energy_gev``.
 
-Model: :class:`SbndSegmenter` wraps ``models.uresnet.UResNet`` (fields from
-``config.model``) so that ``apply(variables, batch, train)`` returns a dict:
-
-* ``train=True`` (and ``eval_outputs="logits"``): ``{"logits": float32 [B, 3, H, W, 3]}``.
-* ``train=False`` (default ``eval_outputs="statistics"``): per-event numbers only — the
-  loss ``event_loss`` [B] and the ``analysis.segmentation.event_statistics`` of the
-  argmax prediction. Evaluation and ``predict`` then move a few hundred bytes per event
-  instead of the logits (23.6 MB per event at 640×1024: the paper's 7,449 test events
-  would need 176 GB on the host); the metrics are the same numbers.
+Model: :class:`SbndSegmenter` wraps ``studies.sbnd.model.UResNet`` (fields from
+``config.model``) so that ``apply(variables, batch, train)`` returns a dict: ``logits``
+float32 [B, 3, H, W, 3], plus (evaluation mode, labelled batch) the per-event
+``event_statistics`` of the argmax prediction. The analysis predicts only the statistics
+(``Trained.predict(..., outputs=STAT_KEYS)`` selects them on the device), so it moves a few
+hundred bytes per event instead of the logits (23.6 MB per event at 640×1024: the paper's
+7,449 test events would need 176 GB on the host).
 
 Loss and metrics (``loss_terms``): ``segmentation_losses.segmentation_loss`` from
-``config.loss`` and every ``analysis.segmentation.METRIC_NAMES`` as exact (sum, count).
+``config.loss`` and every ``sbnd.analysis.METRIC_NAMES`` as exact (sum, count).
 
 Analysis (``analyse``) on ``config.analysis.split`` with the best weights: the metrics
 table beside the paper's baseline, the paper's event selection (Table 3) and IoU vs
 neutrino energy (Figure 9) when the interaction types are known (simulation), event
-displays (the best weights reloaded with ``train.load_trained`` for those few events),
+displays (``Trained.apply`` on those few events),
 per-event predictions in ``predictions_<split>.npz``. Everything is labelled
 "simulated" unless the data came from files.
 """
@@ -39,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from recoil_jax import io
 from recoil_jax import parallel
 from recoil_jax.losses import segmentation as segmentation_losses
 from recoil_jax.studies.sbnd import analysis as sbnd_analysis
@@ -48,7 +47,6 @@ from recoil_jax.studies.sbnd import model as uresnet
 from recoil_jax import tasks
 
 SPLITS = ("train", "validation", "test")
-EVAL_OUTPUTS = ("statistics", "logits")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 PREDICTIONS_FILE = "predictions_{split}.npz"
 FILES_LABEL = "CosmicTagger files"
@@ -57,40 +55,24 @@ FILES_LABEL = "CosmicTagger files"
 class SbndSegmenter(nn.Module):
   """UResNet on ``batch["image"]`` returning the task's output dict (module docstring).
 
+  Outputs: ``logits`` float32 [B, 3, H, W, 3] always; in evaluation mode with
+  ``batch["label"]`` also the per-event ``sbnd_analysis.event_statistics`` of the argmax
+  prediction (a few numbers per event and plane). The loss is the task's
+  (``loss_terms``), computed from the logits; ``Trained.predict(split, outputs=...)``
+  selects outputs on the device, so predicting statistics never moves logits to the host.
+
   Attributes:
     net: the ``UResNet`` (its parameters live under ``"net"``).
-    balance, class_weights, normalisation, focal_gamma: the loss
-      (``segmentation_losses.segmentation_loss``) computed in evaluation mode.
-    eval_outputs: "statistics" (per-event loss and counts) or "logits" in evaluation
-      mode; training mode always returns the logits.
   """
   net: nn.Module
-  balance: str = "light"
-  class_weights: tuple[float, ...] = segmentation_losses.PAPER_CLASS_WEIGHTS
-  normalisation: str = "plane_weighted_mean"
-  focal_gamma: float = 2.0
-  eval_outputs: str = "statistics"
-
-  def loss_kwargs(self) -> dict[str, Any]:
-    return dict(balance=self.balance, class_weights=tuple(self.class_weights),
-                normalisation=self.normalisation, focal_gamma=self.focal_gamma)
 
   @nn.compact
   def __call__(self, batch: Mapping[str, jax.Array], *, train: bool) -> dict[str, jax.Array]:
-    if self.eval_outputs not in EVAL_OUTPUTS:
-      raise ValueError(f"SbndSegmenter.eval_outputs={self.eval_outputs!r}; known: "
-                       f"{EVAL_OUTPUTS}")
-    logits = self.net(batch["image"], train=train)
-    if train or self.eval_outputs == "logits":
-      return {"logits": logits}
-    if "label" not in batch:
-      raise KeyError("SbndSegmenter(eval_outputs='statistics') needs batch['label']; use "
-                     "eval_outputs='logits' (model.clone(eval_outputs='logits')) to predict "
-                     "unlabelled images")
-    labels = batch["label"]
-    out = sbnd_analysis.event_statistics(jnp.argmax(logits, axis=-1), labels, xp=jnp)
-    out["event_loss"] = segmentation_losses.segmentation_loss(logits, labels,
-                                                              **self.loss_kwargs())
+    logits = self.net(batch["image"], train=train).astype(jnp.float32)
+    out = {"logits": logits}
+    if not train and "label" in batch:
+      out.update(sbnd_analysis.event_statistics(jnp.argmax(logits, axis=-1), batch["label"],
+                                                xp=jnp))
     return out
 
 
@@ -116,13 +98,13 @@ def _file_lists(files: Mapping[str, str]) -> dict[str, list[str]] | None:
 
 
 class SbndCosmicTask(tasks.Task):
-  """Seed 002 as a trainer task (see the module docstring)."""
+  """The SBND cosmic-tagging study as a trainer task (see the module docstring)."""
 
   def __init__(self, config):
     super().__init__(config)
     self._builder = None
     self._files = _file_lists(config.data.files)
-    self.data_label = FILES_LABEL if self._files else sbnd_analysis.SIMULATED
+    self.data_label = FILES_LABEL if self._files else io.SIMULATED
 
   # -- data -------------------------------------------------------------------------
   def _dataset(self):
@@ -157,19 +139,11 @@ class SbndCosmicTask(tasks.Task):
     return {split: self.source(split) for split in ("validation", "test")}
 
   # -- model and loss ---------------------------------------------------------------
-  def build_model(self, eval_outputs: str = "statistics") -> SbndSegmenter:
+  def validate(self) -> None:
+    """Model dtype and loss choices, before any data is built (file globs: ``__init__``)."""
     m, loss = self.config.model, self.config.loss
     if m.dtype not in DTYPES:
       raise ValueError(f"config.model.dtype={m.dtype!r}; known: {sorted(DTYPES)}")
-    net = uresnet.UResNet(
-        num_classes=3, initial_filters=m.initial_filters, depth=m.depth,
-        first_kernel=m.first_kernel, blocks_per_level=m.blocks_per_level,
-        deepest_filters=m.deepest_filters, deepest_blocks=m.deepest_blocks,
-        deepest_kernel=m.deepest_kernel, connections=m.connections,
-        upsampling=m.upsampling, residual=m.residual, cross_plane=m.cross_plane,
-        leaky_slope=m.leaky_slope, bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon,
-        dtype=DTYPES[m.dtype],
-        bn_axis_name=parallel.DATA_AXIS if m.cross_replica_bn else None)
     if loss.balance not in segmentation_losses.BALANCES:
       raise ValueError(f"config.loss.balance={loss.balance!r}; known: "
                        f"{segmentation_losses.BALANCES}")
@@ -179,23 +153,34 @@ class SbndCosmicTask(tasks.Task):
     if len(loss.class_weights) != 3:
       raise ValueError(f"config.loss.class_weights={tuple(loss.class_weights)} needs 3 "
                        "weights (background, cosmic, neutrino)")
-    return SbndSegmenter(net=net, balance=loss.balance,
-                         class_weights=tuple(float(w) for w in loss.class_weights),
-                         normalisation=loss.normalisation, focal_gamma=float(loss.focal_gamma),
-                         eval_outputs=eval_outputs)
+    if self.config.analysis.split not in SPLITS:
+      raise ValueError(f"config.analysis.split={self.config.analysis.split!r}; known: "
+                       f"{SPLITS}")
+
+  def build_model(self) -> SbndSegmenter:
+    self.validate()
+    m = self.config.model
+    net = uresnet.UResNet(
+        num_classes=3, initial_filters=m.initial_filters, depth=m.depth,
+        first_kernel=m.first_kernel, blocks_per_level=m.blocks_per_level,
+        deepest_filters=m.deepest_filters, deepest_blocks=m.deepest_blocks,
+        deepest_kernel=m.deepest_kernel, connections=m.connections,
+        upsampling=m.upsampling, residual=m.residual, cross_plane=m.cross_plane,
+        leaky_slope=m.leaky_slope, bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon,
+        dtype=DTYPES[m.dtype],
+        bn_axis_name=parallel.DATA_AXIS if m.cross_replica_bn else None)
+    return SbndSegmenter(net=net)
 
   def loss_terms(self, outputs: Mapping[str, jax.Array], batch) -> tasks.LossTerms:
     mask = batch["mask"].astype(jnp.float32)
     labels = batch["label"]
-    if "logits" in outputs:
-      logits = outputs["logits"]
-      c = self.config.loss
-      per_event = segmentation_losses.segmentation_loss(
-          logits, labels, balance=c.balance, normalisation=c.normalisation,
-          class_weights=tuple(c.class_weights), focal_gamma=c.focal_gamma)
-      stats = sbnd_analysis.event_statistics(jnp.argmax(logits, axis=-1), labels, xp=jnp)
-    else:
-      per_event, stats = outputs["event_loss"], outputs
+    logits = outputs["logits"]
+    c = self.config.loss
+    per_event = segmentation_losses.segmentation_loss(
+        logits, labels, balance=c.balance, normalisation=c.normalisation,
+        class_weights=tuple(c.class_weights), focal_gamma=c.focal_gamma)
+    stats = (outputs if "nu_pred_pixels" in outputs else
+             sbnd_analysis.event_statistics(jnp.argmax(logits, axis=-1), labels, xp=jnp))
     terms = {"loss": segmentation_losses.loss_terms(per_event, mask)}
     terms.update(sbnd_analysis.metric_terms(stats, mask, xp=jnp))
     return terms
@@ -213,11 +198,12 @@ class SbndCosmicTask(tasks.Task):
             "scaled_from": [a.selection_min_pixels, a.selection_max_row_diff]
                            if a.selection_scale_with_resolution else None}
 
-  def analyse(self, predict: tasks.PredictFn, workdir: str) -> dict[str, Any]:
+  def analyse(self, trained: tasks.Trained, workdir: str) -> dict[str, Any]:
     a = self.config.analysis
     label = self.data_label
     split = a.split
-    preds = predict(split, fields=("interaction", "neutrino_energy_gev"))
+    preds = trained.predict(split, outputs=sbnd_analysis.STAT_KEYS,
+                            fields=("interaction", "neutrino_energy_gev"))
     out = preds["outputs"]
     stats = {k: np.asarray(out[k]) for k in sbnd_analysis.STAT_KEYS}
     interaction = np.asarray(preds["interaction"], np.int64)
@@ -226,15 +212,15 @@ class SbndCosmicTask(tasks.Task):
     selected = sbnd_analysis.select_events(stats["nu_pred_pixels"], stats["nu_pred_mean_row"],
                                           min_pixels=thresholds["min_pixels"],
                                           max_row_diff=thresholds["max_row_diff"])
-    _save_npz(os.path.join(workdir, PREDICTIONS_FILE.format(split=split)),
-              event_loss=np.asarray(out["event_loss"]), interaction=interaction,
+    io.write_npz_atomic(os.path.join(workdir, PREDICTIONS_FILE.format(split=split)),
+              interaction=interaction,
               neutrino_energy_gev=energy, selected=selected, **stats)
 
     metrics = sbnd_analysis.exact_metrics(stats)
     results: dict[str, Any] = {"data": label, "split": split, "num_events": len(interaction),
                                "metrics": metrics, "selection_thresholds": thresholds,
                                "selected_fraction": float(selected.mean())}
-    sbnd_analysis.write_text_atomic(
+    io.write_text_atomic(
         os.path.join(workdir, "sbnd_metrics.md"),
         sbnd_analysis.metrics_markdown({split: metrics}, label=label))
 
@@ -242,26 +228,26 @@ class SbndCosmicTask(tasks.Task):
     if known.any():
       table3 = sbnd_analysis.selection_table(selected, interaction)
       results["selection"] = table3
-      sbnd_analysis.write_json_atomic(os.path.join(workdir, "selection.json"),
+      io.write_json_atomic(os.path.join(workdir, "selection.json"),
                                      {"data": label, "thresholds": thresholds, **table3})
-      sbnd_analysis.write_text_atomic(
+      io.write_text_atomic(
           os.path.join(workdir, "selection.md"),
           sbnd_analysis.selection_markdown(table3, thresholds, label=label))
       curves = sbnd_analysis.iou_vs_energy(stats, interaction, energy, a.energy_bins_gev)
       results["figure9"] = curves
       sbnd_analysis.plot_figure9(os.path.join(workdir, "figure9.png"), curves, label=label)
-      sbnd_analysis.write_json_atomic(os.path.join(workdir, "figure9.json"),
+      io.write_json_atomic(os.path.join(workdir, "figure9.json"),
                                      {"data": label, **curves})
-      sbnd_analysis.write_text_atomic(os.path.join(workdir, "figure9.md"),
+      io.write_text_atomic(os.path.join(workdir, "figure9.md"),
                                      sbnd_analysis.figure9_markdown(curves, label=label))
     else:
       results["selection_note"] = ("interaction types unknown (files without truth): no "
                                    "Table 3 or Figure 9; selected_fraction is over all events")
-    results["event_displays"] = self._event_displays(workdir, split, interaction, energy,
-                                                     selected, stats)
-    sbnd_analysis.write_json_atomic(os.path.join(workdir, "sbnd_analysis.json"), results)
+    results["event_displays"] = self._event_displays(trained, workdir, split, interaction,
+                                                     energy, selected, stats)
+    io.write_json_atomic(os.path.join(workdir, "sbnd_analysis.json"), results)
     logging.info("SBND analysis (%s) written to %s", label, workdir)
-    return sbnd_analysis.json_safe(results)
+    return io.json_safe(results)
 
   def _display_indices(self, interaction: np.ndarray) -> list[int]:
     """First event of each type (ν types first), then the next events, up to the limit."""
@@ -275,23 +261,18 @@ class SbndCosmicTask(tasks.Task):
     chosen += [i for i in range(len(interaction)) if i not in chosen]
     return sorted(chosen[:limit])
 
-  def _event_displays(self, workdir, split, interaction, energy, selected, stats
-                      ) -> list[str]:
+  def _event_displays(self, trained: tasks.Trained, workdir, split, interaction, energy,
+                      selected, stats) -> list[str]:
     """Event-display PNGs (full and zoomed on the neutrino) of a few events."""
     indices = self._display_indices(interaction)
     if not indices:
       return []
-    from recoil_jax import train  # pylint: disable=g-import-not-at-top  (train imports tasks)
-    which = "best" if _has_checkpoint(os.path.join(workdir, "best")) else "checkpoints"
-    _, model, variables = train.load_trained(self.config, workdir, which=which)
     source = self.source(split)
     images = np.stack([source[i]["image"] for i in indices])
     labels = np.stack([source[i]["label"] for i in indices])
-    logits_model = model.clone(eval_outputs="logits")
-    logits = jax.jit(lambda v, x: logits_model.apply(v, {"image": x}, train=False)["logits"])(
-        variables, images)
-    pred = np.asarray(jnp.argmax(logits, axis=-1), np.uint8)
-    _save_npz(os.path.join(workdir, f"event_displays_{split}.npz"), indices=np.asarray(indices),
+    logits = trained.apply({"image": images})["logits"]
+    pred = np.argmax(logits, axis=-1).astype(np.uint8)
+    io.write_npz_atomic(os.path.join(workdir, f"event_displays_{split}.npz"), indices=np.asarray(indices),
               images=images, labels=labels.astype(np.uint8), predictions=pred)
     paths = []
     for k, i in enumerate(indices):
@@ -307,59 +288,3 @@ class SbndCosmicTask(tasks.Task):
             os.path.join(workdir, name), images[k], labels[k], pred[k], title=title,
             data_label=self.data_label, zoom=zoom))
     return [os.path.basename(p) for p in paths]
-
-
-def _has_checkpoint(directory: str) -> bool:
-  return os.path.isdir(directory) and any(d.isdigit() for d in os.listdir(directory))
-
-
-def _save_npz(path: str, **arrays: Any) -> None:
-  """Atomic ``np.savez``."""
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
-
-
-def expected_parameter_count(model: Mapping[str, Any], num_classes: int = 3,
-                             planes: int = 3) -> int:
-  """Trainable parameters of a UResNet config by Table 1's rule (REFERENCE.md §3b).
-
-  Every conv counts ``c_out·(k²·c_in + 3)`` (weights, bias, BN γ and β), except the final
-  plain 1×1 conv ``num_classes·(F₀ + 1)``; transposed-conv upsampling 2×2 is
-  ``F·(4·2F + 3)``; concat skips add a 1×1 conv ``F·(2F + 3)`` per level; non-residual
-  series have one conv per block instead of two. An independent check of the model.
-
-  Args:
-    model: ``config.model`` (fields as in configs/sbnd.py).
-  """
-  p = uresnet.conv_parameter_count
-  f0, depth = model["initial_filters"], model["depth"]
-  convs = model["blocks_per_level"] * (2 if model["residual"] else 1)
-  total = p(model["first_kernel"], 1, f0)
-  for i in range(depth):
-    f = f0 * 2 ** i
-    total += convs * p(3, f, f) + p(1, f, 2 * f)  # down: blocks, bottleneck F -> 2F
-    up = f * (4 * 2 * f + 3) if model["upsampling"] == "convolutional" else p(1, 2 * f, f)
-    if model["connections"] == "concat":
-      up += p(1, 2 * f, f)
-    total += up + convs * p(3, f, f)
-  fd, deep = f0 * 2 ** depth, model["deepest_filters"]
-  c_in = planes * fd if model["cross_plane"] else fd
-  deep_convs = model["deepest_blocks"] * (2 if model["residual"] else 1)
-  total += p(1, c_in, deep) + deep_convs * p(model["deepest_kernel"], deep, deep)
-  total += p(1, deep, c_in)
-  return total + num_classes * (f0 + 1)
-
-
-def parameter_count(variables: Mapping[str, Any]) -> int:
-  """Trainable parameters (the ``params`` collection) of initialised variables or shapes."""
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(variables["params"])))
-
-
-def abstract_variables(model: nn.Module, height: int, width: int, batch: int = 1
-                       ) -> Mapping[str, Any]:
-  """Shapes of the model's variables (``jax.eval_shape``; nothing computed)."""
-  example = {"image": jax.ShapeDtypeStruct((batch, 3, height, width), jnp.float32),
-             "label": jax.ShapeDtypeStruct((batch, 3, height, width), jnp.int32)}
-  return jax.eval_shape(lambda ex: model.init(jax.random.PRNGKey(0), ex, train=False), example)
-

@@ -1,11 +1,13 @@
-"""Direction analysis for the TPC study: efficiency curves, vMF calibration, Figure 6.
+"""Figure 6 of the TPC study (arXiv 2403.15949): entries, plot and tables.
 
 Numpy + matplotlib (Agg, through ``matplotlib.figure.Figure``: no global pyplot state).
-Reproduces the seed's Figure 6 (mean cosine-similarity loss vs the fraction of
-lowest-κ events cut, with the homoscedastic model and the non-ML moments baseline) and
-its companions: cone-coverage calibration and angular-error histograms, plus
-``figure6.json`` / ``figure6.md`` tables. Every number written here comes from
-simulation and is labelled "simulated".
+Reproduces the paper's Figure 6 (mean cosine-similarity loss vs the fraction of
+lowest-κ events cut, with the homoscedastic model and the non-ML moments baseline of
+arXiv 2202.01093) as a plot and ``figure6.json`` / ``figure6.md`` tables. The
+study-independent pieces (angular errors, the κ-cut efficiency curve, vMF cone
+calibration and its plot, angular-error histograms) are in
+``recoil_jax.analysis.direction``. Every number written here comes from simulation and is
+labelled "simulated" (``recoil_jax.io.SIMULATED``) unless told otherwise.
 
 Input structure for one test set (used by ``plot_figure6`` and ``write_table``)::
 
@@ -23,7 +25,6 @@ Every entry is optional (missing ones are left out of plots and shown as "–" i
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Mapping, Sequence
@@ -32,115 +33,16 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 import numpy as np
 
-DEFAULT_NOMINAL = (0.5, 0.68, 0.9, 0.95)
+from recoil_jax import io
+from recoil_jax.analysis import direction
+
+#: Cut fractions of lowest-κ events reported in the Figure 6 table.
 TABLE_CUTS = (0.0, 0.10, 0.25, 0.50)
-DEFAULT_CUT_FRACTIONS = tuple(np.round(np.arange(0.0, 0.951, 0.01), 2).tolist())
-SIMULATED = "simulated"
 _KEYS = ("hetero", "homo", "nml", "nml_true_head_tail", "nml_tuned")
 _EXTRA_KEYS = ("label", "num_events")
 
 
-# ------------------------------------------------------------------------------ metrics
-
-
-def _as_vectors(name: str, a: Any) -> np.ndarray:
-  a = np.asarray(a, np.float64)
-  if a.ndim != 2 or a.shape[1] != 3:
-    raise ValueError(f"{name} must be [N, 3], got {a.shape}")
-  if not np.all(np.isfinite(a)):
-    raise ValueError(f"{name} has {int(np.sum(~np.isfinite(a)))} non-finite entries")
-  return a
-
-
-def angular_errors_deg(pred: Any, label: Any) -> np.ndarray:
-  """Angle between predicted and true directions, degrees, ``[N]`` in [0, 180].
-
-  Uses atan2(|a × b|, a·b): accurate for small and large angles; inputs need not be unit.
-  """
-  a = _as_vectors("pred", pred)
-  b = _as_vectors("label", label)
-  if a.shape != b.shape:
-    raise ValueError(f"pred {a.shape} and label {b.shape} differ in shape")
-  return np.degrees(np.arctan2(np.linalg.norm(np.cross(a, b), axis=1), np.sum(a * b, 1)))
-
-
-def efficiency_curve(cos_loss: Any, kappa: Any, cut_fractions: Sequence[float]) -> np.ndarray:
-  """Mean cosine-similarity loss after removing the fraction of events with lowest κ.
-
-  For each f, the ⌊f·N⌋ events with the smallest κ are removed (stable order on ties)
-  and the loss of the rest is averaged.
-
-  Args:
-    cos_loss: ``[N]`` per-event cosine-similarity loss (−ŷ·y).
-    kappa: ``[N]`` predicted concentration.
-    cut_fractions: fractions f in [0, 1) with ⌊f·N⌋ < N.
-
-  Returns:
-    ``[len(cut_fractions)]`` mean losses.
-  """
-  loss = np.asarray(cos_loss, np.float64)
-  kappa = np.asarray(kappa, np.float64)
-  if loss.ndim != 1 or loss.shape != kappa.shape or loss.size == 0:
-    raise ValueError(f"efficiency_curve: cos_loss {loss.shape} and kappa {kappa.shape} "
-                     "must be equal non-empty [N]")
-  for name, a in (("cos_loss", loss), ("kappa", kappa)):
-    if not np.all(np.isfinite(a)):
-      raise ValueError(f"efficiency_curve: {name} has {int(np.sum(~np.isfinite(a)))} "
-                       "non-finite entries")
-  fr = np.asarray(cut_fractions, np.float64)
-  n = loss.size
-  n_cut = np.floor(fr * n + 1e-9).astype(np.int64)
-  if np.any(fr < 0) or np.any(n_cut >= n):
-    raise ValueError(f"efficiency_curve: cut fractions must be in [0, 1) and leave an "
-                     f"event of {n}, got {fr.tolist()}")
-  order = np.argsort(kappa, kind="stable")
-  tail_sums = np.cumsum(loss[order][::-1])[::-1]  # tail_sums[k] = sum of loss[order][k:]
-  return tail_sums[n_cut] / (n - n_cut)
-
-
-def vmf_cone_angle(kappa: Any, coverage: Any) -> np.ndarray:
-  """Half-angle (radians) of the vMF cone holding ``coverage`` (numpy, float64).
-
-  Same formula as ``recoil_jax.losses.direction.vmf_cone_angle``: the u = 1 − μ·y quantile
-  t = −log1p(p·expm1(−2κ))/κ and θ = 2 arcsin √(t/2).
-  """
-  kappa = np.asarray(kappa, np.float64)
-  p = np.asarray(coverage, np.float64)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    t = np.where(kappa > 0, -np.log1p(p * np.expm1(-2 * kappa)) / kappa, 2 * p)
-  return 2 * np.arcsin(np.sqrt(np.clip(t / 2, 0, 1)))
-
-
-def cone_coverage(mu: Any, kappa: Any, y: Any,
-                  nominal: Sequence[float] = DEFAULT_NOMINAL) -> np.ndarray:
-  """Observed fraction of true directions inside the nominal-coverage vMF cones.
-
-  For a calibrated model the result equals ``nominal`` within binomial error
-  √(p(1 − p)/N).
-
-  Args:
-    mu: ``[N, 3]`` predicted mean directions.
-    kappa: ``[N]`` predicted concentrations (> 0).
-    y: ``[N, 3]`` true directions.
-    nominal: coverage probabilities.
-
-  Returns:
-    ``[len(nominal)]`` observed fractions.
-  """
-  kappa = np.asarray(kappa, np.float64)
-  mu = _as_vectors("mu", mu)
-  if kappa.shape != mu.shape[:1]:
-    raise ValueError(f"cone_coverage: kappa {kappa.shape} must be ({mu.shape[0]},)")
-  if not np.all(np.isfinite(kappa)) or np.any(kappa < 0):
-    raise ValueError("cone_coverage: kappa must be finite and >= 0")
-  ang = np.radians(angular_errors_deg(mu, y))
-  return np.array([np.mean(ang <= vmf_cone_angle(kappa, p)) for p in nominal])
-
-
-def binomial_error(p: Any, n: int) -> np.ndarray:
-  """Standard error √(p(1 − p)/n) of an observed fraction."""
-  p = np.asarray(p, np.float64)
-  return np.sqrt(p * (1 - p) / n)
+# --------------------------------------------------------------------------- entries
 
 
 def figure6_entry(
@@ -155,13 +57,16 @@ def figure6_entry(
     nml_tuned_cos_loss: Any = None,
     nml_tuned_failed: Any = None,
     nml_tuned_params: Mapping[str, float] | None = None,
-    label: str = SIMULATED,
-    cut_fractions: Sequence[float] = DEFAULT_CUT_FRACTIONS,
+    label: str = io.SIMULATED,
+    cut_fractions: Sequence[float] = direction.DEFAULT_CUT_FRACTIONS,
 ) -> dict[str, Any]:
   """One test set's Figure-6 data from per-event arrays (see the module docstring).
 
-  ``nml*_cos_loss`` are ``[N]`` per-event losses (values at failed events are ignored);
-  ``nml*_failed`` the ``[N]`` failure flags.
+  ``hetero_cos_loss`` / ``hetero_kappa``: ``[N]`` cosine-similarity loss and κ of the vMF
+  model (its curve is ``direction.efficiency_curve`` at ``cut_fractions`` ∪
+  ``TABLE_CUTS``); ``homo_cos_loss``: ``[N]`` of the homoscedastic model;
+  ``nml*_cos_loss`` are ``[N]`` per-event losses of the non-ML method (values at failed
+  events are ignored) and ``nml*_failed`` the ``[N]`` failure flags.
   """
   out: dict[str, Any] = {"label": label}
   if hetero_cos_loss is not None:
@@ -169,7 +74,8 @@ def figure6_entry(
       raise ValueError("figure6_entry: hetero_cos_loss needs hetero_kappa")
     fr = sorted(set(cut_fractions) | set(TABLE_CUTS))
     out["hetero"] = {"cut_fractions": list(fr),
-                     "losses": efficiency_curve(hetero_cos_loss, hetero_kappa, fr).tolist(),
+                     "losses": direction.efficiency_curve(hetero_cos_loss, hetero_kappa,
+                                                          fr).tolist(),
                      "num_events": int(np.size(hetero_cos_loss))}
   if homo_cos_loss is not None:
     homo = np.asarray(homo_cos_loss, np.float64)
@@ -264,17 +170,18 @@ def _draw_figure6(ax: Axes, name: str, entry: Mapping[str, Any], label: str) -> 
 
 
 def plot_figure6(target: str | os.PathLike | Axes | Sequence[Axes],
-                 curves: Mapping[str, Mapping[str, Any]], *, label: str = SIMULATED) -> Any:
-  """The seed's Figure 6: one panel per test set.
+                 curves: Mapping[str, Mapping[str, Any]], *, label: str = io.SIMULATED
+                 ) -> Any:
+  """The paper's Figure 6 (arXiv 2403.15949): one panel per test set.
 
   Args:
-    target: a PNG path (a figure with one panel per test set is written), one Axes (one
-      test set only), or a sequence of Axes (one per test set, in order).
+    target: a PNG path (a figure with one panel per test set is written atomically), one
+      Axes (one test set only), or a sequence of Axes (one per test set, in order).
     curves: ``{test_set_name: entry}`` (see the module docstring).
     label: data label shown in every title (e.g. "simulated").
 
   Returns:
-    The path written, or the Axes drawn on.
+    The absolute path written, or the Axes drawn on.
   """
   _check_curves(curves)
   items = list(curves.items())
@@ -288,98 +195,13 @@ def plot_figure6(target: str | os.PathLike | Axes | Sequence[Axes],
     axes = fig.subplots(1, len(items), squeeze=False)[0]
     for ax, (name, entry) in zip(axes, items):
       _draw_figure6(ax, name, entry, label)
-    fig.savefig(os.fspath(target), dpi=120)
-    return os.fspath(target)
+    return io.save_figure_atomic(fig, target, dpi=120)
   axes = list(target)
   if len(axes) != len(items):
     raise ValueError(f"plot_figure6: {len(axes)} Axes for {len(items)} test sets")
   for ax, (name, entry) in zip(axes, items):
     _draw_figure6(ax, name, entry, label)
   return axes
-
-
-def plot_calibration(path: str | os.PathLike, coverage: Mapping[str, Any],
-                     nominal: Sequence[float] | None = None, *,
-                     num_events: Mapping[str, int] | None = None,
-                     label: str = SIMULATED) -> str:
-  """Observed vs nominal cone coverage, one line per test set (binomial error bars).
-
-  Args:
-    path: PNG file to write.
-    coverage: ``{name: observed [len(nominal)]}``, or
-      ``{name: {"nominal": [...], "observed": [...], "num_events": N}}``.
-    nominal: coverage probabilities for the plain-array form.
-    num_events: ``{name: N}`` for error bars in the plain-array form (optional).
-    label: data label for the title.
-
-  Returns:
-    The path written.
-  """
-  if not coverage:
-    raise ValueError("plot_calibration: nothing to plot")
-  fig = Figure(figsize=(4.6, 4.4), layout="constrained")
-  ax = fig.subplots()
-  ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=1, label="calibrated")
-  for name, c in coverage.items():
-    if isinstance(c, Mapping):
-      for key in ("nominal", "observed"):
-        if key not in c:
-          raise ValueError(f"plot_calibration: {name!r} lacks {key!r}")
-      nom, obs, n = c["nominal"], c["observed"], c.get("num_events")
-    else:
-      if nominal is None:
-        raise ValueError(f"plot_calibration: {name!r} is a plain array; pass nominal=")
-      nom, obs = nominal, c
-      n = None if num_events is None else num_events.get(name)
-    nom = np.asarray(nom, np.float64)
-    obs = np.asarray(obs, np.float64)
-    if nom.shape != obs.shape:
-      raise ValueError(f"plot_calibration: {name!r}: nominal {nom.shape} and observed "
-                       f"{obs.shape} differ")
-    yerr = None if n is None else binomial_error(nom, int(n))
-    ax.errorbar(nom, obs, yerr=yerr, marker="o", capsize=3, label=name)
-  ax.set_xlabel("nominal coverage of the vMF cone")
-  ax.set_ylabel("observed fraction inside")
-  ax.set_xlim(0, 1)
-  ax.set_ylim(0, 1)
-  ax.set_title(f"κ calibration ({label})", fontsize=10)
-  ax.legend(fontsize=7)
-  fig.savefig(os.fspath(path), dpi=120)
-  return os.fspath(path)
-
-
-def plot_angular_error_histograms(path: str | os.PathLike,
-                                  errors_deg: Mapping[str, Any], bins: int = 60, *,
-                                  label: str = SIMULATED) -> str:
-  """Histograms (density) of angular errors in degrees, one step line per method.
-
-  Args:
-    path: PNG file to write.
-    errors_deg: ``{label: [N] angles in degrees}``.
-    bins: number of bins over [0, 180]°.
-    label: data label for the title.
-
-  Returns:
-    The path written.
-  """
-  if not errors_deg:
-    raise ValueError("plot_angular_error_histograms: nothing to plot")
-  fig = Figure(figsize=(5.5, 4.0), layout="constrained")
-  ax = fig.subplots()
-  edges = np.linspace(0, 180, bins + 1)
-  for name, err in errors_deg.items():
-    err = np.asarray(err, np.float64)
-    if err.ndim != 1 or err.size == 0 or not np.all(np.isfinite(err)):
-      raise ValueError(f"plot_angular_error_histograms: {name!r} must be a non-empty "
-                       "finite [N] array")
-    ax.hist(err, bins=edges, density=True, histtype="step", lw=1.5,
-            label=f"{name} (median {np.median(err):.1f}°)")
-  ax.set_xlabel("angular error (deg)")
-  ax.set_ylabel("density")
-  ax.set_title(f"angular error ({label})", fontsize=10)
-  ax.legend(fontsize=7)
-  fig.savefig(os.fspath(path), dpi=120)
-  return os.fspath(path)
 
 
 # ------------------------------------------------------------------------------ tables
@@ -417,22 +239,8 @@ def _hetero_at_efficiency(entry: Mapping[str, Any], efficiency: float | None) ->
   return float(np.interp(cut, fr, np.asarray(entry["hetero"]["losses"], np.float64)))
 
 
-def _json_safe(x: Any) -> Any:
-  if isinstance(x, Mapping):
-    return {str(k): _json_safe(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple, np.ndarray)):
-    return [_json_safe(v) for v in np.asarray(x, dtype=object).tolist()]
-  if isinstance(x, (np.floating, float)):
-    return float(x) if math.isfinite(float(x)) else None
-  if isinstance(x, (np.integer,)):
-    return int(x)
-  if isinstance(x, np.bool_):
-    return bool(x)
-  return x
-
-
 def write_table(results: Mapping[str, Any], workdir: str | os.PathLike, *,
-                label: str = SIMULATED) -> tuple[str, str]:
+                label: str = io.SIMULATED) -> tuple[str, str]:
   """Write ``figure6.json`` and ``figure6.md`` into ``workdir``.
 
   The markdown table has one row per test set: the heteroscedastic loss at 0/10/25/50 %
@@ -448,7 +256,7 @@ def write_table(results: Mapping[str, Any], workdir: str | os.PathLike, *,
     label: data label written into both files.
 
   Returns:
-    (json path, markdown path).
+    (json path, markdown path), both absolute; each file is written atomically.
   """
   if "test_sets" in results:
     sets = results["test_sets"]
@@ -456,7 +264,6 @@ def write_table(results: Mapping[str, Any], workdir: str | os.PathLike, *,
   else:
     sets, metadata = results, {}
   _check_curves(sets)
-  os.makedirs(workdir, exist_ok=True)
   rows = {}
   for name, entry in sets.items():
     row: dict[str, Any] = {f"hetero_cut_{int(round(100 * c))}pct":
@@ -483,14 +290,11 @@ def write_table(results: Mapping[str, Any], workdir: str | os.PathLike, *,
       "table": rows,
       "test_sets": sets,
   }
-  json_path = os.path.join(os.fspath(workdir), "figure6.json")
-  md_path = os.path.join(os.fspath(workdir), "figure6.md")
-  with open(json_path, "w") as f:
-    json.dump(_json_safe(doc), f, indent=2, allow_nan=False)
+  json_path = io.write_json_atomic(os.path.join(os.fspath(workdir), "figure6.json"), doc)
   header = [f"test set ({label})"] + [f"vMF, {int(round(100 * c))}% cut"
                                       for c in TABLE_CUTS]
-  header += ["vMF at the non-ML efficiency", "homoscedastic", "non-ML (eff.)", "non-ML true head/tail",
-             "non-ML grid-searched (eff.)"]
+  header += ["vMF at the non-ML efficiency", "homoscedastic", "non-ML (eff.)",
+             "non-ML true head/tail", "non-ML grid-searched (eff.)"]
   lines = [
       f"# Figure 6 table ({label})",
       "",
@@ -518,6 +322,6 @@ def write_table(results: Mapping[str, Any], workdir: str | os.PathLike, *,
     lines += ["", "Grid-searched non-ML parameters (n_σL, n_σH, w₀ in cm):", ""]
     for n, p in params.items():
       lines.append(f"- {n}: " + ", ".join(f"{k} = {v:g}" for k, v in p.items()))
-  with open(md_path, "w") as f:
-    f.write("\n".join(lines) + "\n")
+  md_path = io.write_text_atomic(os.path.join(os.fspath(workdir), "figure6.md"),
+                                 "\n".join(lines) + "\n")
   return json_path, md_path

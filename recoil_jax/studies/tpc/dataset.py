@@ -1,9 +1,9 @@
-"""TFDS dataset of voxelised TPC electron recoils (seed 001), array_record, no TensorFlow.
+"""TFDS dataset of voxelised TPC electron recoils (arXiv 2403.15949), array_record, no TF.
 
 Splits:
 
 * ``train`` and ``validation``: 80/20 of one pool of ``num_train_val`` events, energies
-  cycling through ``energies_kev`` (seed: 40, 45, 50 keV), σ ~ U(``sigma_range_um``).
+  cycling through ``energies_kev`` (the paper: 40, 45, 50 keV), σ ~ U(``sigma_range_um``).
 * ``test_40keV_200um`` and ``test_50keV_443um``: ``num_test`` events each, fixed energy and σ.
 
 Each example: ``coords`` uint8 [n, 3] voxel indices (x, y, z) in [0, 120), ``charges``
@@ -20,7 +20,8 @@ Sources of tracks:
   validation are simulated as two disjoint seeded streams (the pool's first 80 % and last
   20 %; events are i.i.d., so this is a random 80/20 split). Every chunk has its own seeds
   from ``np.random.SeedSequence(seed, spawn_key=(split, chunk, ...))``: the dataset depends
-  only on the config. Other simulators can be registered with :func:`register_simulator`.
+  only on the config. Other simulators can be registered with :func:`register_simulator`
+  (``SIMULATORS``, a ``builder_lib.SimulatorRegistry``).
 * DEGRAD-format files (``degrad_files``): per split a glob (or a ``{energy_keV: glob}``
   mapping) read with ``degrad.read_electron_file``. Keys: ``train_val`` (one pool,
   each event goes to validation with probability 0.2, seeded) or both ``train`` and
@@ -30,35 +31,31 @@ Sources of tracks:
   ``num_train_val`` / ``num_test`` > 0 cap the events read (sorted file order).
 
 The config name encodes the sizes plus a hash of every field (and, for files, of the paths,
-sizes and modification times), so different datasets never share a directory.
-
-Atomicity (checked with tfds 4.9.10): tfds writes into ``<config>/incomplete.XXXXXX_<ver>``
-and renames it to ``<config>/<ver>`` only after every split and ``dataset_info.json`` are
-written. A killed build leaves the ``incomplete.*`` folder behind and no ``<ver>`` folder,
-so ``is_prepared()`` stays False and the next build starts afresh (an exception inside the
-build removes the folder). :func:`build_tpc_dataset` warns about such leftovers.
+sizes and modification times), so different datasets never share a directory
+(``builder_lib.hashed_name``); files changed after the config was made are refused at
+build time. Atomicity and leftovers of killed builds: see ``recoil_jax.data.builder_lib``
+(:func:`build_tpc_dataset` warns about ``incomplete.*`` folders).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import glob
-import hashlib
-import json
 import math
 import os
 import re
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from recoil_jax.data import builder_lib
 from recoil_jax.studies.tpc import degrad
 from recoil_jax.studies.tpc import preprocess as tpc_preprocess
 
 TEST_SPLITS: dict[str, tuple[float, float]] = {
-    # split name: (energy in keV, fixed σ in µm); the seed's pairing.
+    # split name: (energy in keV, fixed σ in µm); the paper's pairing (Figure 6).
     "test_40keV_200um": (40.0, 200.0),
     "test_50keV_443um": (50.0, 443.0),
 }
@@ -66,10 +63,6 @@ SPLITS = ("train", "validation") + tuple(TEST_SPLITS)
 TRAIN_FRACTION = 0.8
 _SPLIT_CODE = {name: i for i, name in enumerate(SPLITS)}
 _ENERGY_IN_NAME = re.compile(r"(\d+(?:\.\d+)?)\s*_?kev", re.IGNORECASE)
-
-# simulator(seed, energies_kev [N]) -> (positions_mm [N, E, 3], num_electrons [N]).
-SimulatorFn = Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]]
-
 
 def _electron_recoil_simulator(seed: int, energies_kev: np.ndarray):
   try:
@@ -81,16 +74,13 @@ def _electron_recoil_simulator(seed: int, energies_kev: np.ndarray):
   return np.asarray(recoils.positions_mm), np.asarray(recoils.num_electrons)
 
 
-_SIMULATORS: dict[str, SimulatorFn] = {"electron_recoil": _electron_recoil_simulator}
-
-
-def register_simulator(name: str, fn: SimulatorFn) -> None:
-  """Makes ``fn(seed, energies_kev) -> (positions_mm [N,E,3], num_electrons [N])`` usable
-  as ``simulator=name``. The name enters the config name, so datasets of different
-  simulators never collide."""
-  if not re.fullmatch(r"[A-Za-z0-9_]+", name):
-    raise ValueError(f"simulator name {name!r}: use letters, digits and '_'")
-  _SIMULATORS[name] = fn
+#: The TPC simulators: ``fn(seed, energies_kev [N]) -> (positions_mm [N, E, 3],
+#: num_electrons [N])``, by the name a config records.
+SIMULATORS = builder_lib.SimulatorRegistry(
+    "tpc_tfds", {"electron_recoil": _electron_recoil_simulator},
+    signature="fn(seed, energies_kev) -> (positions_mm [N, E, 3], num_electrons [N])")
+#: ``register_simulator(name, fn)``: makes ``fn`` usable as ``simulator=name``.
+register_simulator = SIMULATORS.register
 
 
 @dataclasses.dataclass(eq=False)
@@ -193,12 +183,10 @@ def make_config(*, num_train_val: int, num_test: int, max_voxels: int, seed: int
       raise ValueError(f"degrad_reader_kwargs: unknown key(s) {sorted(unknown)}; known: "
                        "unit, tree, branches")
     resolved = tuple(
-        (split, tuple((p, os.stat(p).st_size, os.stat(p).st_mtime_ns)
-                      for p, _ in _resolve_files(split, entries)))
+        (split, builder_lib.file_stamps([p for p, _ in _resolve_files(split, entries)]))
         for split, entries in files)
   else:
-    if simulator not in _SIMULATORS:
-      raise ValueError(f"unknown simulator {simulator!r}; registered: {sorted(_SIMULATORS)}")
+    SIMULATORS.check(simulator)
     if num_train_val < 2 or num_test < 1:
       raise ValueError(f"simulation needs num_train_val >= 2 and num_test >= 1, got "
                        f"{num_train_val}, {num_test}")
@@ -206,9 +194,9 @@ def make_config(*, num_train_val: int, num_test: int, max_voxels: int, seed: int
                 sigma_range_um=sigma_range, max_voxels=int(max_voxels), seed=int(seed),
                 chunk_size=int(chunk_size), simulator=simulator if not files else "",
                 degrad_files=files, degrad_reader_kwargs=reader_kw, degrad_resolved=resolved)
-  digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
   kind = "degrad" if files else f"sim-{simulator}"
-  name = (f"{kind}-n{num_train_val}-t{num_test}-v{max_voxels}-s{seed}-{digest[:10]}")
+  name = builder_lib.hashed_name(
+      f"{kind}-n{num_train_val}-t{num_test}-v{max_voxels}-s{seed}", fields)
   source = "DEGRAD-format files" if files else f"simulator {simulator!r}"
   description = (f"{source}; {num_train_val} train+val events at {energies} keV, σ ~ U"
                  f"{sigma_range} µm; {num_test} events per test set; max_voxels {max_voxels}")
@@ -216,10 +204,10 @@ def make_config(*, num_train_val: int, num_test: int, max_voxels: int, seed: int
 
 
 class TpcTracks(tfds.core.GeneratorBasedBuilder):
-  """Voxelised electron recoils for direction reconstruction (seed 001)."""
+  """Voxelised electron recoils for direction reconstruction (arXiv 2403.15949)."""
 
   VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Seed-001 preprocessing; simulated or DEGRAD-file tracks."}
+  RELEASE_NOTES = {"1.0.0": "The paper's preprocessing; simulated or DEGRAD-file tracks."}
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -251,11 +239,9 @@ class TpcTracks(tfds.core.GeneratorBasedBuilder):
     self.info.metadata["discard_counts"] = {}
     if cfg.degrad_files:
       for split, entries in cfg.degrad_files:
-        now = tuple((p, os.stat(p).st_size, os.stat(p).st_mtime_ns)
-                    for p, _ in _resolve_files(split, entries))
-        if now != dict(cfg.degrad_resolved)[split]:
-          raise ValueError(f"degrad_files[{split!r}]: the files changed since the config "
-                           f"{cfg.name} was made; make a new config")
+        builder_lib.check_files_unchanged(
+            f"degrad_files[{split!r}]", [p for p, _ in _resolve_files(split, entries)],
+            dict(cfg.degrad_resolved)[split], cfg.name)
       self.info.metadata["files"] = {
           split: [p for p, _ in _resolve_files(split, entries)]
           for split, entries in cfg.degrad_files}
@@ -316,7 +302,7 @@ class TpcTracks(tfds.core.GeneratorBasedBuilder):
   def _simulated(self, split: str, num: int, energies: Sequence[float],
                  sigma_um) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     cfg = self._cfg
-    simulate = _SIMULATORS[cfg.simulator]
+    simulate = SIMULATORS.get(cfg.simulator)
     code = _SPLIT_CODE[split]
     energies = np.asarray(energies, np.float64)
     counts = tpc_preprocess.DiscardCounts()
@@ -415,14 +401,6 @@ def _sigma_arg(sigma_um) -> float | tuple[float, float]:
   return float(sigma_um)
 
 
-def _stale_incomplete_dirs(builder: tfds.core.DatasetBuilder) -> list[str]:
-  config_dir = os.path.dirname(os.fspath(builder.data_path))
-  if not os.path.isdir(config_dir):
-    return []
-  return sorted(os.path.join(config_dir, d) for d in os.listdir(config_dir)
-                if d.startswith("incomplete."))
-
-
 def discard_counts(builder: tfds.core.DatasetBuilder) -> dict[str, tpc_preprocess.DiscardCounts]:
   """Per-split discard counts stored with a prepared dataset."""
   stored = builder.info.metadata.get("discard_counts") if builder.info.metadata else None
@@ -460,7 +438,7 @@ def build_tpc_dataset(
     degrad_files: split -> glob (or {energy_keV: glob}); see the module docstring. None:
       simulate.
     degrad_reader_kwargs: ``unit`` (all files; default cm for ROOT, mm otherwise),
-      ``tree`` and ``branches`` (ROOT files), see ``degrad_readers``.
+      ``tree`` and ``branches`` (ROOT files), see ``degrad.read_electron_file``.
     chunk_size: events simulated/preprocessed at once.
     simulator: name of a registered simulator (:func:`register_simulator`).
 
@@ -472,15 +450,8 @@ def build_tpc_dataset(
                        seed=seed, energies_kev=energies_kev, sigma_range_um=sigma_range_um,
                        degrad_files=degrad_files, degrad_reader_kwargs=degrad_reader_kwargs,
                        chunk_size=chunk_size, simulator=simulator)
-  builder = TpcTracks(data_dir=os.fspath(data_dir), config=config)
-  stale = _stale_incomplete_dirs(builder)
-  if stale:
-    logging.warning("tpc_tfds: unfinished build folder(s) left by an interrupted run (safe to "
-                    "delete when no build is running): %s", stale)
-  if builder.is_prepared():
-    logging.info("tpc_tfds: reusing %s", builder.data_path)
-  else:
-    builder.download_and_prepare(file_format="array_record")
+  builder = builder_lib.prepare_or_reuse(
+      TpcTracks(data_dir=os.fspath(data_dir), config=config), log_name="tpc_tfds")
   for split, counts in discard_counts(builder).items():
     logging.info("tpc_tfds %s: %s", split, counts)
   return builder

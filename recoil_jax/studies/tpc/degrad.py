@@ -8,7 +8,8 @@ Every reader returns one float64 array [n_i, 3] per event, positions in **mm**, 
 Formats:
 
 * **ROOT** (``.root``, read with uproot): one entry per event, jagged (per-event list)
-  branches ``x``, ``y``, ``z`` in cm, as the seed authors store DEGRAD output. A TTree or an
+  branches ``x``, ``y``, ``z`` in cm, as the paper's authors store DEGRAD output (arXiv
+  2403.15949; DEGRAD: S. F. Biagi, NIM A 421 (1999) 234). A TTree or an
   RNTuple; the tree name, the branch names and the unit are configurable; with
   ``tree=None`` the file must hold exactly one tree.
 * **Text** (``.txt``, ``.dat``, ``.csv``): one electron per line, three numbers ``x y z``
@@ -29,9 +30,11 @@ Formats:
   event, sum = M) or ``offsets`` (int [N + 1], start of each event, ``offsets[0] = 0``,
   non-decreasing, ``offsets[-1] = M``). Default unit mm. :func:`write_electron_npz` writes it.
 
-Malformed input raises :class:`ElectronFileError`, whose message names the file, the event
-(when there is one) and the problem: missing tree/branch/array, a non-numeric line, a
-length mismatch between x, y and z, NaN/inf, an empty event.
+Malformed input raises :class:`ElectronFileError` (a ``ValueError``), whose message names the
+file, the event or entries (when known) and the problem: missing tree/branch/array, a
+non-numeric line, a length mismatch between x, y and z, NaN/inf, an empty event, and a
+corrupted or truncated file (a ROOT basket, an npz member or a text byte that cannot be
+read); the low-level error (uproot, zlib, zipfile, numpy) is kept as ``__cause__``.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from __future__ import annotations
 import os
 import re
 from typing import Sequence
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -62,6 +67,12 @@ class ElectronFileError(ValueError):
     self.path = os.fspath(path)
     self.event = event
     self.problem = problem
+
+
+def _describe(e: BaseException) -> str:
+  """``Type: message`` of a low-level error, on one line."""
+  text = " ".join(str(e).split())
+  return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def _unit_factor(unit: str) -> float:
@@ -113,6 +124,27 @@ def _find_tree(path, file, tree: str | None):
   return file[tree]
 
 
+def _unreadable_entries(t, branches: Sequence[str], entry_stop: int | None) -> str:
+  """Names the first unreadable basket ("branch 'x', entries [a, b)") of a TTree whose
+  read failed, by reading basket by basket; the branches if that cannot be told."""
+  fallback = f"branches {list(branches)} of tree {t.name!r}"
+  try:
+    stop = t.num_entries if entry_stop is None else min(int(entry_stop), t.num_entries)
+    for b in branches:
+      branch = t[b]
+      for i in range(branch.num_baskets):  # RNTuples have no baskets: AttributeError.
+        lo, hi = (int(v) for v in branch.basket_entry_start_stop(i))
+        if lo >= stop:
+          break
+        try:
+          branch.array(entry_start=lo, entry_stop=min(hi, stop), library="ak")
+        except Exception:  # pylint: disable=broad-except
+          return f"branch {b!r} of tree {t.name!r} at entries (events) [{lo}, {min(hi, stop)})"
+  except Exception:  # pylint: disable=broad-except
+    pass
+  return fallback
+
+
 def read_degrad_root(
     path: str | os.PathLike,
     tree: str | None = None,
@@ -126,7 +158,7 @@ def read_degrad_root(
     path: the ``.root`` file.
     tree: TTree/RNTuple name; None means the only tree in the file.
     branches: names of the x, y and z branches (per-event lists of electron positions).
-    unit: unit of the stored positions ("cm" for DEGRAD as the seed authors store it).
+    unit: unit of the stored positions ("cm" for DEGRAD as the paper's authors store it).
     max_events: read at most this many entries (None: all).
 
   Returns:
@@ -143,15 +175,26 @@ def read_degrad_root(
   try:
     file = uproot.open(path)
   except Exception as e:  # uproot raises various types for non-ROOT files.
-    raise ElectronFileError(path, f"cannot open as a ROOT file ({type(e).__name__}: {e})") from e
+    raise ElectronFileError(path, f"cannot open as a ROOT file ({_describe(e)})") from e
   with file:
-    t = _find_tree(path, file, tree)
-    available = set(t.keys())
+    try:
+      t = _find_tree(path, file, tree)
+      available = set(t.keys())
+    except ElectronFileError:
+      raise
+    except Exception as e:  # A damaged directory, streamer or tree header.
+      raise ElectronFileError(path, "cannot read the file's directory or tree header: the file "
+                              f"is corrupted or truncated ({_describe(e)})") from e
     missing = [b for b in branches if b not in available]
     if missing:
       raise ElectronFileError(path, f"tree {t.name!r} has no branch {missing}; branches: "
                               f"{sorted(available)}")
-    arrays = t.arrays(list(branches), library="ak", entry_stop=max_events)
+    try:
+      arrays = t.arrays(list(branches), library="ak", entry_stop=max_events)
+    except Exception as e:  # uproot OSError (short read), zlib.error, DeserializationError...
+      where = _unreadable_entries(t, branches, max_events)
+      raise ElectronFileError(path, f"cannot read {where}: the file is corrupted or truncated "
+                              f"({_describe(e)})") from e
   flat, counts = {}, None
   for b in branches:
     col = arrays[b]
@@ -177,8 +220,15 @@ def read_degrad_root(
 def read_electron_text(path: str | os.PathLike, unit: str = "mm") -> list[np.ndarray]:
   """Reads the text format of the module docstring; returns [n_i, 3] float64 arrays in mm."""
   factor = _unit_factor(unit)
-  with open(path, "r", encoding="utf-8") as f:
-    lines = f.read().splitlines()
+  with open(path, "rb") as f:
+    raw = f.read()
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    lineno = raw[:e.start].count(b"\n") + 1
+    raise ElectronFileError(path, f"line {lineno}: byte {e.start} ({raw[e.start:e.start + 1]!r}) "
+                            "is not UTF-8 text: a binary or corrupted file?") from e
+  lines = text.splitlines()
   headers = [(i, m) for i, line in enumerate(lines) if (m := _HEADER.match(line.strip()))]
   events: list[tuple[str | int, list[tuple[int, str]]]] = []
   if headers:
@@ -230,6 +280,17 @@ def read_electron_text(path: str | os.PathLike, unit: str = "mm") -> list[np.nda
   return tracks
 
 
+def _npz_member(path, data, name: str) -> np.ndarray:
+  """``data[name]``; an unreadable member raises ElectronFileError naming it."""
+  try:
+    return data[name]
+  except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+    raise ElectronFileError(path, f"cannot read array {name!r}: the file is corrupted or "
+                            f"truncated ({_describe(e)})") from e
+  except Exception as e:  # A damaged .npy header, an object (pickled) array.
+    raise ElectronFileError(path, f"cannot read array {name!r} ({_describe(e)})") from e
+
+
 def read_electron_npz(path: str | os.PathLike, unit: str = "mm") -> list[np.ndarray]:
   """Reads the npz format of the module docstring; returns [n_i, 3] float64 arrays in mm."""
   factor = _unit_factor(unit)
@@ -238,18 +299,22 @@ def read_electron_npz(path: str | os.PathLike, unit: str = "mm") -> list[np.ndar
   except FileNotFoundError:
     raise
   except Exception as e:
-    raise ElectronFileError(path, f"cannot read as .npz ({type(e).__name__}: {e})") from e
+    raise ElectronFileError(path, f"cannot read as .npz: not an .npz archive, or a truncated or "
+                            f"corrupted one ({_describe(e)})") from e
+  if not isinstance(data, np.lib.npyio.NpzFile):  # A single .npy array.
+    raise ElectronFileError(path, f"a single .npy array ({data.dtype} {data.shape}), not an .npz "
+                            "archive of the arrays x, y, z and counts or offsets")
   with data:
     keys = set(data.files)
     missing = [k for k in ("x", "y", "z") if k not in keys]
     if missing:
       raise ElectronFileError(path, f"missing array(s) {missing}; arrays: {sorted(keys)}")
-    flat = {k: data[k] for k in ("x", "y", "z")}
+    flat = {k: _npz_member(path, data, k) for k in ("x", "y", "z")}
     has_counts, has_offsets = "counts" in keys, "offsets" in keys
     if has_counts == has_offsets:
       raise ElectronFileError(path, "needs exactly one of the arrays 'counts' or 'offsets', "
                               f"found arrays {sorted(keys)}")
-    index = data["counts"] if has_counts else data["offsets"]
+    index = _npz_member(path, data, "counts" if has_counts else "offsets")
   for k, a in flat.items():
     if a.ndim != 1 or not (np.issubdtype(a.dtype, np.floating)
                            or np.issubdtype(a.dtype, np.integer)):

@@ -1,4 +1,4 @@
-"""Sparse 3D CNNs for electron-recoil direction (seed 001) and their output heads.
+"""Sparse 3D CNNs for electron-recoil direction (arXiv 2403.15949) and their output heads.
 
 Layouts:
   batch["coords"]     int32   [B, V, 3]  voxel indices (x, y, z) on the 120³ grid of 0.5 mm
@@ -15,7 +15,8 @@ Trunks (channels-last sparse tensors, spconv semantics, see ``recoil_jax.ops.spa
   "paper": the source study's Figure 3 — SparseConv3d(1→50, k6, s2) → ReLU → SparseMaxPool(2, 2)
           → SparseConv3d(50→30, k4) → ReLU → SparseConv3d(30→20, k3) → ReLU
           → SparseMaxPool(2, 2) → dense 12³×20 = 34 560 features.
-  "deep": the authors' later paper (arXiv 2403.15949; REFERENCE.md §1b) — SubM(1→32, k7)
+  "deep": the authors' later paper (arXiv 2403.15949;
+          ``mghrear/3D_Heteroscedastic_Convnet:mymodels.py``) — SubM(1→32, k7)
           → SubM(32→40, k5) → SparseConv(40→50, k6, s2) → MaxPool(2, 2)
           → SparseConv(50→30, k3, s2) → SparseConv(30→10, k3) → MaxPool(2, 2) → 2 160.
 Training-time augmentation (``symmetry_augment``): each event is transformed by a random
@@ -28,7 +29,7 @@ same distribution as the data. Instead of transforming the label, the network's 
 directions are mapped back with gᵀ, which is equivalent for every loss here (they are
 invariant under orthogonal maps of both arguments) and keeps the label untouched.
 
-Heads follow the authors' published code (the seed's Figure 4 is not in its text): a
+Heads follow the authors' published code (the source study's Figure 4 is not in its text): a
 shared Dense(500) + ReLU, then a direction branch 200 ReLU → 50 tanh → 3 → L2-normalise,
 and for the heteroscedastic model a κ branch 200 ReLU → 50 ReLU → 1 → softplus.
 """
@@ -41,7 +42,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from recoil_jax.losses import direction as direction_losses
+from recoil_jax.nn import direction_heads
 from recoil_jax.ops import sparse
 
 GRID_SHAPE = (120, 120, 120)
@@ -65,10 +66,6 @@ TRUNKS: dict[str, tuple[tuple[str, int, int, int], ...]] = {
         ("pool", 0, 2, 2),
     ),
 }
-
-
-def _normalise(v: jax.Array, eps: float = 1e-12) -> jax.Array:
-  return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), eps)
 
 
 def cube_symmetries() -> jax.Array:
@@ -140,31 +137,8 @@ class SparseTrunk(nn.Module):
     return dense.reshape(batch, -1), st.overflow
 
 
-class DirectionHead(nn.Module):
-  """Dense(200) ReLU → Dense(50) tanh → Dense(3) → unit vector [B, 3]."""
-
-  @nn.compact
-  def __call__(self, h):
-    h = nn.relu(nn.Dense(200)(h))
-    h = jnp.tanh(nn.Dense(50)(h))
-    return _normalise(nn.Dense(3)(h))
-
-
-class ConcentrationHead(nn.Module):
-  """Dense(200) ReLU → Dense(50) ReLU → Dense(n) → softplus (+ floor): positive [B, n]."""
-
-  num_outputs: int = 1
-  floor: float = 1e-6
-
-  @nn.compact
-  def __call__(self, h):
-    h = nn.relu(nn.Dense(200)(h))
-    h = nn.relu(nn.Dense(50)(h))
-    return nn.softplus(nn.Dense(self.num_outputs)(h)) + self.floor
-
-
 class TpcDirectionNet(nn.Module):
-  """Sparse CNN + head. ``head`` ∈ {"cosine" (homoscedastic), "vmf", "kent"}."""
+  """Sparse CNN + direction head (``head``: a name in ``nn.direction_heads.HEADS``)."""
 
   trunk: str = "paper"
   head: str = "vmf"
@@ -201,15 +175,7 @@ class TpcDirectionNet(nn.Module):
     h = nn.relu(nn.Dense(self.hidden, name="shared")(h))
     batch_size = h.shape[0]
     out = {"overflow": jnp.full((batch_size,), overflow, jnp.int32)}
-    if self.head == "cosine":
-      out["pred_direction"] = DirectionHead(name="direction")(h)
-    elif self.head == "vmf":
-      out["pred_direction"] = DirectionHead(name="direction")(h)
-      out["kappa"] = ConcentrationHead(1, name="kappa")(h)[:, 0]
-    elif self.head == "kent":
-      out.update(KentHead(name="kent")(h))
-    else:
-      raise ValueError(f"model.head={self.head!r}; known: 'cosine', 'vmf', 'kent'")
+    out.update(direction_heads.head_spec(self.head).build(h))
     if sym is not None:
       # Directions were predicted for the transformed event: map them back with gᵀ.
       out["pred_direction"] = jnp.einsum("bji,bj->bi", sym, out["pred_direction"])
@@ -217,20 +183,3 @@ class TpcDirectionNet(nn.Module):
         out["frame"] = jnp.einsum("bji,bkj->bki", sym, out["frame"])
       out["symmetry"] = pick.astype(jnp.int32)  # index into cube_symmetries(), [B]
     return out
-
-
-class KentHead(nn.Module):
-  """Kent (FB5) parameters: a frame from 6 numbers (Gram–Schmidt), κ > 0, 0 < 2β < 0.8κ."""
-
-  @nn.compact
-  def __call__(self, h: jax.Array) -> dict[str, jax.Array]:
-    g = nn.relu(nn.Dense(200, name="frame_hidden")(h))
-    g = jnp.tanh(nn.Dense(50, name="frame_hidden2")(g))
-    frame = direction_losses.orthonormal_frame(nn.Dense(6, name="frame")(g))  # rows γ1, γ2, γ3
-    k = nn.relu(nn.Dense(200, name="concentration_hidden")(h))
-    k = nn.relu(nn.Dense(50, name="concentration_hidden2")(k))
-    raw = nn.Dense(2, name="concentration")(k)
-    # 2β/κ < direction_losses.KENT_MAX_ELLIPTICITY < 1: unimodal, and the normaliser series converges.
-    kappa, beta = direction_losses.kent_parameters(raw[:, 0], raw[:, 1])
-    return {"pred_direction": frame[:, 0], "kappa": kappa + 1e-6, "beta": beta,
-            "frame": frame}

@@ -1,7 +1,7 @@
 """Non-ML direction of electron recoils from charge moments (Di Marco et al. 2022, in 3-D).
 
 The method of Di Marco et al. (AJ 163:170, arXiv 2202.01093), generalised to 3-D as in
-``mghrear/3D_Heteroscedastic_Convnet:mymodels.NML`` (REFERENCE.md §1b), on voxelised
+``mghrear/3D_Heteroscedastic_Convnet:mymodels.py`` (``NML``; arXiv 2403.15949), on voxelised
 tracks stored as padded arrays. Per event, with charge weights q:
 
 1. barycentre x_b = Σ q x / Σ q; X = x − x_b;
@@ -16,7 +16,7 @@ tracks stored as padded arrays. Per event, with charge weights q:
 6. head/tail: v_PA ← −sign(M3)·v_PA; v_IP ← sign(v_IP·v_PA)·v_IP ("skewness"), or
    sign(v_IP·y_true)·v_IP ("truth": the true direction is used for the sign only).
 
-Positions are ``voxel index × voxel_size_cm`` (0.05 cm for the seed's 0.5 mm voxels);
+Positions are ``voxel index × voxel_size_cm`` (0.05 cm for the source study's 0.5 mm voxels);
 the constant offset of the grid does not matter (the method is translation invariant).
 All events are processed at once (``jax.jit`` + ``vmap``); there is no per-event loop.
 """
@@ -185,7 +185,7 @@ def moments_directions(
     true_dirs: ``[N, 3]`` true directions; needed only for ``head_tail="truth"``.
     threshold: ``"m2"`` (published: length vs n·M2 in cm²) or ``"sqrt_m2"`` (length vs
       n·√M2; a different, separately labelled baseline).
-    voxel_size_cm: voxel edge in cm (0.05 for the seed's 0.5 mm voxels).
+    voxel_size_cm: voxel edge in cm (0.05 for the source study's 0.5 mm voxels).
 
   Returns:
     ``MomentsResult`` of numpy arrays (``directions [N, 3]``, ``failed [N]``, ...).
@@ -264,8 +264,9 @@ def grid_search(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   """Tune (n_σL, n_σH, w₀) to minimise the mean cosine loss over non-failed events.
 
-  As in the seed ("parameters tuned on the test set"), this is an optimistic bound, not
-  a fair estimate. Combinations with n_σH ≤ n_σL are skipped (their region is empty)
+  As in the source study (its Figure 6: "the parameters which minimize the
+  CosineSimilarityLoss on the test set via a grid search"), this is an optimistic bound,
+  not a fair estimate. Combinations with n_σH ≤ n_σL are skipped (their region is empty)
   and listed with ``skipped=True``. A combination is eligible when its efficiency is
   ≥ ``min_efficiency`` and at least one event succeeded.
 

@@ -1,9 +1,9 @@
-"""Seed-001 preprocessing of electron-recoil tracks: smear, rotate, mean-centre, voxelise.
+"""Electron-recoil track preprocessing of the TPC study: smear, rotate, mean-centre, voxelise.
 
 Input is a batch of padded ionisation-electron lists, as written by DEGRAD (and by
 ``recoil_jax.studies.tpc.sim``): every track starts at the origin along +z, positions
-in mm. Per track, exactly as the seed authors (REFERENCE.md §1a/§1b,
-``mghrear/3D_Heteroscedastic_Convnet:process_data.py``, ``make_spares_tensors.py``):
+in mm. Per track, exactly as the authors of the source study and of arXiv 2403.15949
+(``mghrear/3D_Heteroscedastic_Convnet:process_data.py``, ``make_spares_tensors.py``):
 
 1. Gaussian smearing of every electron, isotropic, with one σ per track: σ ~ U(160, 466) µm
    for training, fixed for the test sets (40 keV with 200 µm, 50 keV with 443 µm).
@@ -20,7 +20,8 @@ all three are counted in :class:`DiscardCounts`.
 
 One difference from the authors' code, on purpose: they cast (x + 3 cm)/0.05 cm to an
 integer (truncation toward zero), which keeps electrons in (−30.5, −30] mm in voxel 0; here
-the index is the floor, as the seed's text says, so those tracks are discarded.
+the index is the floor (plain binning on the source study's 120³ grid), so those tracks
+are discarded.
 
 Everything is vectorised over the batch with numpy (no Python loop over electrons or
 tracks) and seeded by a ``np.random.Generator``.
@@ -266,7 +267,7 @@ def preprocess_tracks(
     sigma_um: float | tuple[float, float],
     max_voxels: int,
 ) -> tuple[VoxelisedTracks, DiscardCounts]:
-  """The full seed preprocessing on a padded batch of DEGRAD-convention tracks.
+  """The source study's full preprocessing on a padded batch of DEGRAD-convention tracks.
 
   Args:
     positions_mm: float [N, E, 3], electron positions in mm; each track starts at the

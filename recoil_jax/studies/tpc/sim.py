@@ -1,11 +1,11 @@
 """Toy electron-recoil transport in a gas TPC, with DEGRAD-shaped output.
 
-What it models (``physics-facts.md`` §0, §1a-1c, recipe A):
+What it models (standard formulas; the tables are built in ``recoil_jax.physics.gas``):
 
 * A primary electron of kinetic energy E₀ starts at the origin along +z (as
   DEGRAD launches it) and is followed by a single-scattering random walk:
   free paths ~ Exp(λ_el(E)); between collisions the energy falls
-  continuously along the CSDA range curve (ESTAR-style collision stopping
+  continuously along the CSDA range curve (ICRU 37 / ESTAR collision stopping
   power, Bragg additivity, ``gas.py``), so energy loss is exact for the
   continuous-slowing-down model; the target atom (He, C, O, ...) is drawn
   ∝ nᵢσᵢ(E); the polar angle follows the screened-Rutherford (Wentzel,

@@ -20,16 +20,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from recoil_jax.data import builder_lib
+from recoil_jax.data import pipeline
 from recoil_jax.studies.tpc import preprocess as tpc_preprocess
-
-
-def _normalise_index(index: int, length: int) -> int:
-  i = int(index)
-  if i < 0:
-    i += length
-  if not 0 <= i < length:
-    raise IndexError(f"index {index} out of range for a source of {length} examples")
-  return i
 
 
 def pad_example(coords: np.ndarray, charges: np.ndarray, direction: np.ndarray,
@@ -72,7 +65,7 @@ class TpcSource:
     return len(self._source)
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    i = _normalise_index(index, len(self))
+    i = pipeline.normalise_index(index, len(self), self.name)
     ex = self._source[i]
     return pad_example(ex["coords"], ex["charges"], ex["direction"], ex["energy_kev"],
                        ex["sigma_um"], self.max_voxels, where=f"{self.name}[{i}]")
@@ -97,7 +90,7 @@ class InMemoryTpcSource:
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     t = self._tracks
-    i = _normalise_index(index, len(self))
+    i = pipeline.normalise_index(index, len(self), "tracks")
     n = int(t.num_voxels[i])
     return pad_example(t.coords[i, :n], t.charges[i, :n], t.direction[i], t.energy_kev[i],
                        t.sigma_um[i], self.max_voxels, where=f"tracks[{i}]")
@@ -106,12 +99,6 @@ class InMemoryTpcSource:
 def tpc_sources(builder, max_voxels: int,
                 splits: Sequence[str] | None = None) -> dict[str, TpcSource]:
   """``{split: TpcSource}`` for the splits of a prepared TFDS builder (all by default)."""
-  if not builder.is_prepared():
-    raise ValueError(f"{builder.data_path}: dataset is not prepared (build it with "
-                     "tpc_tfds.build_tpc_dataset)")
-  available = list(builder.info.splits.keys())
-  names = list(splits) if splits is not None else available
-  missing = [s for s in names if s not in available]
-  if missing:
-    raise KeyError(f"{builder.data_path}: no split(s) {missing}; available {available}")
+  names = builder_lib.prepared_splits(builder, splits,
+                                      build_with="tpc.dataset.build_tpc_dataset")
   return {s: TpcSource(builder.as_data_source(s), max_voxels, name=s) for s in names}

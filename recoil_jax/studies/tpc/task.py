@@ -1,14 +1,19 @@
-"""TPC electron-recoil direction (seed 001): dataset, sparse CNN, losses, Figure 6.
+"""TPC electron-recoil direction: dataset, sparse CNN, losses, the source study's Figure 6.
+
+The source study is a report on 3D direction + uncertainty of electron recoils in a gas TPC;
+its authors' paper is arXiv 2403.15949 (the "deep" trunk, the vMF head).
 
 Data: simulated electron recoils in He:CO₂ 70:30 at 760 torr (``recoil_jax.studies.tpc.sim``), or
-DEGRAD-format files (``config.data.degrad_files``), preprocessed exactly as the seed
+DEGRAD-format files (``config.data.degrad_files``), preprocessed exactly as the source study
 (smear → rotate → mean-centre → 120³ voxels of 0.5 mm) and stored as a TFDS array_record
 dataset. Splits: train / validation (80/20), test_40keV_200um, test_50keV_443um.
 
-Model: ``recoil_jax.studies.tpc.model.TpcDirectionNet``; head "cosine" (homoscedastic, seed
-eq. 1), "vmf" (heteroscedastic, seed eq. 2) or "kent" (FB5, the seed's future work).
+Model: ``studies.tpc.model.TpcDirectionNet``; its head is a name in
+``nn.direction_heads.HEADS`` (the one table that interprets it, module and loss): "cosine"
+(homoscedastic, the source study's eq. 1), "vmf" (heteroscedastic, eq. 2) or "kent" (FB5,
+its suggested extension).
 
-Analysis (``analyse``): on both test sets, the seed's Figure 6 (cosine-similarity loss vs
+Analysis (``analyse``): on both test sets, the source study's Figure 6 (cosine-similarity loss vs
 fraction of lowest-κ events removed) with the non-ML moments baseline (skewness head/tail,
 true head/tail, parameters grid-searched on the *validation* split), the homoscedastic
 point (this run if its head is "cosine", or ``config.analysis.homoscedastic_workdir``),
@@ -18,7 +23,7 @@ the data came from files.
 
 from __future__ import annotations
 
-import json
+import glob
 import os
 from typing import Any, Mapping
 
@@ -27,24 +32,42 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from recoil_jax.analysis import direction as direction_analysis
 from recoil_jax.losses import direction as direction_losses
 from recoil_jax.studies.tpc import analysis as tpc_analysis
 from recoil_jax.studies.tpc import moments
 from recoil_jax.studies.tpc import source as tpc_source
 from recoil_jax.studies.tpc import dataset as tpc_dataset
 from recoil_jax.studies.tpc import model as tpc_model
+from recoil_jax import io
 from recoil_jax import tasks
+from recoil_jax.nn import direction_heads
 
 TEST_SPLITS = ("test_40keV_200um", "test_50keV_443um")
 PREDICTIONS_FILE = "predictions_{split}.npz"
 
 
 class TpcDirectionTask(tasks.Task):
-  """Seed 001 as a trainer task (see the module docstring)."""
+  """The TPC direction study as a trainer task (see the module docstring)."""
 
   def __init__(self, config):
     super().__init__(config)
     self._builder = None
+
+  def validate(self) -> None:
+    """Head and trunk names, the DEGRAD globs and the homoscedastic workdir, before step 0."""
+    m, a = self.config.model, self.config.analysis
+    spec = direction_heads.head_spec(m.head)
+    if m.trunk not in tpc_model.TRUNKS:
+      raise ValueError(f"config.model.trunk={m.trunk!r}; known: {sorted(tpc_model.TRUNKS)}")
+    for split, spec_glob in self.config.data.degrad_files.items():
+      patterns = spec_glob.values() if hasattr(spec_glob, "values") else [spec_glob]
+      for pattern in (p for p in patterns if p):
+        if not glob.glob(os.path.expanduser(str(pattern))):
+          raise FileNotFoundError(
+              f"config.data.degrad_files.{split}: no file matches {str(pattern)!r}")
+    if a.homoscedastic_workdir and spec.heteroscedastic:
+      _homoscedastic_paths(a.homoscedastic_workdir)  # Raises if a predictions file is missing.
 
   # -- data -------------------------------------------------------------------------
   def _dataset(self):
@@ -89,17 +112,7 @@ class TpcDirectionTask(tasks.Task):
     label = batch["direction"]
     pred = outputs["pred_direction"]
     cos_loss = direction_losses.cosine_similarity_loss(pred, label)
-    head = self.config.model.head
-    if head == "cosine":
-      objective = cos_loss
-    elif head == "vmf":
-      objective = direction_losses.vmf_nll(pred, outputs["kappa"], label)
-    elif head == "kent":
-      frame = outputs["frame"]
-      objective = direction_losses.kent_nll(frame[:, 0], frame[:, 1], frame[:, 2],
-                                  outputs["kappa"], outputs["beta"], label)
-    else:
-      raise ValueError(f"model.head={head!r}; known: 'cosine', 'vmf', 'kent'")
+    objective = direction_heads.head_spec(self.config.model.head).nll(outputs, label)
     count = mask.sum()
     terms = {
         "loss": ((objective * mask).sum(), count),
@@ -113,23 +126,26 @@ class TpcDirectionTask(tasks.Task):
     return terms
 
   # -- analysis ---------------------------------------------------------------------
-  def analyse(self, predict: tasks.PredictFn, workdir: str) -> dict[str, Any]:
+  def analyse(self, trained: tasks.Trained, workdir: str) -> dict[str, Any]:
     a = self.config.analysis
     head = self.config.model.head
+    heteroscedastic = direction_heads.head_spec(head).heteroscedastic
     from_files = any(v for v in self.config.data.degrad_files.values())
     label_kind = "DEGRAD files" if from_files else "simulated"
     nml_params = self._tune_nml_on_validation()
-    homo_preds = _load_homoscedastic(a.homoscedastic_workdir, head, workdir)
+    homo_preds = (_load_homoscedastic(a.homoscedastic_workdir, workdir)
+                  if a.homoscedastic_workdir and heteroscedastic else None)
     results: dict[str, Any] = {"data": label_kind, "model_head": head,
                                "nml_grid_search_on": "validation", "nml_tuned": nml_params,
                                "test_sets": {}}
     calibration, errors, num_events = {}, {}, {}
     for split in TEST_SPLITS:
-      preds = predict(split, fields=("direction",))
+      outputs_wanted = ("pred_direction", "kappa") if heteroscedastic else ("pred_direction",)
+      preds = trained.predict(split, outputs=outputs_wanted, fields=("direction",))
       outputs = preds["outputs"]
       pred_dir = np.asarray(outputs["pred_direction"], np.float64)
       true_dir = np.asarray(preds["direction"], np.float64)
-      kappa = np.asarray(outputs["kappa"], np.float64) if "kappa" in outputs else None
+      kappa = np.asarray(outputs["kappa"], np.float64) if heteroscedastic else None
       _save_predictions(workdir, split, pred_dir, true_dir, kappa)
       cos_loss = -np.sum(pred_dir * true_dir, axis=-1)
       nml = self._nml_losses(split, nml_params)
@@ -142,19 +158,19 @@ class TpcDirectionTask(tasks.Task):
           cut_fractions=tuple(a.cut_fractions), **nml)
       if kappa is not None:
         entry["hetero"]["mean_kappa"] = float(kappa.mean())
-        calibration[split] = tpc_analysis.cone_coverage(
+        calibration[split] = direction_analysis.cone_coverage(
             pred_dir, kappa, true_dir, tuple(a.coverages))
         num_events[split] = len(kappa)
-      errors[split] = tpc_analysis.angular_errors_deg(pred_dir, true_dir)
+      errors[split] = direction_analysis.angular_errors_deg(pred_dir, true_dir)
       results["test_sets"][split] = entry
     tpc_analysis.plot_figure6(os.path.join(workdir, "figure6.png"), results["test_sets"],
                                     label=label_kind)
     if calibration:
-      tpc_analysis.plot_calibration(os.path.join(workdir, "calibration.png"),
+      direction_analysis.plot_calibration(os.path.join(workdir, "calibration.png"),
                                           calibration, tuple(a.coverages),
                                           num_events=num_events, label=label_kind)
       results["calibration"] = {k: np.asarray(v).tolist() for k, v in calibration.items()}
-    tpc_analysis.plot_angular_error_histograms(
+    direction_analysis.plot_angular_error_histograms(
         os.path.join(workdir, "angular_errors.png"), errors, label=label_kind)
     tpc_analysis.write_table(results, workdir, label=label_kind)
     logging.info("TPC analysis written to %s", workdir)
@@ -169,7 +185,7 @@ class TpcDirectionTask(tasks.Task):
     return stack("coords"), stack("charges"), stack("num_voxels"), stack("direction")
 
   def _tune_nml_on_validation(self) -> dict[str, float]:
-    """(n_σL, n_σH, w₀) minimising the NML loss on validation events (seed: on the test set)."""
+    """(n_σL, n_σH, w₀) minimising the NML loss on validation events (the source study: on the test set)."""
     a = self.config.analysis
     coords, charges, num_voxels, true_dir = self._arrays("validation", a.nml_grid_events)
     best, _ = moments.grid_search(
@@ -193,30 +209,31 @@ class TpcDirectionTask(tasks.Task):
 
 def _save_predictions(workdir, split, pred_dir, true_dir, kappa) -> None:
   """Atomically writes this run's test predictions (used by other runs' Figure 6)."""
-  path = os.path.join(workdir, PREDICTIONS_FILE.format(split=split))
-  tmp = path + ".tmp.npz"
   arrays = {"pred_direction": pred_dir, "direction": true_dir}
   if kappa is not None:
     arrays["kappa"] = kappa
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  io.write_npz_atomic(os.path.join(workdir, PREDICTIONS_FILE.format(split=split)), **arrays)
 
 
-def _load_homoscedastic(other_workdir: str, head: str,
-                        workdir: str) -> dict[str, np.ndarray] | None:
-  """Per-event cosine losses per test split of a homoscedastic run, if one is configured."""
-  if not other_workdir or head == "cosine":
-    return None
+def _homoscedastic_paths(other_workdir: str) -> dict[str, str]:
+  """``{test split: predictions file}`` of a homoscedastic run; raises if one is missing."""
   other = os.path.abspath(os.path.expanduser(other_workdir))
-  out = {}
-  for split in TEST_SPLITS:
-    path = os.path.join(other, PREDICTIONS_FILE.format(split=split))
+  paths = {split: os.path.join(other, PREDICTIONS_FILE.format(split=split))
+           for split in TEST_SPLITS}
+  for path in paths.values():
     if not os.path.exists(path):
       raise FileNotFoundError(
-          f"analysis.homoscedastic_workdir={other_workdir!r}: {path} is missing; run the "
-          "homoscedastic config (model.head='cosine') into that workdir first")
+          f"config.analysis.homoscedastic_workdir={other_workdir!r}: {path} is missing; run "
+          "the homoscedastic config (model.head='cosine') into that workdir first")
+  return paths
+
+
+def _load_homoscedastic(other_workdir: str, workdir: str) -> dict[str, np.ndarray]:
+  """Per-event cosine losses per test split of the homoscedastic run ``other_workdir``."""
+  out = {}
+  for split, path in _homoscedastic_paths(other_workdir).items():
     with np.load(path) as f:
       out[split] = -np.sum(f["pred_direction"] * f["direction"], axis=-1)
-  with open(os.path.join(workdir, "homoscedastic_source.json"), "w") as f:
-    json.dump({"workdir": other}, f)
+  io.write_json_atomic(os.path.join(workdir, "homoscedastic_source.json"),
+                       {"workdir": os.path.abspath(os.path.expanduser(other_workdir))})
   return out
