@@ -557,18 +557,19 @@ RESUMABLE_CONFIG_KEYS = (
     "model.sparse_backend")
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_config(d: Any, prefix: str = "") -> dict[str, Any]:
+  """``{dotted key: leaf}`` of a config JSON dict (``config.to_json_best_effort()``)."""
   if isinstance(d, dict):
     out = {}
     for k, v in d.items():
-      out.update(_flatten(v, f"{prefix}{k}."))
+      out.update(flatten_config(v, f"{prefix}{k}."))
     return out
   return {prefix[:-1]: d}
 
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple]:
   """``{dotted key: (old, new)}`` for every leaf of two config JSON dicts that differs."""
-  fo, fn = _flatten(dict(old)), _flatten(dict(new))
+  fo, fn = flatten_config(dict(old)), flatten_config(dict(new))
   missing = object()
   return {k: (fo.get(k, "<absent>"), fn.get(k, "<absent>")) for k in sorted(set(fo) | set(fn))
           if fo.get(k, missing) != fn.get(k, missing)}

@@ -32,6 +32,7 @@ import ml_collections
 import pytest
 
 from conftest import REPO_ROOT, load_config
+from recoil_jax import train
 
 RESULTS = os.path.join(REPO_ROOT, "results")
 FIELDS = ("config", "overrides", "status", "stale_keys")
@@ -90,13 +91,9 @@ def todays_config(fields: dict[str, str], extra_variant: str = "") -> ml_collect
   return config
 
 
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-  if isinstance(tree, dict):
-    out = {}
-    for key, value in tree.items():
-      out.update(flatten(value, f"{prefix}{key}."))
-    return out
-  return {prefix[:-1]: tree}
+def flatten(tree: Any) -> dict[str, Any]:
+  """Dotted keys of a config JSON dict (the trainer's own flattening)."""
+  return train.flatten_config(tree)
 
 
 def differing_keys(recorded: dict[str, Any], today: dict[str, Any]) -> list[str]:

@@ -168,10 +168,13 @@ def test_with_the_lartpc_simulator(tmp_path):
 
 
 def _cosmictagger_files(folder):
-  """Three CosmicTagger files at full resolution (2H x 2W) of 3, 2 and 2 events."""
+  """Three CosmicTagger files at full resolution (2H x 2W) of 3, 2 and 2 events; the first
+  event of the second file has no charge (an empty larcv event)."""
   out = []
   for k, n in enumerate((3, 2, 2)):
     e = fake_events(100 + k, n, height=2 * H, width=2 * W, interaction_fractions=(0.25,) * 4)
+    if k == 1:
+      e.images[0] = 0
     path = os.fspath(folder / f"cosmic_tagging_{k}.h5")
     larcv.write_cosmictagger(path, e.images, e.labels)
     out.append(path)
@@ -201,7 +204,10 @@ def test_files_mode(tmp_path):
       np.testing.assert_array_equal(ex["image"], images[i])
       np.testing.assert_array_equal(ex["label"], labels[i])
       assert ex["interaction"] == -1 and np.isnan(ex["neutrino_energy_gev"])
-  assert sbnd_dataset.split_stats(builder)["train"]["events_unknown_interaction"] == 5
+  train_stats = sbnd_dataset.split_stats(builder)["train"]
+  assert train_stats["events_unknown_interaction"] == 5
+  assert train_stats["empty_events"] == 1  # Counted and reported, kept as a zero image.
+  assert train_stats["empty_entries_by_file"] == {paths[1]: [0]}
   assert builder.info.metadata["files"]["train"] == paths[:2]
 
   # A cap reads the first events in file order; the name changes with it.

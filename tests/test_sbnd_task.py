@@ -222,7 +222,8 @@ def test_cosmictagger_files_train_and_evaluate_from_the_launcher(tmp_path):
 def test_ablation_script_quick_and_resumable(tmp_path):
   """Two variants at the --quick size; a second call skips both (resumable)."""
   cmd = [sys.executable, os.path.join(REPO_ROOT, "scripts", "sbnd_ablation.py"),
-         f"--workdir={tmp_path}", "--quick", "--variants=baseline,no_balance"]
+         f"--workdir={tmp_path}", "--quick", "--variants=baseline,no_balance",
+         f"--results_dir={tmp_path / 'published'}"]
   proc = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True,
                         text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -234,6 +235,11 @@ def test_ablation_script_quick_and_resumable(tmp_path):
              for r in table["rows"])
   md = (tmp_path / "ablation.md").read_text()
   assert "simulated" in md and "| No Loss Balance |" in md and "0.544" in md
+  published = tmp_path / "published"
+  assert {"ablation.json", "ablation.md", "PROVENANCE.md", "selection_baseline.md",
+          "figure9_baseline.png"} <= set(os.listdir(published))
+  provenance = (published / "PROVENANCE.md").read_text()
+  assert "status: current" in provenance and "--quick" in provenance
   again = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True,
                          text=True, timeout=300)
   assert again.returncode == 0, again.stderr[-3000:]

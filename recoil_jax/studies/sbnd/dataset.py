@@ -252,6 +252,7 @@ class SbndWireImages(tfds.core.GeneratorBasedBuilder):
     else:
       chunks = self._simulated(split)
     stats = _Stats()
+    self._empty_by_file: dict[str, list[int]] = {}
     index = 0
     for where, events in chunks:
       _check_events(events, cfg.height, cfg.width, where)
@@ -264,8 +265,12 @@ class SbndWireImages(tfds.core.GeneratorBasedBuilder):
         index += 1
     if index == 0:
       raise ValueError(f"sbnd_tfds split {split!r}: no event")
-    self.info.metadata["stats"][split] = stats.as_dict()
-    logging.info("sbnd_tfds %s / %s: %s", cfg.name, split, stats.as_dict())
+    summary = stats.as_dict()
+    if cfg.files:  # Events with no image voxel (kept as all-zero images), per file.
+      summary["empty_events"] = sum(len(v) for v in self._empty_by_file.values())
+      summary["empty_entries_by_file"] = dict(self._empty_by_file)
+    self.info.metadata["stats"][split] = summary
+    logging.info("sbnd_tfds %s / %s: %s", cfg.name, split, summary)
 
   def _simulated(self, split: str) -> Iterator[tuple[str, Any]]:
     cfg = self._cfg
@@ -289,11 +294,14 @@ class SbndWireImages(tfds.core.GeneratorBasedBuilder):
       if cap and seen >= cap:
         break
       stop = None if not cap else cap - seen
+      read = larcv.ReadStats()
       for events in larcv.iter_cosmictagger(path, downsample=cfg.downsample,
                                             threshold=cfg.threshold, stop=stop,
-                                            chunk_size=cfg.chunk_size):
+                                            chunk_size=cfg.chunk_size, stats=read):
         seen += len(events.interaction)
         yield f"{path}", events
+      if read.num_empty:
+        self._empty_by_file[path] = [int(e) for e in read.empty_entries]
 
 
 def _check_events(events, height: int, width: int, where: str) -> None:
