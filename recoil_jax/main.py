@@ -221,6 +221,16 @@ def set_quiet_logging() -> None:
   for name in QUIET_LOGGERS:
     if name not in explicit:
       py_logging.getLogger(name).setLevel(py_logging.WARNING)
+  # TFDS warns about every custom config and draws its own bars while a dataset is built;
+  # the trainer says when data is being prepared instead.
+  py_logging.getLogger("absl").addFilter(_drop_tfds_chatter)
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds.disable_progress_bar()
+
+
+def _drop_tfds_chatter(record: py_logging.LogRecord) -> bool:
+  """Keeps TFDS's errors, drops its warnings and info (absl logger filter)."""
+  return record.levelno >= py_logging.ERROR or "tensorflow_datasets" not in record.pathname
 
 
 # -- the closing summary ----------------------------------------------------------------------

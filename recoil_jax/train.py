@@ -731,6 +731,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   is_chief = jax.process_index() == 0
   process_count = jax.process_count()
 
+  report(f"Preparing the {config.task!r} data (built once into its data folder, then reused)")
   if process_count > 1:  # Process 0 builds the datasets once; the others then reuse them.
     if is_chief:
       task.train_source()
