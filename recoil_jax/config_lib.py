@@ -33,6 +33,7 @@ import ml_collections
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
+MODES = ("train", "evaluate")  # config.mode (recoil_jax.train.train_and_evaluate).
 STRATEGIES = ("shard_map", "pmap")  # Data-parallel training strategies (recoil_jax.train).
 
 
@@ -44,7 +45,11 @@ def base_config() -> ml_collections.ConfigDict:
     ``parallel``; studies add their own sub-dicts (e.g. ``data``, ``model``).
   """
   config = ml_collections.ConfigDict()
-  config.task = ""  # Name in the registry (recoil_jax.tasks).
+  config.task = ""  # The study: a folder of recoil_jax/studies/ (recoil_jax.tasks).
+  # "train": train (or resume), then evaluate the best weights and analyse. "evaluate": no
+  # training; the workdir's best weights on the task's evaluation splits (any data the
+  # config now names), outputs into <workdir>/evaluation/.
+  config.mode = "train"
   config.seed = 0
 
   opt = config.optimizer = ml_collections.ConfigDict()

@@ -289,7 +289,10 @@ def main(argv) -> None:
   parallel.initialize_distributed(config.parallel)
   results = train.train_and_evaluate(config, _WORKDIR.value)
   if jax.process_index() == 0:
-    print("\n".join(summary_lines(results, _WORKDIR.value)), flush=True)
+    out = _WORKDIR.value
+    if config.mode == "evaluate":
+      out = os.path.join(out, train.EVALUATION_DIR)
+    print("\n".join(summary_lines(results, out)), flush=True)
 
 
 if __name__ == "__main__":

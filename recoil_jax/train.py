@@ -721,6 +721,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     process 0 also ``"analysis"``: whatever ``task.analyse`` returned.
   """
   workdir = os.path.abspath(workdir)
+  if config.mode not in config_lib.MODES:
+    raise ValueError(f"config.mode={config.mode!r} is not one of {config_lib.MODES}")
+  if config.mode == "evaluate":
+    return evaluate_trained(config, workdir, task=task, mesh=mesh)
   os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh() if mesh is None else mesh
   tc = config.train
@@ -889,6 +893,96 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     io.write_json_atomic(os.path.join(workdir, "final_metrics.json"),
                          {"step": book.step, "best_step": best_step,
                           "stop_reason": book.stop_reason, "metrics": final})
+  return final
+
+
+#: Keys that may differ between a training run and an evaluation of its weights.
+EVALUATION_CONFIG_KEYS = ("mode", "data.", "analysis.", "train.", "parallel.",
+                          "model.sparse_backend")
+EVALUATION_DIR = "evaluation"
+
+
+def evaluate_trained(config: ml_collections.ConfigDict, workdir: str, *,
+                     task: Task | None = None,
+                     mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
+  """``config.mode = "evaluate"``: a trained workdir's best weights on the task's splits.
+
+  Nothing is trained and nothing of the training run is changed: the config is checked
+  against the run's ``config.json`` (only data, analysis, train and parallel keys may
+  differ: new files, more or fewer events, another batch size), the task's evaluation
+  splits are evaluated exactly (any number of events; the last batch is padded) with the
+  newest readable ``best/`` weights (else ``checkpoints/``), and process 0 runs the
+  analysis into ``<workdir>/evaluation/`` with its ``config.json`` and
+  ``final_metrics.json``.
+
+  Returns:
+    ``{split: {term: value}}``, plus ``"analysis"`` on process 0.
+  """
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  tc = config.train
+  config_lib.validate_train(tc, mesh.size)
+  path = os.path.join(workdir, "config.json")
+  steps = {w: [d for d in _listdir(os.path.join(workdir, w)) if d.isdigit()]
+           for w in ("best", "checkpoints")}
+  if not os.path.exists(path) or not (steps["best"] or steps["checkpoints"]):
+    raise FileNotFoundError(f"config.mode='evaluate': {workdir} holds no trained run "
+                            "(config.json and a checkpoint in best/ or checkpoints/)")
+  with open(path, encoding="utf-8") as f:
+    trained_config = json.load(f)
+  diff = config_differences(trained_config, json.loads(config.to_json_best_effort()))
+  blocking = {k: v for k, v in diff.items()
+              if not any(k == p or (p.endswith(".") and k.startswith(p))
+                         for p in EVALUATION_CONFIG_KEYS)}
+  if blocking:
+    lines = "\n".join(f"  {k}: {o!r} -> {n!r}" for k, (o, n) in blocking.items())
+    raise ValueError(f"config.mode='evaluate': the model or optimiser differs from the run "
+                     f"in {workdir}:\n{lines}")
+  task = tasks.get_task(config) if task is None else task
+  task.validate()
+  is_chief = jax.process_index() == 0
+  report(f"Preparing the {config.task!r} data for evaluation")
+  eval_sources = dict(task.eval_sources())
+  if not eval_sources:
+    raise ValueError("config.mode='evaluate': the task has no evaluation split with data")
+  model = task.build_model()
+  first = next(iter(eval_sources.values()))
+  per_device = tc.eval_batch_size // mesh.size
+  rows = [first[i % len(first)] for i in range(per_device)]
+  example = pipeline.stack_examples(rows, name="evaluation", indices=list(range(per_device)))
+  example["mask"] = np.ones((per_device,), np.float32)
+  tx = config_lib.make_optimizer(config.optimizer, 1)  # Its state's tree, for the restore.
+  state = create_train_state(model, tx, example, config.seed, mesh, task.mutable_collections)
+  restored, which = None, ""
+  for which in ("best", "checkpoints"):
+    if steps[which]:
+      ckpt = checkpointing.Checkpointer(os.path.join(workdir, which), max_to_keep=None)
+      try:
+        restored = ckpt.restore_latest(state)
+      finally:
+        ckpt.close()
+      if restored is not None:
+        break
+  if restored is None:
+    raise FileNotFoundError(f"config.mode='evaluate': no readable checkpoint in {workdir}")
+  step, state, _ = restored
+  out_dir = os.path.join(workdir, EVALUATION_DIR)
+  report(f"Evaluating the weights of step {step} ({which}/) on "
+         f"{', '.join(f'{k} ({len(v)} events)' for k, v in eval_sources.items())}")
+  eval_step = make_eval_step(model, task, mesh)
+  final: dict[str, Any] = {}
+  for split, source in eval_sources.items():
+    final[split] = evaluate(eval_step, state, source, name=split,
+                            global_batch_size=tc.eval_batch_size, mesh=mesh,
+                            num_threads=tc.data_threads, prefetch=tc.prefetch_batches)
+    _check_health(final[split], f"in the evaluation of {split}")
+  if is_chief:
+    os.makedirs(out_dir, exist_ok=True)
+    _write_config(config, out_dir)
+    trained = make_trained(model, state, eval_sources, step=step,
+                           eval_batch_size=tc.eval_batch_size)
+    final["analysis"] = task.analyse(trained, out_dir) or {}
+    io.write_json_atomic(os.path.join(out_dir, "final_metrics.json"),
+                         {"step": step, "weights": which, "metrics": final})
   return final
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, load_config, subprocess_env
+from recoil_jax import train
 from recoil_jax.studies.sbnd import analysis as seg
 from recoil_jax.studies.sbnd import task as sbnd
 from recoil_jax.studies.sbnd import model as uresnet
@@ -213,6 +214,29 @@ def test_cosmictagger_files_train_and_evaluate_from_the_launcher(tmp_path):
   assert not os.path.exists(os.path.join(workdir, "figure9.png"))
   with np.load(os.path.join(workdir, "event_displays_test.npz")) as d:
     assert d["images"].shape[1:] == (3, smoke.data.height, smoke.data.width)
+
+  # Evaluation only: the trained weights on a new file of 5 events (< one batch of 8),
+  # given alone; the training run's files and outputs are untouched.
+  ev = lartpc.simulate_sbnd_events(200, 5, height=h, width=w)
+  new_file = tmp_path / "new_events.h5"
+  larcv.write_cosmictagger(new_file, ev.images, ev.labels)
+  before = os.path.getmtime(os.path.join(workdir, "final_metrics.json"))
+  proc = _launch(f"--config={CONFIG}:smoke", f"--workdir={workdir}", "--config.mode=evaluate",
+                 f"--config.data.data_dir={tmp_path / 'tfds'}",
+                 f"--config.data.files.test={new_file}", "--config.train.eval_batch_size=8")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert os.path.getmtime(os.path.join(workdir, "final_metrics.json")) == before
+  with open(os.path.join(workdir, "evaluation", "final_metrics.json")) as f:
+    evaluation = json.load(f)
+  assert set(evaluation["metrics"]) == {"test", "analysis"}
+  assert evaluation["metrics"]["analysis"]["num_events"] == 5
+  assert "evaluation" in proc.stdout and "Workdir:" in proc.stdout
+  # Another model is refused before anything is restored, naming the keys.
+  other = load_config(CONFIG, "smoke")
+  other.mode, other.model.depth = "evaluate", 3
+  other.data.files.test = str(new_file)
+  with pytest.raises(ValueError, match=r"model.depth: 2 -> 3"):
+    train.train_and_evaluate(other, workdir)
 
 
 # ------------------------------------------------------------------------- ablation, colab

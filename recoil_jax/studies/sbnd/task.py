@@ -76,15 +76,22 @@ class SbndSegmenter(nn.Module):
     return out
 
 
-def _file_lists(files: Mapping[str, str]) -> dict[str, list[str]] | None:
-  """``{split: [paths]}`` from ``config.data.files`` (comma-separated globs), or None."""
+def _file_lists(files: Mapping[str, str], *, evaluate_only: bool = False
+                ) -> dict[str, list[str]] | None:
+  """``{split: [paths]}`` from ``config.data.files`` (comma-separated globs), or None.
+
+  Training needs every split; an evaluation-only run (``config.mode = "evaluate"``) any of
+  them (e.g. ``files.test`` alone).
+  """
   given = {s: str(files[s]).strip() for s in SPLITS if str(files[s]).strip()}
   if not given:
     return None
   missing = [s for s in SPLITS if s not in given]
-  if missing:
+  if missing and not evaluate_only:
     raise ValueError(f"config.data.files: {', '.join(f'files.{s}' for s in missing)} empty; "
-                     "give a glob for every split (train, validation, test) or none")
+                     "give a glob for every split (train, validation, test) or none (an "
+                     "evaluation-only run, config.mode='evaluate', needs only the splits it "
+                     "evaluates)")
   out = {}
   for split, spec in given.items():
     paths = []
@@ -103,7 +110,8 @@ class SbndCosmicTask(tasks.Task):
   def __init__(self, config):
     super().__init__(config)
     self._builder = None
-    self._files = _file_lists(config.data.files)
+    self._evaluate_only = config.mode == "evaluate"
+    self._files = _file_lists(config.data.files, evaluate_only=self._evaluate_only)
     self.data_label = FILES_LABEL if self._files else io.SIMULATED
 
   # -- data -------------------------------------------------------------------------
@@ -136,6 +144,8 @@ class SbndCosmicTask(tasks.Task):
     return self.source("train")
 
   def eval_sources(self):
+    if self._evaluate_only and self._files:  # Exactly the files the run names.
+      return {split: self.source(split) for split in SPLITS if split in self._files}
     return {split: self.source(split) for split in ("validation", "test")}
 
   # -- model and loss ---------------------------------------------------------------
@@ -156,6 +166,10 @@ class SbndCosmicTask(tasks.Task):
     if self.config.analysis.split not in SPLITS:
       raise ValueError(f"config.analysis.split={self.config.analysis.split!r}; known: "
                        f"{SPLITS}")
+    if self._evaluate_only and self._files and self.config.analysis.split not in self._files:
+      raise ValueError(f"config.analysis.split={self.config.analysis.split!r} has no file in "
+                       f"this evaluation (config.data.files gives {sorted(self._files)}); set "
+                       "--config.analysis.split to one of them")
 
   def build_model(self) -> SbndSegmenter:
     self.validate()
