@@ -227,8 +227,9 @@ def test_files_mode(tmp_path):
                                  downsample=4)
   with pytest.raises(ValueError, match="unknown split key"):
     sbnd_dataset.make_config(**SIZES, height=H, width=W, seed=0, files={"training": paths})
-  with pytest.raises(ValueError, match="needs a 'train' entry"):
-    sbnd_dataset.make_config(**SIZES, height=H, width=W, seed=0, files={"test": paths})
+  # A test file alone (an evaluation-only run) is a dataset of that split only.
+  test_only = sbnd_dataset.make_config(**SIZES, height=H, width=W, seed=0, files={"test": paths})
+  assert [s for s, _ in test_only.files] == ["test"]
   with pytest.raises(FileNotFoundError, match=r"files\['train'\]: .*none_\*\.h5"):
     sbnd_dataset.make_config(**SIZES, height=H, width=W, seed=0,
                           files={"train": os.fspath(folder / "none_*.h5")})

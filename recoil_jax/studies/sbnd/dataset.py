@@ -164,8 +164,6 @@ def make_config(*, num_train: int, num_validation: int, num_test: int, height: i
     unknown = set(files) - set(SPLITS)
     if unknown:
       raise ValueError(f"files: unknown split key(s) {sorted(unknown)}; known: {list(SPLITS)}")
-    if not files:
-      raise ValueError(f"files needs at least one split of {list(SPLITS)}")
     spec = tuple((s, tuple([files[s]] if isinstance(files[s], (str, os.PathLike))
                            else [os.fspath(p) for p in files[s]]))
                  for s in SPLITS if s in files)
