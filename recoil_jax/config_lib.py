@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+OPTIMIZERS = ("adam", "adamw", "nadam", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 MODES = ("train", "evaluate")  # config.mode (recoil_jax.train.train_and_evaluate).
 STRATEGIES = ("shard_map", "pmap")  # Data-parallel training strategies (recoil_jax.train).
@@ -55,8 +55,8 @@ def base_config() -> ml_collections.ConfigDict:
   opt = config.optimizer = ml_collections.ConfigDict()
   opt.name = "adam"  # One of OPTIMIZERS.
   opt.learning_rate = 1e-4  # Peak learning rate.
-  opt.b1 = 0.94  # Adam/AdamW beta1.
-  opt.b2 = 0.999  # Adam/AdamW beta2.
+  opt.b1 = 0.94  # Adam/AdamW/Nadam beta1.
+  opt.b2 = 0.999  # Adam/AdamW/Nadam beta2.
   opt.eps = 1e-7  # Adam/AdamW/RMSprop epsilon.
   opt.weight_decay = 0.0  # Decoupled (AdamW); L2 added to the gradient otherwise.
   opt.momentum = 0.0  # SGD / RMSprop momentum.
@@ -242,6 +242,8 @@ def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int):
   elif name == "adamw":
     core = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
                        weight_decay=opt.weight_decay)
+  elif name == "nadam":  # Adam with Nesterov momentum (Dozat 2016), as Keras' Nadam.
+    core = optax.nadam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps)
   elif name == "sgd":
     core = optax.sgd(schedule, momentum=opt.momentum or None)
   elif name == "rmsprop":

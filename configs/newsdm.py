@@ -1,0 +1,197 @@
+r"""NEWSdm emulsion classification (arXiv 2106.11995): NEWSnet_3D over (y, x, polarisation).
+
+Simulated carbon ions (30/60/100 keV) vs fog in 8-polarisation, 40×40 emulsion crops in the
+authors' format, cleaned with their cuts; NEWSnet_3D with the authors' μ·CCE₄ + BCE loss;
+then rejection power 1/ε_B vs signal efficiency per background (fog, γ, silver
+nanoparticles) with Clopper–Pearson intervals, AUC and score histograms, against the
+classical barycentre-shift cut on the same streaming test events.
+
+Command (variants after the colon):
+  python -m recoil_jax.main --config=configs/newsdm.py --workdir=runs/newsdm
+  python -m recoil_jax.main --config=configs/newsdm.py:smoke --workdir=/tmp/newsdm_smoke
+  python -m recoil_jax.main --config=configs/newsdm.py:cpu_hour --workdir=runs/newsdm_hour
+
+Variants (combine with "+"):
+  (default)    small: 6 000 simulated training events × 2 epochs, NEWSnet_3D at quarter
+               width (445 748 parameters; the authors' full width has 6 927 044).
+  smoke        tiny: the same code path in seconds (tests use it).
+  cpu_hour     PROVISIONAL (not yet run end to end): sized from the measured step time
+               to about an hour of training on a 2-core CPU; see _cpu_hour.
+  paper        the authors' sizes: full-width NEWSnet_3D, 39 000 per carbon energy +
+               54 904 fog (≈ 171 904 events, 60/40 split), batch 256, 60 epochs; 10⁵
+               background events per test set (GPU).
+  physical     the source study's "physical" regime (the default kinds: C30/C60/C100 + fog).
+  unphysical   adds silver nanoparticles to the training background.
+  rotational   the physical regime with the source study's rotation augmentation.
+  cycled       rotation augmentation that also cycles the polarisation axis (22.5° steps).
+  plain        the plain 3D CNN instead of NEWSnet_3D.
+
+Optimiser: the authors used Nadam(6.5e-4, β₁ 0.9, β₂ 0.99, schedule decay 0.1); the shared
+optimiser list has no Nadam, so this is Adam with the same rates and a cosine decay to 10 %.
+
+Expected runtime (2-core CPU shared with other jobs, measured with
+``python scripts/bench_newsdm.py``): a training step of 64 takes 4.2 s at width 0.25
+(15 images/s) and 12.9 s at width 0.5 (5 images/s); the simulator makes ≈ 800–1 200
+cleaned events/s. smoke: 32–48 s end to end (measured). Default: ≈ 15 min of training plus
+the test sets (every test event is predicted twice: the trainer's final evaluation and the
+analysis) — not yet run end to end. One GPU: not measured (none lent to this work).
+Expected result: not measured yet at any size beyond smoke (simulated data).
+"""
+
+import ml_collections
+
+from recoil_jax import config_lib
+
+# Every knob of the toy simulator (recoil_jax/studies/newsdm/sim.py, SimParams), so that
+# --config.data.physics.<name>=... changes it; kept in sync by a test.
+_PHYSICS = dict(
+    psf_sigma_nm=85.0, grain_sigma_nm=15.0, pol_jitter_nm=8.0, pedestal_counts=30.0,
+    pedestal_rms_counts=3.0, gain_counts_per_e=0.15, read_noise_counts=1.5,
+    grain_photons=10000.0, grain_brightness_rms=0.3, anisotropy_min=0.1, anisotropy_max=0.5,
+    alignment_prob=0.5, alignment_sigma_deg=15.0, crystal_linear_density_per_um=6.4,
+    development_efficiency=1.0, range_relative_rms=0.25, beam_spread_deg=35.0,
+    transverse_jitter_nm=10.0, gamma_extra_grains=0.8, gamma_gap_nm=300.0,
+    gamma_scatter_deg=45.0, nanoparticle_brightness_min=1.2, nanoparticle_brightness_max=3.0,
+    nanoparticle_sigma_nm=25.0, nanoparticle_anisotropy_max=0.1,
+    nanoparticle_dimer_prob=0.2, nanoparticle_dimer_anisotropy=0.5,
+    fog_density_per_um3=0.05, depth_of_field_um=0.5)
+
+
+def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+  """The NEWSdm config; ``variant``: None or "+"-joined names of ``VARIANTS``."""
+  config = config_lib.base_config()
+  config.task = "newsdm"
+  config.seed = 0
+
+  data = config.data = ml_collections.ConfigDict()
+  data.data_dir = "~/tensorflow_datasets"
+  data.seed = 0  # Simulation seed (the test streams use seed + 1).
+  data.num_train = 6000  # Simulated events before the cleaning cuts.
+  data.num_validation = 1200
+  data.chunk_size = 240  # Simulated per chunk; a multiple of the number of kinds.
+  data.train_kinds = ("c30", "c60", "c100", "fog")
+  data.train_beam_angles_deg = (0.0,)  # Carbon beam directions, cycled chunk by chunk.
+  data.physics = ml_collections.ConfigDict(dict(_PHYSICS))
+  cuts = data.cuts = ml_collections.ConfigDict()
+  cuts.saturation = 128  # Cut events with any pixel above this (mode-subtracted counts).
+  cuts.brightest_fraction = 0.02
+  cuts.isolation_threshold = 10.0
+  cuts.isolation_min_pixels = 4
+  cuts.calibration_events = 2000  # Per kind, for the brightest-2 % threshold.
+
+  model = config.model = ml_collections.ConfigDict()
+  model.architecture = "newsnet3d"  # "newsnet3d" or "plain3d".
+  model.width = 0.25  # Filter multiplier (1 = the authors' 32 … 512); CPU-sized.
+  model.identity_blocks = 3
+  model.d_mid = 0.3  # The authors' Bayesian-optimised dropouts.
+  model.d_end = 0.0
+  model.block_dropout = 0.4
+  model.max_norm = 4.0  # Per-filter kernel norm bound (forward-pass constraint).
+  model.augment = "none"  # "none", "source" (15° steps, pols untouched) or "cycled".
+  model.exact_only = False  # Only exact 90° turns (and mirrors for "cycled").
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.mu = 0.53  # Weight of the 4-class cross entropy.
+
+  analysis = config.analysis = ml_collections.ConfigDict()
+  analysis.test_signal_kinds = ("c30", "c60", "c100")
+  analysis.test_beam_angles_deg = (0.0, 45.0, 90.0)  # The first is the main one.
+  analysis.test_background_kinds = ("fog", "gamma", "nanoparticle")
+  analysis.num_test_signal = 500  # Per carbon energy and beam angle.
+  analysis.num_test_background = 2000  # Per background kind (the paper variant: 10⁵).
+  analysis.test_chunk_size = 250
+  analysis.signal_efficiencies = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+  analysis.table_signal_efficiency = 0.3  # The issue's goal: 10⁴ at ≥ 30 % for C100.
+
+  # The authors' Nadam (lr 6.5e-4, β 0.9 / 0.99); Keras' momentum "schedule_decay" has no
+  # optax counterpart, so the learning rate decays by cosine to 10 % instead.
+  config.optimizer.name = "nadam"
+  config.optimizer.learning_rate = 6.5e-4
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.99
+  config.optimizer.schedule = "cosine"
+  config.optimizer.end_learning_rate_factor = 0.1
+  config.train.global_batch_size = 64
+  config.train.eval_batch_size = 250
+  config.train.num_epochs = 2
+  config.train.log_every_steps = 20
+  config.train.checkpoint_every_steps = 100
+  config.train.early_stopping_patience = 0  # The authors train a fixed 60 epochs.
+
+  config_lib.apply_variants(config, variant, _VARIANT_FNS, config_file="configs/newsdm.py",
+                            first=("smoke", "cpu_hour", "paper"))
+  return config_lib.lock(config)
+
+
+def _smoke(config):
+  config_lib.apply_smoke(config)
+  config.data.num_train = 96
+  config.data.num_validation = 48
+  config.data.chunk_size = 48
+  config.data.cuts.calibration_events = 200
+  config.model.width = 0.125
+  config.model.identity_blocks = 0  # Both projection blocks, no identity blocks.
+  config.analysis.test_beam_angles_deg = (0.0,)
+  config.analysis.num_test_signal = 24
+  config.analysis.num_test_background = 48
+  config.analysis.test_chunk_size = 24
+  config.analysis.signal_efficiencies = (0.3, 0.5, 0.9)
+  config.train.global_batch_size = 16
+  config.train.eval_batch_size = 24
+  config.train.num_epochs = 1
+
+
+def _cpu_hour(config):
+  # Provisional, not yet run end to end: 18 000 events × 3 epochs = 54 000 images at the
+  # measured 15 images/s (width 0.25, batch 64) ≈ 1 h of training; the test sets add
+  # ≈ 2 × 21 000 forward passes (≈ 15 min).
+  config.data.num_train = 18000
+  config.data.num_validation = 3000
+  config.train.num_epochs = 3
+  config.analysis.test_beam_angles_deg = (0.0, 90.0)
+  config.analysis.num_test_signal = 1000
+  config.analysis.num_test_background = 5000
+  config.train.log_every_steps = 50
+  config.train.checkpoint_every_steps = 200
+
+
+def _paper(config):
+  config.model.width = 1.0
+  config.data.num_train = 103142  # 60 % of 39 000 × 3 + 54 904.
+  config.data.num_validation = 68762
+  config.data.chunk_size = 1000
+  config.train.global_batch_size = 256
+  config.train.eval_batch_size = 500
+  config.train.num_epochs = 60
+  config.analysis.num_test_signal = 50000
+  config.analysis.num_test_background = 100000
+  config.analysis.test_chunk_size = 500
+  config.train.log_every_steps = 100
+  config.train.checkpoint_every_steps = 1000
+
+
+def _physical(config):
+  config.data.train_kinds = ("c30", "c60", "c100", "fog")
+
+
+def _unphysical(config):
+  config.data.train_kinds = ("c30", "c60", "c100", "fog", "nanoparticle")
+  config.data.chunk_size -= config.data.chunk_size % 5  # Balanced kinds in every chunk.
+
+
+def _rotational(config):
+  config.model.augment = "source"
+
+
+def _cycled(config):
+  config.model.augment = "cycled"
+
+
+def _plain(config):
+  config.model.architecture = "plain3d"
+
+
+_VARIANT_FNS = {"smoke": _smoke, "cpu_hour": _cpu_hour, "paper": _paper,
+                "physical": _physical, "unphysical": _unphysical, "rotational": _rotational,
+                "cycled": _cycled, "plain": _plain}
+VARIANTS = tuple(_VARIANT_FNS)
