@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import load_config
+from recoil_jax import train
 from recoil_jax.studies.tpc import degrad
 from recoil_jax.studies.tpc import sim as electron_recoil
 from recoil_jax.studies.tpc import task as tpc
@@ -89,3 +90,26 @@ def test_model_heads_on_simulated_tracks(head):
                                atol=1e-5)
   else:
     assert "kappa" not in out
+
+
+def test_bad_paths_and_names_fail_before_any_data_is_built(tmp_path):
+  """validate() runs before the first step: a homoscedastic workdir without predictions,
+  a DEGRAD glob matching nothing and unknown head/trunk names are errors naming the key,
+  and nothing is simulated or written first."""
+  config = load_config("configs/tpc.py", "smoke")
+  config.data.data_dir = str(tmp_path / "tfds")
+  config.analysis.homoscedastic_workdir = str(tmp_path / "no_run")
+  with pytest.raises(FileNotFoundError, match="config.analysis.homoscedastic_workdir"):
+    train.train_and_evaluate(config, str(tmp_path / "wd"))
+  assert not os.path.exists(tmp_path / "tfds")
+  config.analysis.homoscedastic_workdir = ""
+  config.data.degrad_files.train_val = str(tmp_path / "none_*.root")
+  with pytest.raises(FileNotFoundError, match="config.data.degrad_files.train_val"):
+    tpc.TpcDirectionTask(config).validate()
+  config.data.degrad_files.train_val = ""
+  config.model.head = "gaussian"
+  with pytest.raises(ValueError, match="config.model.head='gaussian'.*'cosine', 'kent', 'vmf'"):
+    tpc.TpcDirectionTask(config).validate()
+  config.model.head, config.model.trunk = "vmf", "wide"
+  with pytest.raises(ValueError, match="config.model.trunk='wide'"):
+    tpc.TpcDirectionTask(config).validate()
