@@ -14,6 +14,7 @@ are over events with a neutrino.  No peer simulator is available here
 Usage:
   python scripts/bench_lartpc_sim.py                      # 640x1024 and 128x256
   python scripts/bench_lartpc_sim.py --resolutions 640x1024 --num-events 16
+  python scripts/bench_lartpc_sim.py --signal raw           # bipolar induction
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 
 import numpy as np
 
-from recoil_jax.studies.sbnd.sim import INTERACTIONS, PLANE_NAMES, simulate_sbnd_events
+from recoil_jax.studies.sbnd.sim import INTERACTIONS, PLANE_NAMES, SIGNALS, simulate_sbnd_events
 
 PAPER_640X1024 = {"active": 11_000, "cosmic": 2_300, "neutrino": 250}
 
@@ -40,6 +41,8 @@ def _parse_args() -> argparse.Namespace:
                  default=[0.25, 0.25, 0.25, 0.25],
                  help=f"interaction fractions of {INTERACTIONS}")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--signal", choices=SIGNALS, default="deconvolved",
+                 help="simulated wire signal (SbndPhysics.signal)")
   return p.parse_args()
 
 
@@ -62,13 +65,14 @@ def main() -> None:
   load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
   print(f"machine: {platform.machine()} {platform.processor() or ''}, "
         f"{os.cpu_count()} CPUs, load average {load[0]:.1f}, numpy {np.__version__}")
-  print(f"interaction fractions {dict(zip(INTERACTIONS, args.fractions))}")
+  print(f"interaction fractions {dict(zip(INTERACTIONS, args.fractions))}, "
+        f"signal {args.signal!r}")
   for (h, w), n in zip(resolutions, counts):
     seed = args.seed + 1000 * h + w
-    simulate_sbnd_events(seed + 1, 1, height=h, width=w,
+    simulate_sbnd_events(seed + 1, 1, height=h, width=w, signal=args.signal,
                          interaction_fractions=args.fractions)  # warm-up
     t_wall, t_cpu = time.perf_counter(), time.process_time()
-    ev = simulate_sbnd_events(seed, n, height=h, width=w,
+    ev = simulate_sbnd_events(seed, n, height=h, width=w, signal=args.signal,
                               interaction_fractions=args.fractions)
     wall, cpu = time.perf_counter() - t_wall, time.process_time() - t_cpu
     print(f"\n{h}x{w}: {n} simulated events, {n / wall:.2f} events/s wall, "
@@ -87,6 +91,14 @@ def main() -> None:
       paper = PAPER_640X1024.get(name) if (h, w) == (640, 1024) else None
       print(f"  {name:<20}" + "".join(f"{v:9.0f}" for v in values.mean(axis=0)) +
             f"{values.mean():9.0f}" + (f"{paper:8d}" if paper else ""))
+    # Value distribution of the active pixels per plane (ADC, pooled to h x w).
+    for p, name in enumerate(PLANE_NAMES):
+      v = ev.images[:, p][ev.images[:, p] != 0]
+      if v.size:
+        q = np.percentile(np.abs(v), [10, 50, 90, 99])
+        print(f"  plane {name}: negative {np.mean(v < 0):.0%}, |value| percentiles "
+              f"10/50/90/99 = {q[0]:.2f} / {q[1]:.2f} / {q[2]:.1f} / {q[3]:.1f} ADC, "
+              f"charge per event {np.abs(ev.images[:, p]).sum(axis=(1, 2)).mean():.3g}")
     for k, kind in enumerate(INTERACTIONS[1:], start=1):
       sel = ev.interaction == k
       if sel.any():

@@ -67,10 +67,15 @@ def test_round_trip_against_resimulation(built):
       ex = src[i]
       assert {k: (v.shape, v.dtype) for k, v in ex.items()} == {
           "image": ((3, H, W), np.float32), "label": ((3, H, W), np.int32),
-          "interaction": ((), np.int32), "neutrino_energy_gev": ((), np.float32)}
+          **{k: (shape, np.dtype(dt)) for k, (dt, shape, _) in
+             sbnd_source.EVENT_FIELDS.items()}}
       np.testing.assert_array_equal(ex["image"], image)
       np.testing.assert_array_equal(ex["label"], label)
       assert ex["interaction"] == interaction and ex["neutrino_energy_gev"] == energy
+      # Where it came from: simulated (file -1), its index in the split, and the
+      # (split code, chunk, event in chunk) that re-simulates it.
+      assert ex["file_index"] == -1 and ex["entry"] == i
+      assert ex["event_id"].tolist() == [sbnd_dataset.SPLITS.index(split), i // 2, i % 2]
       r = raw[i]
       assert r["pixels"].dtype == np.int32 and r["labels"].dtype == np.uint8
       assert (np.diff(r["pixels"]) > 0).all()

@@ -466,3 +466,108 @@ def test_corrupted_or_truncated_hdf5_names_the_file(tmp_path):
       larcv.read_cosmictagger(path, downsample=1)
     except ValueError as e:
       assert str(e).startswith(f"{path}: "), (offset, str(e))
+
+
+# ------------------------------------------------------------------ truth groups, per-axis
+
+
+def _truth(n):
+  """particle_sbndneutrino input: event 1 has no neutrino (cosmic only)."""
+  return {"pdg": np.array([14, 0, -12, 14, 16])[:n],
+          "current_type": np.array([0, -1, 0, 1, 0])[:n],
+          "interaction_mode": np.array([1001, -1, 1091, 1002, 1001])[:n],
+          "energy_gev": np.array([0.8, 0.0, 1.7, 0.4, 3.0])[:n],
+          "vertex_cm": np.array([[-50.0, 10.0, 200.0], [np.nan] * 3, [120.0, -30.0, 400.0],
+                                 [3.0, 4.0, 5.0], [1.0, 1.0, 1.0]])[:n]}
+
+
+def test_interaction_codes_from_particle_truth():
+  t = _truth(5)
+  codes = larcv.interaction_codes(t["pdg"] != 0, t["pdg"], t["current_type"])
+  # νμ CC, cosmic only, ν̄e CC, NC, ντ CC (not a class of the study: unknown).
+  assert codes.tolist() == [2, 0, 1, 3, -1]
+  assert [lartpc.INTERACTIONS[c] for c in codes[:4]] == ["numu_cc", "cosmic_only", "nue_cc",
+                                                         "nc"]
+
+
+def test_truth_groups_round_trip(tmp_path):
+  """particle_sbndneutrino, cluster2d_sbndneutrino and cluster2d_sbndsegmerged are written
+  in the larcv3 layout (checked field by field) and read back."""
+  images, labels = random_events(1, n=5, ticks=12, wires=16)
+  truth = _truth(5)
+  vertex = np.full((5, 3, 2), np.nan)
+  vertex[0] = [[3.2, 4.9], [5.0, 5.0], [0.4, 15.9]]  # The last is clipped at the corner.
+  vertex[2] = [[6.0, 8.0], [6.0, 8.0], [np.nan, np.nan]]  # Plane Y without marker.
+  segments = larcv.segments_from_labels(images, labels)
+  ids = np.array([[1, 2, 3], [1, 2, 4], [1, 2, 5], [1, 3, 1], [1, 3, 2]])
+  path = write(tmp_path, images, labels, event_ids=ids, neutrino=truth, vertex_pixels=vertex,
+               segments=segments)
+  with h5py.File(path) as f:
+    g = f["/Data/particle_sbndneutrino_group"]
+    assert g["particles"].dtype.itemsize == 344 and g["particles"].shape == (4,)
+    assert g["extents"]["N"].tolist() == [1, 0, 1, 1, 1]
+    assert g["particles"]["vtx"]["z"][0] == 200.0
+    c = f["/Data/cluster2d_sbndneutrino_group"]
+    assert set(c) == {"extents", "projection_extents", "image_meta", "cluster_extents",
+                      "voxels"}
+    assert c["extents"]["N"].tolist() == [3, 0, 3, 0, 0]
+    assert c["cluster_extents"]["N"][:3].tolist() == [25, 25, 9]  # 5x5, 5x5, clipped 3x3.
+  truth_read = larcv.read_neutrino_truth(path)
+  assert truth_read.has_neutrino.tolist() == [True, False, True, True, True]
+  assert truth_read.num_particles.tolist() == [1, 0, 1, 1, 1]
+  events = larcv.read_cosmictagger(path, downsample=1)
+  np.testing.assert_array_equal(events.images, images)
+  assert events.interaction.tolist() == [2, 0, 1, 3, -1]
+  np.testing.assert_allclose(events.neutrino_energy_gev, truth["energy_gev"], rtol=1e-6)
+  assert events.neutrino_pdg.tolist() == truth["pdg"].tolist()
+  assert events.current_type.tolist() == [0, -1, 0, 1, 0]
+  assert events.interaction_mode.tolist() == truth["interaction_mode"].tolist()
+  np.testing.assert_allclose(events.vertex_cm, truth["vertex_cm"], rtol=1e-6)
+  np.testing.assert_array_equal(events.event_id, ids)
+  np.testing.assert_array_equal(events.entry, np.arange(5))
+  # Marker centres: the 5x5 block's centre (floor + 0.5); clipped blocks shift.
+  np.testing.assert_allclose(events.vertex_pixel[0, :2], [[3.5, 4.5], [5.5, 5.5]])
+  np.testing.assert_allclose(events.vertex_pixel[0, 2], [1.5, 14.5])
+  assert np.isnan(events.vertex_pixel[1]).all() and np.isnan(events.vertex_pixel[2, 2]).all()
+  # Pooled 2x4 (rows, columns): marker centres in pooled pixels.
+  pooled = larcv.read_cosmictagger(path, downsample=(2, 4))
+  np.testing.assert_allclose(pooled.vertex_pixel[0, 0], [3.5 / 2, 4.5 / 4])
+  # Per-origin segment clusters: cluster 0 = neutrino pixels, 1 = cosmic, with values.
+  clusters = larcv.read_clusters(path)
+  for i in range(5):
+    for p in range(3):
+      cids, vids, values = clusters[i][p]
+      dense = np.full((12, 16), -1)
+      wire, time = np.divmod(vids.astype(np.int64), 12)
+      dense[time, wire] = cids
+      np.testing.assert_array_equal(dense, segments[0][i, p])
+      np.testing.assert_array_equal(values, images[i, p][time, wire])
+  # Files without the groups: unknown truth, as before.
+  plain = larcv.read_cosmictagger(write(tmp_path, images, labels, "plain.h5"), downsample=1)
+  assert plain.interaction.tolist() == [-1] * 5 and np.isnan(plain.neutrino_energy_gev).all()
+  assert larcv.read_neutrino_truth(os.path.join(tmp_path, "plain.h5")) is None
+
+
+def test_per_axis_downsampling_and_target_size(tmp_path):
+  images, labels = random_events(2, n=2, ticks=20, wires=16)
+  path = write(tmp_path, images, labels)
+  for factors in ((5, 4), (2, 8), (20, 1)):
+    events = larcv.read_cosmictagger(path, downsample=factors)
+    np.testing.assert_allclose(events.images, larcv.downsample_images(images, factors),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(events.labels, larcv.downsample_labels(labels, factors))
+    by_size = larcv.read_cosmictagger(path, size=(20 // factors[0], 16 // factors[1]))
+    np.testing.assert_array_equal(by_size.images, events.images)
+  # Loop reference of a non-square block.
+  fr, fc = 5, 4
+  ref = np.array([[[[images[i, p, r * fr:(r + 1) * fr, c * fc:(c + 1) * fc].astype(
+      np.float64).sum() / (fr * fc) for c in range(4)] for r in range(4)] for p in range(3)]
+      for i in range(2)], np.float32)
+  np.testing.assert_allclose(larcv.read_cosmictagger(path, downsample=(5, 4)).images, ref,
+                             rtol=1e-6)
+  with pytest.raises(ValueError, match="cannot be pooled to 6x16"):
+    larcv.read_cosmictagger(path, size=(6, 16))
+  with pytest.raises(ValueError, match="not divisible by downsample"):
+    larcv.read_cosmictagger(path, downsample=(3, 4))
+  with pytest.raises(ValueError, match="downsample must be"):
+    larcv.read_cosmictagger(path, downsample=(0, 4))

@@ -233,8 +233,9 @@ def test_fast_render_matches_reference():
       _deposits([[-1995.0, 0.0, 100.0], [1990.0, -1900, 4900.0],
                  [-3.0, 1500.0, 2000.0]], energy_mev=1.0),
   ])
-  for height, width, threshold in ((1280, 2048, 0.0), (64, 128, 5.0)):
-    physics = L.SbndPhysics(threshold_adc=threshold, **QUIET)
+  for height, width, threshold, signal in ((1280, 2048, 0.0, "raw"), (64, 128, 5.0, "raw"),
+                                           (64, 128, 5.0, "deconvolved")):
+    physics = L.SbndPhysics(threshold_adc=threshold, signal=signal, **QUIET)
     fast_img, fast_lab = L.render_deposits(deps, np.random.default_rng(0),
                                            height=height, width=width,
                                            physics=physics)
@@ -318,10 +319,13 @@ def test_drift_halves_and_time_shifts():
   # Induction pulses are bipolar with the positive lobe first in time: above
   # the negative lobe in the top half, below it in the bottom half (where time
   # runs upward); collection pulses are unipolar and centred on the arrival.
+  # (signal="raw"). Deconvolved (the default): every plane unipolar, centred on the
+  # arrival, with the collection plane's charge.
   for x in (-1000.0, 1000.0):
     img, _ = L.render_deposits(
         _deposits([x, 0.0, 2500.0], energy_mev=1.0), np.random.default_rng(0),
-        height=1280, width=2048, physics=L.SbndPhysics(threshold_adc=0.0, **QUIET))
+        height=1280, width=2048,
+        physics=L.SbndPhysics(threshold_adc=0.0, signal="raw", **QUIET))
     for plane in (0, 1):
       profile = img[plane].sum(axis=1)
       first, last = np.flatnonzero(profile > 0), np.flatnonzero(profile < 0)
@@ -329,6 +333,13 @@ def test_drift_halves_and_time_shifts():
       assert abs(profile.sum()) < 1e-3 * np.abs(profile).sum()
     profile = img[2].sum(axis=1)
     assert profile.min() >= 0 and profile.argmax() == row_of(x)
+    deconvolved, _ = L.render_deposits(
+        _deposits([x, 0.0, 2500.0], energy_mev=1.0), np.random.default_rng(0),
+        height=1280, width=2048, physics=L.SbndPhysics(threshold_adc=0.0, **QUIET))
+    for plane in range(3):
+      profile = deconvolved[plane].sum(axis=1)
+      assert profile.min() >= 0 and profile.argmax() == row_of(x)
+      np.testing.assert_allclose(profile.sum(), img[2].sum(), rtol=1e-5)
   # Charge arriving after the window (late, near the cathode) is dropped.
   assert _label_rows(_deposits([-10.0, 0.0, 2500.0], energy_mev=1.0,
                                time_us=100.0)).size == 0
@@ -391,6 +402,10 @@ def test_occupancies_at_paper_resolution():
   neutrino = (ev.labels == 2).sum(axis=(2, 3)).mean()
   for value, paper in ((active, 11_000), (cosmic, 2_300), (neutrino, 250)):
     assert paper / 2 <= value <= paper * 2, (value, paper)
+  # Deconvolved images: positive on every plane, ~11k active pixels on each.
+  assert ev.images.min() >= 0
+  per_plane = (ev.images != 0).sum(axis=(2, 3)).mean(axis=0)
+  assert (per_plane > 0.7 * 11_000).all() and (per_plane < 1.3 * 11_000).all(), per_plane
 
 
 @pytest.mark.parametrize("kwargs, name", [
@@ -440,3 +455,38 @@ def test_readout_pieces_keep_the_visible_charge():
   img_c, lab_c = L.render_deposits(cut, np.random.default_rng(0), **kw)
   assert img_c[2].sum() == pytest.approx(img_f[2].sum(), rel=0.01)
   assert (lab_c != lab_f).sum() <= 0.02 * (lab_f > 0).sum()
+
+
+def test_deconvolved_images_are_positive_thresholded_and_alike_on_all_planes():
+  """The default signal is what CosmicTagger files hold: positive, ≥ 5 ADC at the native
+  grid on every plane, similar charge on all planes; "raw" keeps bipolar induction."""
+  ev = L.simulate_sbnd_events(2, 2, height=1280, width=2048,
+                              interaction_fractions=(0.0, 0.5, 0.5, 0.0))
+  active = ev.images[ev.images != 0]
+  assert active.min() >= 5.0
+  charge = ev.images.sum(axis=(2, 3))  # [N, 3]
+  np.testing.assert_allclose(charge[:, :2] / charge[:, 2:], 1.0, atol=0.15)
+  raw = L.simulate_sbnd_events(2, 2, height=1280, width=2048, signal="raw",
+                               interaction_fractions=(0.0, 0.5, 0.5, 0.0))
+  induction = raw.images[:, :2][raw.images[:, :2] != 0]
+  assert 0.3 < (induction < 0).mean() < 0.7 and np.abs(induction).min() >= 5.0
+  # Labels do not depend on the signal model.
+  np.testing.assert_array_equal(raw.labels, ev.labels)
+  with pytest.raises(ValueError, match="signal"):
+    L.SbndPhysics(signal="bipolar")
+
+
+def test_truth_fields_and_vertex_pixels():
+  ev = L.simulate_sbnd_events(1, 6, height=128, width=256,
+                              interaction_fractions=(0.25, 0.25, 0.25, 0.25))
+  names = [L.INTERACTIONS[k] for k in ev.interaction]
+  assert ev.neutrino_pdg.tolist() == [L.INTERACTION_PDG[t] for t in names]
+  assert ev.current_type.tolist() == [L.INTERACTION_CURRENT[t] for t in names]
+  assert (ev.interaction_mode == -1).all()
+  nu = ev.interaction > 0
+  assert np.isfinite(ev.vertex_cm[nu]).all() and np.isnan(ev.vertex_cm[~nu]).all()
+  for i in np.flatnonzero(nu):
+    for p in range(3):  # The vertex sits on the neutrino's pixels.
+      pix = np.argwhere(ev.labels[i, p] == 2) + 0.5
+      if len(pix):
+        assert np.linalg.norm(pix - ev.vertex_pixel[i, p], axis=1).min() < 1.5, (i, p)

@@ -3,6 +3,7 @@ simulated data and on CosmicTagger-format files, the ablation script and the col
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -191,29 +192,50 @@ def test_smoke_run_from_the_launcher_writes_metrics_tables_and_plots(tmp_path):
 
 
 def test_cosmictagger_files_train_and_evaluate_from_the_launcher(tmp_path):
-  """Files in the CosmicTagger larcv3 layout (written from simulated events at twice the
-  smoke resolution, read back with the paper's ×2 downsampling) replace the simulator."""
+  """Files in the CosmicTagger larcv3 layout with the truth groups (written from simulated
+  events at 5x4 times the smoke resolution, pooled per axis by the launcher's default
+  data.downsample=0) replace the simulator; the truth gives Table 3 and Figure 9 and is
+  carried with file / entry / event id into the predictions."""
   from recoil_jax.studies.sbnd import larcv  # pylint: disable=g-import-not-at-top
   from recoil_jax.studies.sbnd import sim as lartpc  # pylint: disable=g-import-not-at-top
   smoke = load_config(CONFIG, "smoke")
-  h, w = 2 * smoke.data.height, 2 * smoke.data.width
-  globs = {}
+  h, w = 5 * smoke.data.height, 4 * smoke.data.width  # 160x256 -> 32x64: 5x4 blocks.
+  globs, test_events = {}, None
   for k, (split, n) in enumerate((("train", 8), ("validation", 4), ("test", 4))):
     ev = lartpc.simulate_sbnd_events(100 + k, n, height=h, width=w)
+    ids = np.stack([np.full(n, 7), np.full(n, k), 10 + np.arange(n)], axis=1)
+    ev = dataclasses.replace(ev, event_id=ids)
     path = tmp_path / f"cosmic_tagging_{split}.h5"
-    larcv.write_cosmictagger(path, ev.images, ev.labels)
+    larcv.write_events(path, ev)
     globs[split] = str(path)
+    test_events = ev
   workdir = str(tmp_path / "wd")
   proc = _launch(f"--config={CONFIG}:smoke", f"--workdir={workdir}",
                  f"--config.data.data_dir={tmp_path / 'tfds'}",
                  *(f"--config.data.files.{s}={g}" for s, g in globs.items()))
   assert proc.returncode == 0, proc.stderr[-3000:]
   final = _check_workdir(workdir, simulated=False)
-  assert "selection" not in final["analysis"]  # No truth interaction types in the files.
-  assert "unknown" in final["analysis"]["selection_note"]
-  assert not os.path.exists(os.path.join(workdir, "figure9.png"))
+  table3 = final["analysis"]["selection"]  # Interaction types from particle_sbndneutrino.
+  expected = np.bincount(test_events.interaction, minlength=4)
+  assert [table3[t]["n"] for t in ("nue_cc", "numu_cc", "nc")] == expected[1:].tolist()
+  assert table3["cosmic_only_rejection"]["n"] == expected[0]
+  for name in ("selection.md", "figure9.png", "figure9.json"):
+    assert os.path.isfile(os.path.join(workdir, name)), name
+  assert "CosmicTagger files" in open(os.path.join(workdir, "selection.md")).read()
+  with np.load(os.path.join(workdir, "predictions_test.npz")) as p:
+    np.testing.assert_array_equal(p["interaction"], test_events.interaction)
+    np.testing.assert_allclose(p["neutrino_energy_gev"], test_events.neutrino_energy_gev)
+    np.testing.assert_array_equal(p["neutrino_pdg"], test_events.neutrino_pdg)
+    np.testing.assert_allclose(p["vertex_cm"], test_events.vertex_cm, rtol=1e-6)
+    np.testing.assert_array_equal(p["event_id"], test_events.event_id)
+    np.testing.assert_array_equal(p["entry"], np.arange(4))
+    assert p["file_index"].tolist() == [0] * 4
+    assert os.path.basename(str(p["files"][0])) == "cosmic_tagging_test.h5"
   with np.load(os.path.join(workdir, "event_displays_test.npz")) as d:
     assert d["images"].shape[1:] == (3, smoke.data.height, smoke.data.width)
+    # The vertex markers, pooled 5x4 like the images: within a pixel of the truth.
+    np.testing.assert_allclose(d["vertex_pixel"], test_events.vertex_pixel[d["indices"]]
+                               / np.array([5.0, 4.0]), atol=1.0)
 
   # Evaluation only: the trained weights on a new file of 5 events (< one batch of 8),
   # given alone; the training run's files and outputs are untouched.
@@ -230,6 +252,9 @@ def test_cosmictagger_files_train_and_evaluate_from_the_launcher(tmp_path):
     evaluation = json.load(f)
   assert set(evaluation["metrics"]) == {"test", "analysis"}
   assert evaluation["metrics"]["analysis"]["num_events"] == 5
+  # A file without the truth groups: no Table 3, no Figure 9.
+  assert "unknown" in evaluation["metrics"]["analysis"]["selection_note"]
+  assert not os.path.exists(os.path.join(workdir, "evaluation", "figure9.png"))
   assert "evaluation" in proc.stdout and "Workdir:" in proc.stdout
   # Another model is refused before anything is restored, naming the keys.
   other = load_config(CONFIG, "smoke")

@@ -488,7 +488,7 @@ def _zoom_box(truth: np.ndarray, pred: np.ndarray | None, margin: int, min_size:
 def plot_event_display(path: str | os.PathLike, image: Any, label: Any,
                        prediction: Any = None, *, title: str = "",
                        data_label: str = io.SIMULATED, zoom: bool = False,
-                       max_panel_pixels: int = 512) -> str:
+                       max_panel_pixels: int = 512, vertex: Any = None) -> str:
   """The three planes of one event: charge, truth overlaid, prediction overlaid.
 
   Rows: the wire-plane image (|ADC|, grey, scaled per plane to its 99th percentile:
@@ -507,6 +507,8 @@ def plot_event_display(path: str | os.PathLike, image: Any, label: Any,
     data_label: e.g. "simulated".
     zoom: crop to the neutrino activity of each plane.
     max_panel_pixels: display size limit per panel side (pixels of the image).
+    vertex: optional float ``[P, 2]`` (row, column) of the true neutrino vertex per plane in
+      pixels (pixel i covers [i, i + 1)); drawn as a ring where finite.
 
   Returns:
     The absolute path of the PNG, written atomically.
@@ -546,6 +548,11 @@ def plot_event_display(path: str | os.PathLike, image: Any, label: Any,
                   interpolation="nearest", aspect="auto")
         ax.imshow(_overlay(_max_pool(classes[p][box].astype(np.int32), f)), extent=extent,
                   interpolation="nearest", aspect="auto")
+      if vertex is not None and np.isfinite(np.asarray(vertex, np.float64)[p]).all():
+        vr, vc = (float(v) - 0.5 for v in np.asarray(vertex, np.float64)[p])
+        ax.plot([vc], [vr], marker="o", ms=9, mfc="none", mec=(0.1, 0.75, 0.1), mew=1.2)
+        ax.set_xlim(extent[0], extent[1])
+        ax.set_ylim(extent[2], extent[3])
       if r == 0:
         ax.set_title(PLANE_NAMES[p] if p < len(PLANE_NAMES) else f"plane {p}", fontsize=10)
       if p == 0:

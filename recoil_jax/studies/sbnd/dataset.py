@@ -8,14 +8,23 @@ Splits ``train``, ``validation``, ``test``. Events come from
   (and can be re-simulated to check it). Other simulators: :func:`register_simulator`
   (``SIMULATORS``, a ``builder_lib.SimulatorRegistry``).
 * CosmicTagger larcv3 files (``files={split: [path or glob, ...]}``): read with
-  ``larcv.iter_cosmictagger`` (``downsample``, ``threshold``); interaction -1 and energy
-  nan (no truth). ``num_*`` > 0 cap the events read per split (0: all). Splits without
+  ``larcv.iter_cosmictagger`` (``downsample``: one factor, (rows, columns), or 0 for the
+  factors that give ``height`` x ``width``; ``threshold``), with the neutrino truth when
+  the files hold ``particle_sbndneutrino`` / ``cluster2d_sbndneutrino`` (else interaction
+  -1, energy nan). ``num_*`` > 0 cap the events read per split (0: all). Splits without
   files are not built (warning).
 
 Each example is one event, stored sparsely: ``pixels`` int32 [n] flat indices into the
 event's [3, H, W] grid (plane-major: plane = pixel // (H·W), row = drift, column = wire),
-sorted; ``values`` float32 [n] and ``labels`` uint8 [n] at those pixels; ``interaction``
-int32 (index into ``sbnd.sim.INTERACTIONS``, -1 unknown); ``neutrino_energy_gev`` float32.
+sorted; ``values`` float32 [n] and ``labels`` uint8 [n] at those pixels; the truth of
+``sbnd.sim.SbndEvents`` (``TRUTH_FEATURES``): ``interaction`` int32 (index into
+``sbnd.sim.INTERACTIONS``, -1 unknown), ``neutrino_energy_gev`` float32 (GeV),
+``neutrino_pdg``, ``current_type``, ``interaction_mode`` int32, ``vertex_cm`` float32 [3],
+``vertex_pixel`` float32 [3, 2] (per plane (row, column) at this resolution); and where the
+event came from: ``file_index`` int32 (index into ``metadata["files"][split]``; -1 for
+simulation), ``entry`` int64 (row in that file; simulation: index in the split),
+``event_id`` int64 [3] (run, subrun, event; simulation: (split code, chunk, event in
+chunk), which re-simulates it with :func:`chunk_seed`).
 Stored pixels are the non-zero image pixels plus labelled pixels whose value is zero
 (charge below threshold still carries truth), so images and labels round-trip exactly
 (``sbnd.source.densify``). H and W are in the config and in ``metadata.json``. Examples
@@ -52,6 +61,13 @@ SPLITS = ("train", "validation", "test")
 _SPLIT_CODE = {name: i for i, name in enumerate(SPLITS)}
 NUM_PLANES = 3
 NUM_INTERACTIONS = 4  # len(sbnd.sim.INTERACTIONS)
+# Per-event truth features: name -> (dtype, shape) (``sbnd.sim.SbndEvents`` fields).
+TRUTH_FEATURES = {"interaction": (np.int32, ()), "neutrino_energy_gev": (np.float32, ()),
+                  "neutrino_pdg": (np.int32, ()), "current_type": (np.int32, ()),
+                  "interaction_mode": (np.int32, ()), "vertex_cm": (np.float32, (3,)),
+                  "vertex_pixel": (np.float32, (NUM_PLANES, 2)),
+                  "entry": (np.int64, ()), "event_id": (np.int64, (3,))}
+SOURCE_FEATURES = {"file_index": (np.int32, ())}
 
 def _lartpc_simulator(seed: int, num_events: int, **kwargs):
   try:
@@ -115,7 +131,8 @@ class SbndConfig(tfds.core.BuilderConfig):
   files: tuple = ()
   # ((split, ((path, size, mtime_ns), ...)), ...): the resolved files, for the hash.
   files_resolved: tuple = ()
-  downsample: int = 2
+  # Pooling of files: (rows, columns) factors; (0, 0): from the file size and height x width.
+  downsample: tuple = (2, 2)
   threshold: float | None = None
 
   def num_events(self, split: str) -> int:
@@ -142,12 +159,15 @@ def make_config(*, num_train: int, num_validation: int, num_test: int, height: i
                 seed: int, files: Mapping[str, Sequence[str] | str] | None = None,
                 chunk_size: int = 8, simulator: str = "lartpc",
                 interaction_fractions: Sequence[float] = (0.25, 0.25, 0.25, 0.25),
-                physics_kwargs: Mapping[str, Any] | None = None, downsample: int = 2,
+                physics_kwargs: Mapping[str, Any] | None = None,
+                downsample: int | Sequence[int] = 2,
                 threshold: float | None = None) -> SbndConfig:
   """An :class:`SbndConfig` whose name encodes sizes and resolution and hashes every field."""
-  if height < 1 or width < 1 or chunk_size < 1 or downsample < 1:
-    raise ValueError(f"need height, width, chunk_size, downsample >= 1; got height={height}, "
-                     f"width={width}, chunk_size={chunk_size}, downsample={downsample}")
+  if height < 1 or width < 1 or chunk_size < 1:
+    raise ValueError(f"need height, width, chunk_size >= 1; got height={height}, "
+                     f"width={width}, chunk_size={chunk_size}")
+  factors = (0, 0) if np.ndim(downsample) == 0 and int(downsample) == 0 else (
+      larcv.factors_of(downsample))
   if NUM_PLANES * height * width >= 2**31:
     raise ValueError(f"{NUM_PLANES}x{height}x{width} pixels do not fit int32 pixel indices")
   if min(num_train, num_validation, num_test) < 0:
@@ -179,7 +199,7 @@ def make_config(*, num_train: int, num_validation: int, num_test: int, height: i
                 chunk_size=int(chunk_size), simulator="" if spec else simulator,
                 interaction_fractions=() if spec else fractions,
                 physics_kwargs=() if spec else physics, files=spec, files_resolved=resolved,
-                downsample=int(downsample) if spec else 0,
+                downsample=factors if spec else (0, 0),
                 threshold=(None if threshold is None else float(threshold)) if spec else None)
   kind = "files" if spec else f"sim-{simulator}"
   name = builder_lib.hashed_name(
@@ -193,8 +213,10 @@ def make_config(*, num_train: int, num_validation: int, num_test: int, height: i
 class SbndWireImages(tfds.core.GeneratorBasedBuilder):
   """Three SBND wire-plane images per event with per-pixel labels (arXiv 2012.01301)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Sparse wire-plane events: toy simulator or CosmicTagger files."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Sparse wire-plane events: toy simulator or CosmicTagger files.",
+                   "1.1.0": "Neutrino truth (PDG, CC/NC, mode, vertex) and file / entry / "
+                            "event id per example."}
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -204,8 +226,8 @@ class SbndWireImages(tfds.core.GeneratorBasedBuilder):
             "pixels": tfds.features.Tensor(shape=(None,), dtype=np.int32),
             "values": tfds.features.Tensor(shape=(None,), dtype=np.float32),
             "labels": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
-            "interaction": np.int32,
-            "neutrino_energy_gev": np.float32,
+            **{k: (tfds.features.Tensor(shape=shape, dtype=dt) if shape else dt)
+               for k, (dt, shape) in {**TRUTH_FEATURES, **SOURCE_FEATURES}.items()},
         }),
         metadata=tfds.core.MetadataDict(),
         # Example i of a split is event i of its stream (re-simulable from chunk_seed);
@@ -227,7 +249,7 @@ class SbndWireImages(tfds.core.GeneratorBasedBuilder):
         "source": "files" if cfg.files else f"simulator:{cfg.simulator}",
         "interaction_fractions": list(cfg.interaction_fractions),
         "physics_kwargs": {k: repr(v) for k, v in cfg.physics_kwargs},
-        "downsample": cfg.downsample, "threshold": cfg.threshold,
+        "downsample": list(cfg.downsample), "threshold": cfg.threshold,
     }
     self.info.metadata["stats"] = {}
     if cfg.files:
@@ -252,12 +274,15 @@ class SbndWireImages(tfds.core.GeneratorBasedBuilder):
     stats = _Stats()
     self._empty_by_file: dict[str, list[int]] = {}
     index = 0
-    for where, events in chunks:
+    for where, file_index, events in chunks:
       _check_events(events, cfg.height, cfg.width, where)
       for j in range(len(events.interaction)):
         ex = sparsify(events.images[j], events.labels[j])
-        ex["interaction"] = np.int32(events.interaction[j])
-        ex["neutrino_energy_gev"] = np.float32(events.neutrino_energy_gev[j])
+        for name, (dtype, _) in TRUTH_FEATURES.items():
+          ex[name] = np.asarray(getattr(events, name)[j], dtype)
+        ex["file_index"] = np.int32(file_index)
+        if file_index < 0:  # Simulation: the event's place in its split.
+          ex["entry"] = np.int64(index)
         stats.add(events.images[j], events.labels[j], int(events.interaction[j]))
         yield index, ex
         index += 1
@@ -282,22 +307,26 @@ class SbndWireImages(tfds.core.GeneratorBasedBuilder):
       if len(events.interaction) != n:
         raise ValueError(f"simulator {cfg.simulator!r} returned {len(events.interaction)} "
                          f"events for {n}")
-      yield f"simulator {cfg.simulator!r}, split {split!r}, chunk {chunk}", events
+      ids = np.stack([np.full(n, _SPLIT_CODE[split]), np.full(n, chunk), np.arange(n)], axis=1)
+      yield (f"simulator {cfg.simulator!r}, split {split!r}, chunk {chunk}", -1,
+             dataclasses.replace(events, event_id=ids))
 
   def _from_files(self, split: str, paths: Sequence[str]) -> Iterator[tuple[str, Any]]:
     cfg = self._cfg
     cap = cfg.num_events(split)
     seen = 0
-    for path in paths:
+    auto = tuple(cfg.downsample) == (0, 0)
+    for file_index, path in enumerate(paths):
       if cap and seen >= cap:
         break
       stop = None if not cap else cap - seen
       read = larcv.ReadStats()
-      for events in larcv.iter_cosmictagger(path, downsample=cfg.downsample,
-                                            threshold=cfg.threshold, stop=stop,
-                                            chunk_size=cfg.chunk_size, stats=read):
+      for events in larcv.iter_cosmictagger(
+          path, downsample=1 if auto else tuple(cfg.downsample),
+          size=(cfg.height, cfg.width) if auto else None, threshold=cfg.threshold, stop=stop,
+          chunk_size=cfg.chunk_size, stats=read):
         seen += len(events.interaction)
-        yield f"{path}", events
+        yield f"{path}", file_index, events
       if read.num_empty:
         self._empty_by_file[path] = [int(e) for e in read.empty_entries]
 
@@ -373,7 +402,7 @@ def build_sbnd_dataset(
     simulator: str = "lartpc",
     interaction_fractions: Sequence[float] = (0.25, 0.25, 0.25, 0.25),
     physics_kwargs: Mapping[str, Any] | None = None,
-    downsample: int = 2,
+    downsample: int | Sequence[int] = 2,
     threshold: float | None = None,
 ) -> SbndWireImages:
   """Prepares (or reuses) the SBND dataset under ``data_dir`` and returns its builder.
@@ -391,7 +420,9 @@ def build_sbnd_dataset(
     simulator: registered simulator name (:func:`register_simulator`).
     interaction_fractions: fractions of cosmic_only, nue_cc, numu_cc, nc events.
     physics_kwargs: extra keyword arguments of the simulator.
-    downsample, threshold: for files, see ``larcv.iter_cosmictagger``.
+    downsample: for files, the pooling factor of both axes, (rows, columns), or 0: the
+      factors giving height x width from the files' size (``larcv.iter_cosmictagger``).
+    threshold: for files, see ``larcv.iter_cosmictagger``.
 
   Returns:
     The prepared builder: ``builder.as_data_source(split)`` for reading (see

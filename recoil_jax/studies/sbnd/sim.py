@@ -42,14 +42,20 @@ pulser's 41.6 ADC·tick per 1000 e⁻ of the SBND ``params.jsonnet`` would need 
 1.6 µs σ and is not used).  A minimum-ionising track (≈19k e⁻ per 3 mm wire
 after recombination) then peaks at ≈ 97 ADC per tick and at ≈ 60–75 ADC in a
 native collection pixel (depending on where in the row it arrives).  Native
-Gaussian noise of 1.6–1.65 ADC RMS (``noise_adc``, the level after noise
-filtering and the ×4 tick average) gives S/N ≈ 40–45.  Native pixels with
-|value| < ``threshold_adc`` (5, as the CosmicTagger files) are set to 0
-before the block average, so an active pixel at 640×1024 is a 2×2 block with
-at least one native pixel over threshold.  Induction values are signed
-(bipolar).  At coarse renderings most active pixels are noise of tiny value:
-at 128×256 a 10×8 block holds one noise crossing with ≈17 % probability,
-which adds ≈5/80 ADC to it.
+Gaussian noise of ≈1.6–1.8 ADC RMS (``noise_adc``) gives S/N ≈ 35–45.
+
+Signal model (``SbndPhysics.signal``): "deconvolved" (default) is what the
+CosmicTagger files hold: the field response divided out, so the induction
+planes show the collection plane's unipolar pulse and the same charge, values
+≥ ``threshold_adc`` (5 ADC) kept at the native grid (everything positive), and
+the noise that survives deconvolution (``DECONVOLVED_NOISE_ADC``, 1.82 ADC on
+every plane, tuned to the paper's ~11k active pixels per plane at 640×1024).
+"raw" keeps bipolar induction (signed values, |value| ≥ 5 ADC kept) and the
+filtered raw noise (``RAW_NOISE_ADC``).  Thresholding is applied before the
+block average, so an active pixel at 640×1024 is a 2×2 block with at least one
+native pixel over threshold.  At coarse renderings most active pixels are
+noise of tiny value: at 64×128 a 20×16 block holds ~1 deconvolved noise
+crossing on average, ≈5.5/320 ADC each (``data.min_pixel_value`` removes them).
 
 What is modelled (event level in `lartpc_generators`, transport in
 `lartpc_tracks`, constants in `lartpc_physics`)
@@ -68,12 +74,13 @@ What is modelled (event level in `lartpc_generators`, transport in
   exactly over the 3 mm wire cells (the deposit's cell and its two
   neighbours, which take the tails), longitudinal diffusion (D_L = 4 cm²/s)
   added in quadrature to the shaping time.
-* Electronics: collection = unipolar Gaussian pulse (σ = 1.0 µs, see Units);
-  induction = bipolar derivative-of-Gaussian pulse (positive lobe first, zero
-  area, lobe peak ``induction_peak_ratio`` × the collection peak), both
-  integrated exactly over 4 native rows around the arrival (the outer two
-  take the tails, so charge and the zero area are kept exactly).
-* White Gaussian noise per native pixel, threshold |value| ≥ 5 ADC.
+* Electronics: collection (and every plane when deconvolved) = unipolar
+  Gaussian pulse (σ = 1.0 µs, see Units); raw induction = bipolar
+  derivative-of-Gaussian pulse (positive lobe first, zero area, lobe peak
+  ``induction_peak_ratio`` × the collection peak), both integrated exactly over
+  4 native rows around the arrival (the outer two take the tails, so charge and
+  the zero area are kept exactly).
+* White Gaussian noise per native pixel, threshold value ≥ 5 ADC (raw: |value|).
 * Labels from truth: a native pixel is neutrino (2) if at least
   ``truth_threshold_electrons`` (1000 e⁻, ≈5 % of a MIP's charge per wire) of
   neutrino-induced charge arrives in it
@@ -83,12 +90,15 @@ What is modelled (event level in `lartpc_generators`, transport in
   in the real files.
 
 Left out: real field responses (long-range induction on neighbouring wires),
-deconvolution, coherent and 1/f noise, dead or noisy channels, the 3 mm plane
-spacing (all planes are time-aligned), wire-plane transparency, space charge,
+the deconvolution itself (its output is modelled, not computed: no
+ringing, no ROI finding, white instead of filtered noise), coherent and 1/f
+noise, dead or noisy channels, the 3 mm plane spacing (all planes are time-aligned), wire-plane transparency, space charge,
 light and optical triggers, pile-up of several neutrinos, the real flux
 composition (see `lartpc_generators`), and the transport omissions listed in
-`lartpc_tracks`.  Occupancies at 640×1024 match the paper's within a factor of
-2 (``scripts/bench_lartpc_sim.py``), not in detail.
+`lartpc_tracks`.  Occupancies at 640×1024 (deconvolved, 32 simulated events,
+``scripts/bench_lartpc_sim.py``): 11.1k / 11.2k / 9.0k active, 2.4k / 2.5k /
+1.9k cosmic and 210 / 220 / 250 ν pixels on U / V / Y against the paper's ~11k,
+~2.3k and ~250 per plane.
 
 Implementation: per event, numpy only.  Cosmic muons are first cut to the
 parts whose charge can reach the readout window (`_readout_pieces`).  Each
@@ -143,6 +153,16 @@ _WIRE_TAPS = np.arange(-1, 2)
 _ROW_TAPS = 4
 
 
+SIGNALS = ("deconvolved", "raw")
+# Native noise RMS per plane (U, V, Y), ADC. Raw: after noise filtering and the ×4 tick
+# average. Deconvolved: what survives the deconvolution, larger on the induction planes
+# (dividing out their bipolar response amplifies low-frequency noise); tuned so that the
+# occupancy at 640×1024 is the paper's ~11k active pixels per plane (scripts/
+# bench_lartpc_sim.py).
+RAW_NOISE_ADC = (1.65, 1.65, 1.6)
+DECONVOLVED_NOISE_ADC = (1.82, 1.82, 1.82)
+
+
 @dataclasses.dataclass(frozen=True)
 class SbndPhysics:
   """Detector and simulation parameters.
@@ -161,10 +181,14 @@ class SbndPhysics:
     field_kv_per_cm: drift field (ModBox recombination).
     modbox_alpha, modbox_beta: ModBox parameters.
     shaping_sigma_us: σ of the Gaussian collection pulse, µs.
-    induction_peak_ratio: induction lobe peak / collection peak.
+    induction_peak_ratio: induction lobe peak / collection peak ("raw" signal only).
     adc_tick_per_electron: collection pulse area per electron, ADC·tick.
-    noise_adc: (U, V, Y) Gaussian noise RMS per native pixel, ADC.
-    threshold_adc: native pixels with |value| below it are zeroed, ADC.
+    signal: "deconvolved" (the CosmicTagger files: the field response divided out, so
+      every plane sees the collection pulse of the same charge; values ≥ threshold kept)
+      or "raw" (bipolar induction; |values| ≥ threshold kept).
+    noise_adc: (U, V, Y) Gaussian noise RMS per native pixel, ADC; None: the signal's
+      default (``DECONVOLVED_NOISE_ADC`` or ``RAW_NOISE_ADC``).
+    threshold_adc: native pixels below it (raw: |value| below it) are zeroed, ADC.
     truth_threshold_electrons: charge a native pixel needs for a label, e⁻.
     step_mm: transport step, mm.
     fluctuations: Landau energy-loss and electron-count fluctuations.
@@ -188,7 +212,8 @@ class SbndPhysics:
   shaping_sigma_us: float = 1.0
   induction_peak_ratio: float = 0.4
   adc_tick_per_electron: float = 0.0256
-  noise_adc: tuple[float, float, float] = (1.65, 1.65, 1.6)
+  signal: str = "deconvolved"
+  noise_adc: tuple[float, float, float] | None = None
   threshold_adc: float = 5.0
   truth_threshold_electrons: float = 1000.0
   step_mm: float = 1.0
@@ -214,6 +239,11 @@ class SbndPhysics:
       if not getattr(self, name) >= 0:
         raise ValueError(f"SbndPhysics.{name} must be >= 0, got "
                          f"{getattr(self, name)!r}.")
+    if self.signal not in SIGNALS:
+      raise ValueError(f"SbndPhysics.signal must be one of {SIGNALS}, got {self.signal!r}.")
+    if self.noise_adc is None:
+      object.__setattr__(self, "noise_adc", DECONVOLVED_NOISE_ADC
+                         if self.signal == "deconvolved" else RAW_NOISE_ADC)
     noise = tuple(self.noise_adc)
     if len(noise) != 3 or not all(v >= 0 for v in noise):
       raise ValueError("SbndPhysics.noise_adc must be three values >= 0 "
@@ -228,9 +258,18 @@ class SbndPhysics:
         showers=self.showers)
 
 
+# Neutrino PDG code and current type (0 CC, 1 NC; LArSoft's simb::curr_type_t) per
+# interaction of INTERACTIONS; the toy's NC events are νμ NC (the BNB is ~94 % νμ).
+INTERACTION_PDG = {"cosmic_only": 0, "nue_cc": 12, "numu_cc": 14, "nc": 14}
+INTERACTION_CURRENT = {"cosmic_only": -1, "nue_cc": 0, "numu_cc": 0, "nc": 1}
+
+
 @dataclasses.dataclass(frozen=True)
 class SbndEvents:
   """Simulated (or read) SBND wire-plane events.
+
+  The truth fields after ``neutrino_energy_gev`` are optional (None: unknown, filled with
+  the "unknown" values below).
 
   Attributes:
     images: float32 [N, 3, H, W], pedestal-subtracted ADC-like values, zero
@@ -238,12 +277,29 @@ class SbndEvents:
     labels: uint8 [N, 3, H, W], 0 background, 1 cosmic, 2 neutrino.
     interaction: int32 [N], index into INTERACTIONS (−1 unknown).
     neutrino_energy_gev: float32 [N], 0.0 for cosmic_only (nan unknown).
+    neutrino_pdg: int32 [N], PDG code of the neutrino (0: none or unknown).
+    current_type: int32 [N], 0 CC, 1 NC, −1 no neutrino or unknown.
+    interaction_mode: int32 [N], generator interaction code (CosmicTagger files: the
+      ``interaction_type`` of the neutrino particle, LArSoft ``MCNeutrino::
+      InteractionType()``, e.g. 1001 CCQE); −1 unknown (the simulator does not set it).
+    vertex_cm: float32 [N, 3], neutrino vertex (x drift, y up, z beam), cm; nan none.
+    vertex_pixel: float32 [N, 3, 2], per plane the vertex (row, column) in pixels of
+      this rendering, continuous (pixel i covers [i, i + 1)); nan none.
+    entry: int64 [N], row of the event in its file (simulation: index in the call).
+    event_id: int64 [N, 3], (run, subrun, event); simulation (0, 0, entry).
   """
 
   images: np.ndarray
   labels: np.ndarray
   interaction: np.ndarray
   neutrino_energy_gev: np.ndarray
+  neutrino_pdg: np.ndarray | None = None
+  current_type: np.ndarray | None = None
+  interaction_mode: np.ndarray | None = None
+  vertex_cm: np.ndarray | None = None
+  vertex_pixel: np.ndarray | None = None
+  entry: np.ndarray | None = None
+  event_id: np.ndarray | None = None
 
   def __post_init__(self):
     if self.images.ndim != 4 or self.images.shape[1] != 3:
@@ -253,13 +309,41 @@ class SbndEvents:
     if self.labels.shape != self.images.shape:
       raise ValueError(f"SbndEvents.labels: expected {self.images.shape}, got "
                        f"{self.labels.shape}.")
-    for name in ("interaction", "neutrino_energy_gev"):
-      if getattr(self, name).shape != (n,):
-        raise ValueError(f"SbndEvents.{name}: expected ({n},), got "
-                         f"{getattr(self, name).shape}.")
+    defaults = {
+        "neutrino_pdg": (np.int32, (n,), 0), "current_type": (np.int32, (n,), -1),
+        "interaction_mode": (np.int32, (n,), -1), "vertex_cm": (np.float32, (n, 3), np.nan),
+        "vertex_pixel": (np.float32, (n, 3, 2), np.nan), "entry": (np.int64, (n,), None),
+        "event_id": (np.int64, (n, 3), None)}
+    for name, (dtype, shape, fill) in defaults.items():
+      value = getattr(self, name)
+      if value is None:
+        if name == "entry":
+          value = np.arange(n, dtype=np.int64)
+        elif name == "event_id":
+          value = np.zeros((n, 3), np.int64)
+          value[:, 2] = np.arange(n)
+        else:
+          value = np.full(shape, fill, dtype)
+      object.__setattr__(self, name, np.asarray(value, dtype))
+    for name in ("interaction", "neutrino_energy_gev", *defaults):
+      shape = defaults[name][1] if name in defaults else (n,)
+      if np.shape(getattr(self, name)) != shape:
+        raise ValueError(f"SbndEvents.{name}: expected {shape}, got "
+                         f"{np.shape(getattr(self, name))}.")
 
   def __len__(self) -> int:
     return int(self.images.shape[0])
+
+  def truth_fields(self) -> dict[str, np.ndarray]:
+    """The per-event truth and bookkeeping arrays (every field except images, labels)."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+            if f.name not in ("images", "labels")}
+
+  @staticmethod
+  def concat(parts: Sequence["SbndEvents"]) -> "SbndEvents":
+    """The events of ``parts`` one after the other (at least one part)."""
+    names = [f.name for f in dataclasses.fields(SbndEvents)]
+    return SbndEvents(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in names})
 
 
 def _check_resolution(height: int, width: int) -> tuple[int, int]:
@@ -454,12 +538,13 @@ def _native_to_grid(native_index: np.ndarray) -> np.ndarray:
 
 
 def _noise_tail(rng: np.random.Generator, sigma: float, threshold: float,
-                plane: int):
+                plane: int, one_sided: bool = False):
   """Native pixels of a plane where pure noise crosses the threshold.
 
   Each of the plane's wire pixels exceeds |v| ≥ threshold with probability
-  p = 2Φ(−thr/σ): the count is Binomial, positions uniform (duplicates merged),
-  magnitudes from the Gaussian tail by inverse CDF, signs ±.  The caller drops
+  p = 2Φ(−thr/σ) (``one_sided``: v ≥ threshold, p = Φ(−thr/σ)): the count is
+  Binomial, positions uniform (duplicates merged), magnitudes from the Gaussian
+  tail by inverse CDF, signs ± (one-sided: +).  The caller drops
   positions inside the signal support (those pixels get their own noise).
 
   Returns:
@@ -468,11 +553,11 @@ def _noise_tail(rng: np.random.Generator, sigma: float, threshold: float,
   n = WIRES_PER_PLANE[plane]
   pad = (NATIVE_COLUMNS - n) // 2
   q = special.ndtr(-threshold / sigma)
-  count = rng.binomial(n * NATIVE_ROWS, 2.0 * q)
+  count = rng.binomial(n * NATIVE_ROWS, q if one_sided else 2.0 * q)
   rows = rng.integers(0, NATIVE_ROWS, count)
   cols = pad + rng.integers(0, n, count)
   u = rng.uniform(size=count)
-  sign = np.where(rng.uniform(size=count) < 0.5, -1.0, 1.0)
+  sign = 1.0 if one_sided else np.where(rng.uniform(size=count) < 0.5, -1.0, 1.0)
   values = sign * sigma * -special.ndtri(np.maximum(u * q, 1e-300))
   index, first = np.unique(rows * NATIVE_COLUMNS + cols, return_index=True)
   return index, values[first]
@@ -490,7 +575,8 @@ def _native_plane(drifted: _Drifted, plane: int, physics: SbndPhysics,
   size = 2 * _GRID_BINS * _GRID_COLS
   cols, wire_w = wire_weights(_plane_columns(drifted.position_mm, plane),
                               drifted.sigma_wires)
-  bins, row_w = (drifted.collection_rows if plane == 2 else
+  deconvolved = physics.signal == "deconvolved"
+  bins, row_w = (drifted.collection_rows if plane == 2 or deconvolved else
                  drifted.induction_rows)
   half = drifted.bottom * _GRID_BINS + _PAD_BINS
   # Grid indices of the deposit's (arrival bin, wire cell) and of its taps.
@@ -511,13 +597,14 @@ def _native_plane(drifted: _Drifted, plane: int, physics: SbndPhysics,
   sigma = physics.noise_adc[plane]
   if sigma > 0:
     signal = signal + sigma * rng.standard_normal(signal.size)
-    tail_index, tail_value = _noise_tail(rng, sigma, physics.threshold_adc, plane)
+    tail_index, tail_value = _noise_tail(rng, sigma, physics.threshold_adc, plane,
+                                         one_sided=deconvolved)
     fresh = ~mask[_native_to_grid(tail_index)]
     tail_index, tail_value = tail_index[fresh], tail_value[fresh]
   else:
     tail_index, tail_value = np.zeros(0, np.int64), np.zeros(0)
   mask[grid_index] = False
-  keep = np.abs(signal) >= physics.threshold_adc
+  keep = (signal if deconvolved else np.abs(signal)) >= physics.threshold_adc
   image_index = np.concatenate([support[keep], tail_index])
   image_value = np.concatenate([signal[keep], tail_value])
 
@@ -611,7 +698,7 @@ def render_deposits_reference(deposits: tr.Deposits, *, height: int, width: int,
         for k in range(first, first + 4):
           a = -inf if k == first else (k - row) / sr
           b = inf if k == first + 3 else (k + 1 - row) / sr
-          if plane == 2:
+          if plane == 2 or physics.signal == "deconvolved":
             w_row = g * (phi(b) - phi(a))
           else:
             w_row = amp * (math.exp(-0.5 * b * b) - math.exp(-0.5 * a * a))
@@ -620,7 +707,8 @@ def render_deposits_reference(deposits: tr.Deposits, *, height: int, width: int,
             native[plane, r, c] += q * w_row * w_wire
             if k == k0:  # truth: the arrival bin, no shaping
               truth[d.origin[i] - 1, plane, r, c] += q * w_wire
-  native[np.abs(native) < physics.threshold_adc] = 0.0
+  below = (native if physics.signal == "deconvolved" else np.abs(native)) < physics.threshold_adc
+  native[below] = 0.0
   thr = max(physics.truth_threshold_electrons, 1e-9)
   native_labels = np.where(truth[1] >= thr, 2, np.where(truth[0] >= thr, 1, 0))
   shape = (3, height, block_r, width, block_c)
@@ -691,17 +779,20 @@ def _readout_pieces(tracks: tr.Particles, physics: SbndPhysics) -> tr.Particles:
 
 
 def simulate_event_deposits(seed: int, event: int, interaction: str,
-                            physics: SbndPhysics = SbndPhysics()):
+                            physics: SbndPhysics = SbndPhysics(), *,
+                            return_vertex: bool = False):
   """Energy deposits of one event.
 
   Args:
     seed, event: the event's random streams (as in `simulate_sbnd_events`).
     interaction: one of INTERACTIONS.
     physics: simulation parameters.
+    return_vertex: also return the neutrino vertex.
 
   Returns:
     (deposits, neutrino_energy_gev): deposits of cosmics and the neutrino
-    (origin 1 / 2); energy 0.0 for cosmic_only.
+    (origin 1 / 2); energy 0.0 for cosmic_only. With ``return_vertex`` a third
+    element: the vertex float64 [3] in mm (nan for cosmic_only).
   """
   if interaction not in INTERACTIONS:
     raise ValueError(f"interaction={interaction!r}: expected one of "
@@ -713,11 +804,43 @@ def simulate_event_deposits(seed: int, event: int, interaction: str,
   parts = [tr.transport(_readout_pieces(cosmics, physics),
                         _event_rng(seed, event, 2), options)]
   e_nu = 0.0
+  vertex = np.full(3, np.nan)
   if interaction != "cosmic_only":
     primaries, e_nu = gen.neutrino_interaction(_event_rng(seed, event, 3),
                                                interaction)
+    if len(primaries):
+      vertex = primaries.position_mm[0].astype(np.float64)  # All leave the vertex.
     parts.append(tr.transport(primaries, _event_rng(seed, event, 4), options))
+  if return_vertex:
+    return tr.Deposits.concat(parts), e_nu, vertex
   return tr.Deposits.concat(parts), e_nu
+
+
+def vertex_pixels(vertex_mm: np.ndarray, *, height: int, width: int,
+                  physics: SbndPhysics = SbndPhysics()) -> np.ndarray:
+  """Where a point at the beam-spill time appears on each plane of a rendering.
+
+  Args:
+    vertex_mm: float [3] (x drift, y, z), mm; nan gives nan.
+    height, width: rendering (as `render_deposits`).
+    physics: drift velocity.
+
+  Returns:
+    float32 [3, 2]: per plane (row, column) in pixels of the rendering, continuous
+    (pixel i covers [i, i + 1)): charge drifting from ``x`` arrives ``(2 m − |x|)/v``
+    after the spill, shown from the anode (x < 0: row 0, x ≥ 0: row 1279) inward.
+  """
+  block_r, block_c = _check_resolution(height, width)
+  vertex_mm = np.asarray(vertex_mm, np.float64)
+  if not np.isfinite(vertex_mm).all():
+    return np.full((3, 2), np.nan, np.float32)
+  x = vertex_mm[0]
+  k = max(DRIFT_LENGTH_MM - abs(x), 0.0) / physics.drift_velocity_mm_per_us / ROW_US
+  row = NATIVE_ROWS - k if x >= 0 else k
+  out = np.zeros((3, 2))
+  for plane in range(3):
+    out[plane] = (row / block_r, _plane_columns(vertex_mm[None], plane)[0] / block_c)
+  return out.astype(np.float32)
 
 
 def simulate_sbnd_events(seed: int, num_events: int, *, height: int = 640,
@@ -765,15 +888,24 @@ def simulate_sbnd_events(seed: int, num_events: int, *, height: int = 640,
   labels = np.zeros((num_events, 3, height, width), np.uint8)
   interaction = np.zeros(num_events, np.int32)
   energy = np.zeros(num_events, np.float32)
+  vertex_cm = np.full((num_events, 3), np.nan, np.float32)
+  vertex_px = np.full((num_events, 3, 2), np.nan, np.float32)
   for i in range(num_events):
     u = _event_rng(seed, i, 0).uniform() * cumulative[-1]
     kind = int(min(np.searchsorted(cumulative, u, side="right"),
                    len(INTERACTIONS) - 1))
-    deposits, e_nu = simulate_event_deposits(seed, i, INTERACTIONS[kind], physics)
+    deposits, e_nu, vertex = simulate_event_deposits(seed, i, INTERACTIONS[kind], physics,
+                                                     return_vertex=True)
     images[i], labels[i] = render_deposits(deposits, _event_rng(seed, i, 5),
                                            height=height, width=width,
                                            physics=physics)
     interaction[i] = kind
     energy[i] = e_nu
+    vertex_cm[i] = vertex / 10.0
+    vertex_px[i] = vertex_pixels(vertex, height=height, width=width, physics=physics)
+  names = [INTERACTIONS[k] for k in interaction]
   return SbndEvents(images=images, labels=labels, interaction=interaction,
-                    neutrino_energy_gev=energy)
+                    neutrino_energy_gev=energy,
+                    neutrino_pdg=np.array([INTERACTION_PDG[t] for t in names], np.int32),
+                    current_type=np.array([INTERACTION_CURRENT[t] for t in names], np.int32),
+                    vertex_cm=vertex_cm, vertex_pixel=vertex_px)

@@ -6,6 +6,14 @@ Every example is a dict of numpy arrays:
   label                int32   [3, H, W]  0 background, 1 cosmic, 2 neutrino
   interaction          int32   []         sbnd.sim.INTERACTIONS index; -1 unknown
   neutrino_energy_gev  float32 []         GeV; 0 for cosmic_only, nan when unknown
+  neutrino_pdg         int32   []         PDG code; 0 none or unknown
+  current_type         int32   []         0 CC, 1 NC; -1 none or unknown
+  interaction_mode     int32   []         generator code (e.g. 1001 CCQE); -1 unknown
+  vertex_cm            float32 [3]        neutrino vertex (x, y, z), cm; nan none
+  vertex_pixel         float32 [3, 2]     per plane (row, column) of the vertex, pixels
+  file_index           int32   []         index into the split's files; -1 simulated
+  entry                int64   []         row in that file (simulation: index in split)
+  event_id             int64   [3]        (run, subrun, event)
 
 :class:`SbndSource` densifies one sparse example of the TFDS dataset
 (``recoil_jax.studies.sbnd.dataset``, ``builder.as_data_source(split)``);
@@ -22,6 +30,24 @@ from recoil_jax.data import builder_lib
 from recoil_jax.data import pipeline
 
 NUM_PLANES = 3
+# Per-event fields beside image and label: name -> (dtype, shape, value when absent).
+EVENT_FIELDS = {"interaction": (np.int32, (), -1), "neutrino_energy_gev": (np.float32, (), np.nan),
+                "neutrino_pdg": (np.int32, (), 0), "current_type": (np.int32, (), -1),
+                "interaction_mode": (np.int32, (), -1),
+                "vertex_cm": (np.float32, (3,), np.nan),
+                "vertex_pixel": (np.float32, (NUM_PLANES, 2), np.nan),
+                "file_index": (np.int32, (), -1), "entry": (np.int64, (), -1),
+                "event_id": (np.int64, (3,), -1)}
+
+
+def event_fields(get) -> dict[str, np.ndarray]:
+  """``EVENT_FIELDS`` of one example, ``get(name)`` -> value or None (absent: the default)."""
+  out = {}
+  for name, (dtype, shape, default) in EVENT_FIELDS.items():
+    value = get(name)
+    out[name] = (np.full(shape, default, dtype) if value is None
+                 else np.asarray(value, dtype).reshape(shape))
+  return out
 
 
 def densify(pixels: np.ndarray, values: np.ndarray, labels: np.ndarray, height: int,
@@ -54,16 +80,19 @@ class SbndSource:
   """Fixed-shape view of a split of the SBND TFDS dataset."""
 
   def __init__(self, data_source: Sequence[dict[str, Any]], height: int, width: int,
-               name: str = "", min_abs_value: float = 0.0):
+               name: str = "", min_abs_value: float | Sequence[float] = 0.0):
     if int(height) < 1 or int(width) < 1:
       raise ValueError(f"height and width must be >= 1, got {height}, {width}")
-    if not min_abs_value >= 0:
-      raise ValueError(f"min_abs_value must be >= 0, got {min_abs_value}")
+    per_plane = np.broadcast_to(np.asarray(min_abs_value, np.float32), (NUM_PLANES,)).copy() \
+        if np.size(min_abs_value) in (1, NUM_PLANES) else None
+    if per_plane is None or not (per_plane >= 0).all():
+      raise ValueError(f"min_abs_value must be >= 0, one value or one per plane (U, V, Y), "
+                       f"got {min_abs_value}")
     self._source = data_source
-    # Pixels with |value| below this are zeroed after densifying (labels untouched): at
-    # coarse resolutions a pixel averages hundreds of native pixels, so one native noise
-    # crossing becomes a speck of ~0.02 ADC in almost half of the pixels.
-    self.min_abs_value = float(min_abs_value)
+    # Pixels with |value| below this (per plane) are zeroed after densifying (labels
+    # untouched): at coarse resolutions a pixel averages hundreds of native pixels, so
+    # native noise crossings become specks of a few hundredths of an ADC in most pixels.
+    self.min_abs_value = per_plane
     self.height = int(height)
     self.width = int(width)
     self.name = name or str(getattr(data_source, "split", "") or "sbnd split")
@@ -76,11 +105,10 @@ class SbndSource:
     ex = self._source[i]
     image, label = densify(ex["pixels"], ex["values"], ex["labels"], self.height, self.width,
                            where=f"{self.name}[{i}]")
-    if self.min_abs_value > 0:
-      image = np.where(np.abs(image) >= self.min_abs_value, image, np.float32(0))
-    return {"image": image, "label": label,
-            "interaction": np.int32(ex["interaction"]),
-            "neutrino_energy_gev": np.float32(ex["neutrino_energy_gev"])}
+    if self.min_abs_value.any():
+      keep = np.abs(image) >= self.min_abs_value[:, None, None]
+      image = np.where(keep, image, np.float32(0))
+    return {"image": image, "label": label, **event_fields(ex.get)}
 
   def __repr__(self) -> str:
     return f"SbndSource({self.name}, {len(self)} examples, 3x{self.height}x{self.width})"
@@ -106,12 +134,12 @@ class InMemorySbndSource:
     i = pipeline.normalise_index(index, len(self), "events")
     return {"image": np.asarray(e.images[i], np.float32),
             "label": np.asarray(e.labels[i], np.int32),
-            "interaction": np.int32(e.interaction[i]),
-            "neutrino_energy_gev": np.float32(e.neutrino_energy_gev[i])}
+            **event_fields(lambda k: getattr(e, k)[i] if getattr(e, k, None) is not None
+                           else None)}
 
 
 def sbnd_sources(builder, splits: Sequence[str] | None = None,
-                 min_abs_value: float = 0.0) -> dict[str, SbndSource]:
+                 min_abs_value: float | Sequence[float] = 0.0) -> dict[str, SbndSource]:
   """``{split: SbndSource}`` for a prepared SBND dataset builder (all its splits by default)."""
   names = builder_lib.prepared_splits(builder, splits,
                                       build_with="sbnd.dataset.build_sbnd_dataset")

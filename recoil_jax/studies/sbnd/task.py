@@ -3,8 +3,9 @@
 Data: simulated events (``recoil_jax.studies.sbnd.sim``) or CosmicTagger larcv3 files
 (``config.data.files``, a comma-separated glob per split), both through the same TFDS
 array_record dataset (``dataset.py``) and fixed-shape sources (``source.py``):
-``image`` float32 [3, H, W], ``label`` int32 [3, H, W], ``interaction``,
-``neutrino_energy_gev``.
+``image`` float32 [3, H, W], ``label`` int32 [3, H, W] and the per-event truth and origin
+of ``source.EVENT_FIELDS`` (interaction, energy, PDG, CC/NC, mode, vertex, file index,
+entry, event id; from ``particle_sbndneutrino`` / ``cluster2d_sbndneutrino`` for files).
 
 Model: :class:`SbndSegmenter` wraps ``studies.sbnd.model.UResNet`` (fields from
 ``config.model``) so that ``apply(variables, batch, train)`` returns a dict: ``logits``
@@ -19,9 +20,11 @@ Loss and metrics (``loss_terms``): ``segmentation_losses.segmentation_loss`` fro
 
 Analysis (``analyse``) on ``config.analysis.split`` with the best weights: the metrics
 table beside the paper's baseline, the paper's event selection (Table 3) and IoU vs
-neutrino energy (Figure 9) when the interaction types are known (simulation), event
-displays (``Trained.apply`` on those few events),
-per-event predictions in ``predictions_<split>.npz``. Everything is labelled
+neutrino energy (Figure 9) when the interaction types are known (simulation, or files
+with ``particle_sbndneutrino``), event displays (``Trained.apply`` on those few events;
+titles name file, entry and event id, rings mark the true vertex),
+per-event predictions with the truth and (files[file_index], entry, event_id) in
+``predictions_<split>.npz``. Everything is labelled
 "simulated" unless the data came from files.
 """
 
@@ -122,6 +125,8 @@ class SbndCosmicTask(tasks.Task):
       if self._files:
         kwargs = dict(files=self._files, downsample=int(d.downsample),
                       threshold=float(d.threshold) if d.threshold > 0 else None)
+      else:
+        kwargs = dict(physics_kwargs={"signal": str(d.signal)})
       self._builder = sbnd_dataset.build_sbnd_dataset(
           os.path.abspath(os.path.expanduser(d.data_dir)),
           num_train=d.num_train, num_validation=d.num_validation, num_test=d.num_test,
@@ -217,18 +222,22 @@ class SbndCosmicTask(tasks.Task):
     label = self.data_label
     split = a.split
     preds = trained.predict(split, outputs=sbnd_analysis.STAT_KEYS,
-                            fields=("interaction", "neutrino_energy_gev"))
+                            fields=tuple(sbnd_source.EVENT_FIELDS))
     out = preds["outputs"]
     stats = {k: np.asarray(out[k]) for k in sbnd_analysis.STAT_KEYS}
-    interaction = np.asarray(preds["interaction"], np.int64)
-    energy = np.asarray(preds["neutrino_energy_gev"], np.float64)
+    truth = {k: np.asarray(preds[k]) for k in sbnd_source.EVENT_FIELDS}
+    interaction = truth["interaction"].astype(np.int64)
+    energy = truth["neutrino_energy_gev"].astype(np.float64)
+    files = self._split_files(split)
     thresholds = self.selection_thresholds()
     selected = sbnd_analysis.select_events(stats["nu_pred_pixels"], stats["nu_pred_mean_row"],
                                           min_pixels=thresholds["min_pixels"],
                                           max_row_diff=thresholds["max_row_diff"])
+    # Per event: truth, where it came from (files[file_index], entry, event_id), the
+    # selection and the statistics of the prediction.
     io.write_npz_atomic(os.path.join(workdir, PREDICTIONS_FILE.format(split=split)),
-              interaction=interaction,
-              neutrino_energy_gev=energy, selected=selected, **stats)
+                        **truth, files=np.asarray(files, dtype=str), selected=selected,
+                        **stats)
 
     metrics = sbnd_analysis.exact_metrics(stats)
     results: dict[str, Any] = {"data": label, "split": split, "num_events": len(interaction),
@@ -257,8 +266,8 @@ class SbndCosmicTask(tasks.Task):
     else:
       results["selection_note"] = ("interaction types unknown (files without truth): no "
                                    "Table 3 or Figure 9; selected_fraction is over all events")
-    results["event_displays"] = self._event_displays(trained, workdir, split, interaction,
-                                                     energy, selected, stats)
+    results["event_displays"] = self._event_displays(trained, workdir, split, truth, files,
+                                                     selected, stats)
     io.write_json_atomic(os.path.join(workdir, "sbnd_analysis.json"), results)
     logging.info("SBND analysis (%s) written to %s", label, workdir)
     return io.json_safe(results)
@@ -275,9 +284,15 @@ class SbndCosmicTask(tasks.Task):
     chosen += [i for i in range(len(interaction)) if i not in chosen]
     return sorted(chosen[:limit])
 
-  def _event_displays(self, trained: tasks.Trained, workdir, split, interaction, energy,
+  def _split_files(self, split: str) -> list[str]:
+    """The files of a split in ``file_index`` order ([] for simulated data)."""
+    meta = (self._dataset().info.metadata or {}).get("files") or {}
+    return [str(p) for p in meta.get(split, [])]
+
+  def _event_displays(self, trained: tasks.Trained, workdir, split, truth, files,
                       selected, stats) -> list[str]:
     """Event-display PNGs (full and zoomed on the neutrino) of a few events."""
+    interaction, energy = truth["interaction"], truth["neutrino_energy_gev"]
     indices = self._display_indices(interaction)
     if not indices:
       return []
@@ -286,19 +301,26 @@ class SbndCosmicTask(tasks.Task):
     labels = np.stack([source[i]["label"] for i in indices])
     logits = trained.apply({"image": images})["logits"]
     pred = np.argmax(logits, axis=-1).astype(np.uint8)
-    io.write_npz_atomic(os.path.join(workdir, f"event_displays_{split}.npz"), indices=np.asarray(indices),
-              images=images, labels=labels.astype(np.uint8), predictions=pred)
+    io.write_npz_atomic(os.path.join(workdir, f"event_displays_{split}.npz"),
+                        indices=np.asarray(indices), images=images,
+                        labels=labels.astype(np.uint8), predictions=pred,
+                        **{k: v[indices] for k, v in truth.items()})
     paths = []
     for k, i in enumerate(indices):
       code = int(interaction[i])
       kind = (sbnd_analysis.INTERACTION_LABELS[sbnd_analysis.INTERACTIONS[code]]
               if code >= 0 else "unknown interaction")
       e = f", E_ν = {energy[i]:.2f} GeV" if code > 0 and np.isfinite(energy[i]) else ""
-      title = (f"{split} event {i}: {kind}{e}; selected as ν: {bool(selected[i])} "
-               f"(ν-tagged pixels per plane {stats['nu_pred_pixels'][i].astype(int).tolist()})")
+      run, subrun, event = (int(v) for v in truth["event_id"][i])
+      f = int(truth["file_index"][i])
+      origin = (f"{os.path.basename(files[f])} entry {int(truth['entry'][i])}, "
+                if 0 <= f < len(files) else "")
+      title = (f"{split} event {i} ({origin}run {run} subrun {subrun} event {event}): "
+               f"{kind}{e}; selected as ν: {bool(selected[i])} (ν-tagged pixels per plane "
+               f"{stats['nu_pred_pixels'][i].astype(int).tolist()})")
       for zoom in (False, True):
         name = f"event_display_{i}{'_zoom' if zoom else ''}.png"
         paths.append(sbnd_analysis.plot_event_display(
             os.path.join(workdir, name), images[k], labels[k], pred[k], title=title,
-            data_label=self.data_label, zoom=zoom))
+            data_label=self.data_label, zoom=zoom, vertex=truth["vertex_pixel"][i]))
     return [os.path.basename(p) for p in paths]
