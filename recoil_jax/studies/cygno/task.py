@@ -1,6 +1,24 @@
-"""CYGNO ER/NR discrimination on cluster variables (the thesis; arXiv 2007.12508).
+"""The CYGNO study (the thesis; arXiv 2007.12508): ER/NR classification and track segmentation.
 
-Data (``dataset.py``): simulated LIME frames (``sim.py``) → CYGNO-style reconstruction
+One task, two problems, chosen by ``config.model.kind``; everything else follows from it:
+
+=================  ===============================  ==========================================
+model.kind         data                             model, loss, analysis
+=================  ===============================  ==========================================
+"dnn" (default)    the variable table (below)       3×10 DNN, binary CE; ER rejection table
+"unet", "resunet", simulated frames as the thesis'  ``recoil_jax.nn.unet`` (``model.filters``),
+"attresunet"       CNN input + per-pixel labels     per-pixel CE (``config.segmentation``);
+                   (``segmentation.py``)            pixel IoU and track efficiency vs energy
+=================  ===============================  ==========================================
+
+One task rather than two studies because both share the simulator, the reconstruction and
+the config (the variants ``unet`` / ``resunet`` / ``attresunet`` switch the kind and the
+segmentation data defaults, and combine with ``smoke`` / ``cpu_hour``); every method of
+the contract branches once on :attr:`CygnoTask.segmentation`, the segmentation side
+delegating to ``segmentation.py``.
+
+**Classification** (``kind="dnn"``). Data (``dataset.py``): simulated LIME frames
+(``sim.py``) → CYGNO-style reconstruction
 (``reco.py``: pedestal, zero suppression, median filter, iDBSCAN) → the 14 variables
 (``observables.py``) of every cluster matched to a track, cached as one ``.npz`` table
 named by a hash of its fields. Examples: ``features`` float32 [F] (the variable set
@@ -20,6 +38,21 @@ intervals, for the DNN (this run's variable set) and, for every set in
 arXiv 2007.12508 (literal and retuned); rejection-vs-efficiency curves, per-bin plots,
 feature importances; ``cygno_rejection.md`` (one table beside the thesis' numbers) and
 ``cygno_analysis.json``. Everything is labelled simulated.
+
+**Segmentation** (``kind`` in ``recoil_jax.nn.unet.KINDS``; ``segmentation.py`` has the
+data, the loss and the definitions). Examples: ``image`` float32 [H, W] (the thesis' binary
+CNN input, 0/1), ``label`` int32 [H, W] (``config.segmentation.classes``: "track" → 0
+noise / 1 track, "er_nr" → 0 / 1 ER / 2 NR), ``image_index``. Model: UNet, ResUNet or
+attention-residual UNet → ``logits`` [B, H, W, C]; loss: per-pixel cross entropy,
+``config.segmentation.balance`` / ``class_weights`` / ``focal_gamma``; metrics: track pixel
+IoU / precision / recall. Analysis on the test frames: those pixel metrics for the network,
+the classical chain (iDBSCAN cluster hits) and the thresholded input alone; NR (and ER)
+reconstruction efficiency vs ionisation energy (``config.segmentation.energy_bins_kev``)
+of the network against the classical chain on the same frames, a track counting as
+reconstructed when ≥ ``config.segmentation.track_fraction`` of its truth pixels are
+predicted track (``segmentation.py``); ``segmentation_efficiency.png``,
+``segmentation_displays.png``, ``cygno_segmentation.md`` and
+``cygno_segmentation.json``, all labelled simulated.
 """
 
 from __future__ import annotations
@@ -38,11 +71,14 @@ from recoil_jax import tasks
 from recoil_jax.analysis import classification as clf
 from recoil_jax.data import pipeline
 from recoil_jax.losses import classification as losses
+from recoil_jax.losses import segmentation as seg_losses
+from recoil_jax.nn import unet
 from recoil_jax.studies.cygno import analysis as cygno_analysis
 from recoil_jax.studies.cygno import classical
 from recoil_jax.studies.cygno import dataset
 from recoil_jax.studies.cygno import observables
 from recoil_jax.studies.cygno import reco
+from recoil_jax.studies.cygno import segmentation as seg
 from recoil_jax.studies.cygno import sim
 
 SPLIT_INDEX = {name: i for i, name in enumerate(dataset.SPLITS)}
@@ -91,7 +127,7 @@ def sim_config(d) -> sim.SimConfig:
       multiplicity=d.multiplicity, nr_fraction=d.nr_fraction,
       er_energy_kev=tuple(d.er_energy_kev), fe55_fraction=d.fe55_fraction,
       nr_ionisation_kev=tuple(d.nr_ionisation_kev), z_range_mm=tuple(d.z_range_mm),
-      w_ev=d.w_ev)
+      w_ev=d.w_ev, acceptance=d.acceptance)
 
 
 def reco_config(r) -> reco.RecoConfig:
@@ -101,16 +137,43 @@ def reco_config(r) -> reco.RecoConfig:
                          weight_unit_counts=r.weight_unit_counts, min_hits=r.min_hits)
 
 
-class CygnoClassificationTask(tasks.Task):
-  """The CYGNO ER/NR classification study (module docstring)."""
+class CygnoTask(tasks.Task):
+  """The CYGNO study: classification or segmentation by ``config.model.kind`` (module docstring)."""
 
   def __init__(self, config):
     super().__init__(config)
     self._table = None
     self._columns = None
+    self._images = None
+
+  @property
+  def segmentation(self) -> bool:
+    """True for the segmentation networks, False for the variable DNN."""
+    return self.config.model.kind in unet.KINDS
 
   def validate(self) -> None:
     d, a = self.config.data, self.config.analysis
+    kind = self.config.model.kind
+    if kind != "dnn" and kind not in unet.KINDS:
+      raise ValueError(f"config.model.kind={kind!r}; known: ('dnn',) + {unet.KINDS}")
+    if self.segmentation:
+      s = self.config.segmentation
+      if s.classes not in seg.CLASSES:
+        raise ValueError(f"config.segmentation.classes={s.classes!r}; known: "
+                         f"{sorted(seg.CLASSES)}")
+      if s.balance not in seg_losses.BALANCES:
+        raise ValueError(f"config.segmentation.balance={s.balance!r}; known: "
+                         f"{seg_losses.BALANCES}")
+      if s.balance == "light" and len(s.class_weights) != len(seg.CLASSES[s.classes]):
+        raise ValueError(f"config.segmentation.class_weights={tuple(s.class_weights)} needs "
+                         f"{len(seg.CLASSES[s.classes])} entries for classes={s.classes!r}")
+      depth = len(self.config.model.filters) - 1
+      if depth < 1 or d.image_size % 2**depth:
+        raise ValueError(f"config.data.image_size={d.image_size} must be divisible by "
+                         f"2^(len(config.model.filters) - 1) = {2**max(depth, 0)}")
+      if not 0 < s.track_fraction <= 1:
+        raise ValueError(f"config.segmentation.track_fraction={s.track_fraction} must be "
+                         "in (0, 1]")
     if d.variables not in observables.DATASETS:
       raise ValueError(f"config.data.variables={d.variables!r}; known: "
                        f"{sorted(observables.DATASETS)}")
@@ -153,22 +216,52 @@ class CygnoClassificationTask(tasks.Task):
     return ArraySource({"features": ((x[sel] - mean) / std).astype(np.float32),
                         "label": t["label"][sel], "energy_kev": t["energy_kev"][sel]}, split)
 
+  def images(self) -> dict[str, np.ndarray]:
+    """The cached segmentation frames (built on first use; ``segmentation.py``)."""
+    if self._images is None:
+      d = self.config.data
+      self._images, path = seg.load_or_build(
+          d.data_dir, sim_config(d), reco_config(self.config.reco),
+          num_images=d.num_images, seed=d.seed, split_fractions=tuple(d.split_fractions),
+          chunk_images=d.chunk_images)
+      logging.info("cygno: %d segmentation frames from %s", len(self._images["split"]), path)
+      for i, split in enumerate(seg.SPLITS):
+        if not np.any(self._images["split"] == i):
+          raise ValueError(f"cygno: the {split} split is empty; raise config.data.num_images")
+    return self._images
+
   def train_source(self):
+    if self.segmentation:
+      return seg.ImageSource(self.images(), "train", self.config.segmentation.classes)
     return self._split("train")
 
   def eval_sources(self):
+    if self.segmentation:
+      return {s: seg.ImageSource(self.images(), s, self.config.segmentation.classes)
+              for s in ("validation", "test")}
     return {"validation": self._split("validation"), "test": self._split("test")}
 
   # -- model and loss ---------------------------------------------------------------
   def build_model(self):
-    return FeatureMLP(hidden=tuple(self.config.model.hidden))
+    m = self.config.model
+    if self.segmentation:
+      classes = len(seg.CLASSES[self.config.segmentation.classes])
+      return seg.CygnoSegmenter(unet.make_unet(m.kind, num_classes=classes,
+                                               filters=tuple(m.filters)))
+    return FeatureMLP(hidden=tuple(m.hidden))
 
   def loss_terms(self, outputs, batch) -> tasks.LossTerms:
+    if self.segmentation:
+      s = self.config.segmentation
+      return seg.loss_terms(outputs, batch, balance=s.balance,
+                            class_weights=tuple(s.class_weights), focal_gamma=s.focal_gamma)
     return losses.binary_terms(outputs["logit"], batch["label"], batch["mask"],
                                pos_weight=self.config.model.pos_weight)
 
   # -- analysis ---------------------------------------------------------------------
   def analyse(self, trained: tasks.Trained, workdir: str) -> dict[str, Any]:
+    if self.segmentation:
+      return self._analyse_segmentation(trained, workdir)
     a, d = self.config.analysis, self.config.data
     effs = tuple(a.efficiencies)
     keys = [f"{100 * e:g}" for e in effs]
@@ -244,3 +337,60 @@ class CygnoClassificationTask(tasks.Task):
     logging.info("CYGNO analysis written to %s", workdir)
     return {"rejection": {n: {k: r["points"][k]["rejection"] for k in keys}
                           for n, r in rows.items()}}
+
+  def _analyse_segmentation(self, trained: tasks.Trained, workdir: str) -> dict[str, Any]:
+    """Pixel metrics and track efficiency vs energy on the test frames (module docstring)."""
+    s, kind = self.config.segmentation, self.config.model.kind
+    data = self.images()
+    pred = trained.predict("test", outputs=("pred",), fields=("image_index",))
+    rows = pred["image_index"].astype(np.int64)
+    assert np.all(data["classical_done"][rows])  # Built for the test split.
+    truth = data["pixel_label"][rows] > 0
+    methods = {f"network ({kind})": pred["outputs"]["pred"] > 0,
+               "classical (threshold + iDBSCAN)": data["classical"][rows] > 0,
+               "thresholded input alone": data["input"][rows] > 0}
+    pixel = {name: seg.pixel_metrics(p, truth) for name, p in methods.items()}
+    net_name, cl_name = list(methods)[:2]
+    in_test = np.isin(data["track_image"], rows)
+    t_img, t_idx = data["track_image"][in_test], data["track_index"][in_test]
+    t_cls, t_e = data["track_cls"][in_test], data["track_ionisation_kev"][in_test]
+    bins = tuple(s.energy_bins_kev)
+    efficiency: dict[str, dict[str, list]] = {}
+    fractions = {}
+    for name in (net_name, cl_name):
+      fractions[name] = seg.track_fractions(methods[name], data["instance"], rows, t_img,
+                                            t_idx)
+    for cls, code in (("NR", sim.NR), ("ER", sim.ER)):
+      sel = t_cls == code
+      efficiency[cls] = {name: seg.track_efficiency(fractions[name][sel] >= s.track_fraction,
+                                                    t_e[sel], bins)
+                         for name in (net_name, cl_name)}
+    if s.classes == "er_nr":  # Per-class pixel IoU of the network.
+      labels = data["pixel_label"][rows]
+      for c, cname in ((1, "ER"), (2, "NR")):
+        pixel[f"network ({kind}), {cname} pixels"] = seg.pixel_metrics(
+            pred["outputs"]["pred"] == c, labels == c)
+    seg.plot_efficiency(os.path.join(workdir, "segmentation_efficiency.png"),
+                        {f"NR, {n}": c for n, c in efficiency["NR"].items()}
+                        | {f"ER, {n}": c for n, c in efficiency["ER"].items()},
+                        title="track reconstruction efficiency")
+    order = np.argsort(-data["pixel_label"][rows].astype(bool).sum((1, 2)), kind="stable")
+    shown = order[:min(s.num_displays, len(rows))]
+    if len(shown):
+      seg.plot_displays(os.path.join(workdir, "segmentation_displays.png"), [
+          {"input": data["input"][rows[i]], "truth": data["pixel_label"][rows[i]],
+           "network": pred["outputs"]["pred"][i], "classical": data["classical"][rows[i]]}
+          for i in shown])
+    md = seg.markdown(kind, pixel, efficiency, s.track_fraction)
+    io.write_text_atomic(os.path.join(workdir, "cygno_segmentation.md"), md)
+    results = {"data": io.SIMULATED, "step": trained.step, "kind": kind,
+               "num_test_frames": int(len(rows)), "num_test_tracks": int(in_test.sum()),
+               "track_fraction": s.track_fraction, "pixel_metrics": pixel,
+               "efficiency": efficiency,
+               "tracks_without_truth_pixels": int(np.sum(data["track_mask_pixels"][in_test]
+                                                         == 0))}
+    io.write_json_atomic(os.path.join(workdir, "cygno_segmentation.json"), results)
+    logging.info("CYGNO segmentation analysis written to %s", workdir)
+    return {"pixel_iou": {n: m["iou"] for n, m in pixel.items()},
+            "nr_efficiency_first_bin": {n: c[0]["efficiency"]
+                                        for n, c in efficiency["NR"].items()}}
