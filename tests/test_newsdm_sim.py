@@ -54,6 +54,26 @@ def test_carbon_ranges_grains_and_beam_direction():
   assert 1.4 < means["c30"][1] < means["c60"][1] < means["c100"][1] < 3.2
 
 
+def test_carbon_ranges_come_from_the_core_ion_stopping_module():
+  from recoil_jax.physics import ions  # pylint: disable=g-import-not-at-top
+  target = sim.NIT_EMULSION
+  assert target.density_g_cm3 == pytest.approx(3.4)
+  by_symbol = {el.symbol: n * el.A for el, n in zip(target.elements, target.atoms_per_cm3)}
+  total = sum(by_symbol.values())
+  assert by_symbol["Ag"] / total == pytest.approx(0.44) and by_symbol["Br"] / total == (
+      pytest.approx(0.32))
+  expected = ions.projected_range_mm(ions.CARBON_ION, target, np.array([30.0, 60.0, 100.0]))
+  got = [sim.CARBON_RANGE_NM[e] for e in (30.0, 60.0, 100.0)]
+  np.testing.assert_allclose(got, expected * 1e6, rtol=1e-12)
+  # LSS + ZBL against the 270 nm measured at 100 keV (arXiv 1812.09528), and the ordering.
+  np.testing.assert_allclose(got, [101.5, 180.0, 269.1], atol=0.1)
+  # The simulator samples about them: an exactly in-plane beam (no spread) projects the
+  # whole length, whose lognormal mean is the module's range.
+  sc = sim.sample_scenes(np.random.default_rng(5), sim.kind_codes("c100", 4000),
+                         params=sim.SimParams(beam_spread_deg=0.0))
+  assert sc.length_nm.mean() == pytest.approx(sim.CARBON_RANGE_NM[100.0], rel=0.03)
+
+
 def test_backgrounds_are_isotropic_and_fog_is_one_grain():
   rng = np.random.default_rng(1)
   sc = sim.sample_scenes(rng, sim.kind_codes("gamma", 4000))

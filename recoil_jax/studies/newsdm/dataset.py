@@ -153,8 +153,9 @@ def make_config(*, num_train: int, num_validation: int, seed: int, kinds: Sequen
 class NewsdmEvents(tfds.core.GeneratorBasedBuilder):
   """Simulated NEWSdm events in the authors' format (arXiv 2106.11995)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Toy emulsion events at 8 polarisations, cleaned."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Toy emulsion events at 8 polarisations, cleaned.",
+                   "1.1.0": "Carbon ranges from recoil_jax.physics.ions (NIT emulsion)."}
 
   def _info(self) -> tfds.core.DatasetInfo:
     f32 = np.float32

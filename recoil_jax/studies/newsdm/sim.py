@@ -12,14 +12,13 @@ Scene (``sample_scenes``; all lengths in nm, angles in radians unless named ``_d
   3D start-to-end length lognormal about :data:`CARBON_RANGE_NM` (relative rms
   ``range_relative_rms``); developed grains ``1 + Poisson(L · crystal_linear_density ·
   development_efficiency)`` uniform along the track with ``transverse_jitter_nm``; the
-  image sees the projection on the (x, y) plane. Ranges (projected range of C in NIT
-  emulsion): 100 keV ≈ 270 nm (arXiv 1812.09528); 60 / 30 keV ≈ 180 / 102 nm from
-  Lindhard–Scharff electronic plus ZBL universal nuclear stopping over the NIT composition
-  (expect ±25 %; SRIM samples in
-  ``golovart/Napoli_emulsion:NEWSdm/WIMP_simulation/Sandbox.ipynb`` spread 170–280 nm at
-  60 keV). A study-local table, written before the core ``recoil_jax.physics.ions``
-  existed; that module's LSS + ZBL projected ranges for NIT (H 1.6, C 10.1, N 2.7, O 7.4,
-  S 0.3, Br 32.0, Ag 44.0, I 1.9 wt %, 3.4 g/cm³) are 101.5 / 180.0 / 269.1 nm.
+  image sees the projection on the (x, y) plane. The mean length is the projected range of
+  carbon in :data:`NIT_EMULSION` from ``recoil_jax.physics.ions`` (Lindhard–Scharff
+  electronic plus ZBL universal nuclear stopping, Bragg additivity, LSS projected-range
+  correction; :func:`carbon_range_nm`): 101.5 / 180.0 / 269.1 nm at 30 / 60 / 100 keV,
+  against the 270 nm measured at 100 keV (arXiv 1812.09528). Expect ±25 % (SRIM samples
+  in ``golovart/Napoli_emulsion:NEWSdm/WIMP_simulation/Sandbox.ipynb`` spread 170–280 nm
+  at 60 keV).
 * **Fog**: one grain (thermally developed crystal), random position offset, orientation.
 * **γ-induced electrons** (``gamma``): low-dE/dx tracks, ``1 + Poisson(gamma_extra_grains)``
   grains along a 3D random walk with exponential gaps (mean ``gamma_gap_nm``) and a
@@ -75,20 +74,45 @@ yields chunks with seeds from ``np.random.SeedSequence(seed, spawn_key=(chunk,))
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from scipy import special
 
+from recoil_jax.physics import ions
+from recoil_jax.physics.gas import Element
+
 KINDS = ("c30", "c60", "c100", "fog", "gamma", "nanoparticle")
 KIND_CODE = {k: i for i, k in enumerate(KINDS)}
 SIGNAL_KINDS = KINDS[:3]
 BACKGROUND_KINDS = KINDS[3:]
 ENERGY_KEV = {"c30": 30.0, "c60": 60.0, "c100": 100.0}
-#: Mean 3D start-to-end length (nm) of a carbon ion in NIT emulsion by energy (keV); see
-#: the module docstring for sources.
-CARBON_RANGE_NM = {30.0: 102.0, 60.0: 180.0, 100.0: 270.0}
+#: NIT (Nano Imaging Tracker) emulsion, by mass: H 1.6, C 10.1, N 2.7, O 7.4, S 0.3, Br 32.0,
+#: Ag 44.0, I 1.9 wt %, 3.4 g/cm³: the composition table of the NEWS Letter of Intent
+#: (arXiv 1604.04199), as quoted in the NEWSdm literature.
+NIT_EMULSION = ions.Target.from_mass_fractions(
+    "NIT emulsion",
+    ((Element("H", 1, 1.008), 1.6), (Element("C", 6, 12.011), 10.1),
+     (Element("N", 7, 14.007), 2.7), (Element("O", 8, 15.999), 7.4),
+     (Element("S", 16, 32.06), 0.3), (Element("Br", 35, 79.904), 32.0),
+     (Element("Ag", 47, 107.8682), 44.0), (Element("I", 53, 126.90447), 1.9)),
+    density_g_cm3=3.4)
+
+
+@functools.lru_cache(maxsize=None)
+def carbon_range_nm(energy_kev: float) -> float:
+  """Mean projected range (nm) of a carbon ion of ``energy_kev`` keV in :data:`NIT_EMULSION`.
+
+  ``recoil_jax.physics.ions`` (LSS + ZBL, ±25 % against SRIM); the simulator uses it as
+  the mean 3D start-to-end length of the ion's grain segment.
+  """
+  return float(ions.projected_range_mm(ions.CARBON_ION, NIT_EMULSION, float(energy_kev))) * 1e6
+
+
+#: Mean 3D start-to-end length (nm) of a carbon ion by energy (keV): :func:`carbon_range_nm`.
+CARBON_RANGE_NM = {e: carbon_range_nm(e) for e in ENERGY_KEV.values()}
 NUM_POLARISATIONS = 8
 POLARISATION_STEP_DEG = 22.5
 POLARISATION_ANGLES_DEG = POLARISATION_STEP_DEG * np.arange(NUM_POLARISATIONS)

@@ -25,8 +25,10 @@ barycentre-shift score (``barycentre.py``) on the same events; per background ki
 rejection power 1/ε_B vs signal efficiency with Clopper–Pearson intervals, working
 points, AUC and score histograms (``analysis/classification.py``); tables
 ``newsdm_rejection.md``, plots ``rejection_<background>.png``, ``scores.png``, the
-per-event scores ``scores_<split>.npz`` and ``newsdm_analysis.json``. Every number is
-labelled simulated.
+per-event scores ``scores_<split>.npz`` and ``newsdm_analysis.json``. With
+``analysis.average_last_checkpoints = k > 0`` a third score, ``nn_mean``, is the logit of
+the mean signal probability of the last k kept checkpoints (the authors' final model;
+``ensemble.py``). Every number is labelled simulated.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import os
 from typing import Any, Mapping
 
 from absl import logging
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -43,6 +46,7 @@ from recoil_jax import tasks
 from recoil_jax.analysis import classification as cls_analysis
 from recoil_jax.losses import classification as cls_losses
 from recoil_jax.studies.newsdm import dataset as newsdm_dataset
+from recoil_jax.studies.newsdm import ensemble
 from recoil_jax.studies.newsdm import model as newsdm_model
 from recoil_jax.studies.newsdm import sim
 from recoil_jax.studies.newsdm import source as newsdm_source
@@ -89,6 +93,10 @@ class NewsdmTask(tasks.Task):
                        f"{newsdm_model.AUGMENTATIONS}")
     if not self.config.loss.mu >= 0:
       raise ValueError(f"config.loss.mu={self.config.loss.mu} must be >= 0")
+    k, keep = a.average_last_checkpoints, self.config.train.max_checkpoints_to_keep
+    if k < 0 or (k > 0 and keep is not None and keep < k):
+      raise ValueError(f"config.analysis.average_last_checkpoints={k}: must be >= 0 and at "
+                       f"most config.train.max_checkpoints_to_keep={keep}")
     sim.make_params(dict(d.physics))
 
   # -- data -------------------------------------------------------------------------
@@ -176,23 +184,43 @@ class NewsdmTask(tasks.Task):
     sources = self.test_sources()
     scores: dict[str, dict[str, np.ndarray]] = {}
     cut_counts = {}
+    k = int(a.average_last_checkpoints)
+    members = []
+    if k:  # The authors' final model: the mean of late checkpoints' predictions.
+      target = ensemble.abstract_state(self.config, self, trained.model, jax.local_devices()[0])
+      members = ensemble.late_variables(ensemble.checkpoint_directory(workdir), target, k)
+      logging.info("NEWSdm: averaging the checkpoints of steps %s", [s for s, _ in members])
     for split, src in sources.items():
       pred = trained.predict(split, outputs=("signal_logit",),
                              fields=("bar_shift_nm", "passed_cuts"))
       keep = pred["passed_cuts"] > 0.5
       scores[split] = {"nn": np.asarray(pred["outputs"]["signal_logit"], np.float64)[keep],
                        "bar_shift": np.asarray(pred["bar_shift_nm"], np.float64)[keep]}
+      extra = {}
+      if members:
+        mean = ensemble.mean_signal_logit(ensemble.signal_logits(
+            trained.model, [v for _, v in members], src,
+            batch_size=int(self.config.train.eval_batch_size), name=split))
+        scores[split]["nn_mean"] = mean[keep]
+        extra["signal_logit_mean"] = mean
       cut_counts[split] = src.cut_counts()
       io.write_npz_atomic(os.path.join(workdir, SCORES_FILE.format(split=split)),
                           signal_logit=pred["outputs"]["signal_logit"],
-                          bar_shift_nm=pred["bar_shift_nm"], passed_cuts=pred["passed_cuts"])
+                          bar_shift_nm=pred["bar_shift_nm"], passed_cuts=pred["passed_cuts"],
+                          **extra)
+    methods = {"nn": "NN", "bar_shift": "barycentre shift"}
+    if members:
+      methods["nn_mean"] = f"NN, mean of {k} checkpoints"
     effs = tuple(float(e) for e in a.signal_efficiencies)
     main_angle = float(a.test_beam_angles_deg[0])
     results: dict[str, Any] = {"data": label, "step": trained.step, "cut_counts": cut_counts,
-                               "pairs": {}, "signal_efficiencies": list(effs)}
+                               "pairs": {}, "signal_efficiencies": list(effs),
+                               "checkpoint_mean_steps": [s for s, _ in members]}
     table_rows: dict[str, dict[str, Any]] = {}
-    auc_lines = [f"| signal ({label}) | background | AUC NN | AUC barycentre shift | events "
-                 "(signal / background) |", "|---|---|---|---|---|"]
+    auc_lines = [f"| signal ({label}) | background | "
+                 + " | ".join(f"AUC {name}" for name in methods.values())
+                 + " | events (signal / background) |", "|---|---|" + "---|" * len(methods)
+                 + "---|"]
     for kind in a.test_signal_kinds:
       for angle in a.test_beam_angles_deg:
         s_split = signal_split(kind, angle)
@@ -200,16 +228,16 @@ class NewsdmTask(tasks.Task):
           b_split = background_split(bkg)
           s, b = scores[s_split], scores[b_split]
           entry = {}
-          for method in ("nn", "bar_shift"):
+          for method in methods:
             entry[method] = {
                 "auc": cls_analysis.auc(s[method], b[method]),
                 "working_points": cls_analysis.rejection_curve(s[method], b[method], effs)}
           results["pairs"][f"{s_split}/{b_split}"] = entry
-          auc_lines.append(f"| {kind}, beam {angle:g}° | {bkg} | {entry['nn']['auc']:.4f} | "
-                           f"{entry['bar_shift']['auc']:.4f} | {len(s['nn'])} / "
-                           f"{len(b['nn'])} |")
+          auc_lines.append(f"| {kind}, beam {angle:g}° | {bkg} | "
+                           + " | ".join(f"{entry[m]['auc']:.4f}" for m in methods)
+                           + f" | {len(s['nn'])} / {len(b['nn'])} |")
           if float(angle) == main_angle:
-            for method, name in (("nn", "NN"), ("bar_shift", "barycentre shift")):
+            for method, name in methods.items():
               for wp in entry[method]["working_points"]:
                 if abs(wp["target_signal_efficiency"] - a.table_signal_efficiency) < 1e-9:
                   table_rows[f"{name}: {kind} vs {bkg}"] = wp
@@ -220,6 +248,10 @@ class NewsdmTask(tasks.Task):
         s = scores[signal_split(kind, main_angle)]
         curves[f"NN {kind}"] = {"signal": s["nn"], "background": b["nn"]}
       last = a.test_signal_kinds[-1]
+      if members:
+        curves[f"{methods['nn_mean']} {last}"] = {
+            "signal": scores[signal_split(last, main_angle)]["nn_mean"],
+            "background": b["nn_mean"]}
       curves[f"barycentre shift {last}"] = {
           "signal": scores[signal_split(last, main_angle)]["bar_shift"],
           "background": b["bar_shift"]}
