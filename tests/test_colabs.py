@@ -33,6 +33,7 @@ def test_committed_notebook_has_no_outputs():
     compile(cell.source, f"<cell {i}>", "exec")  # Plain Python, no bare magics.
 
 
+@pytest.mark.slow  # ~60 s: the default suite keeps every notebook's static checks.
 @pytest.mark.timeout(1200)
 def test_tpc_notebook_runs(tmp_path, monkeypatch):
   base = tmp_path / "colab"

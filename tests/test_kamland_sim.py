@@ -21,14 +21,28 @@ def test_gamma_mean_free_paths():
                              [13.0, 15.1], atol=0.1)
 
 
+def _charge_per_event(ev):
+  return np.bincount(np.repeat(np.arange(len(ev)), ev.nhit), weights=ev.charge,
+                     minlength=len(ev))
+
+
 def test_signal_light_yield_resolution_and_point_source_timing():
-  ev = sim.simulate(0, 128, "0vbb")
-  q = np.bincount(np.repeat(np.arange(len(ev)), ev.nhit), weights=ev.charge)
-  # ≈ 230 p.e./MeV at the centre; over r < 1.67 m the mean and spread stay close.
+  ev = sim.simulate(0, 128, "0vbb", cherenkov_pe_per_mev=0.0)
+  q = _charge_per_event(ev)
+  # ≈ 230 scintillation p.e./MeV at the centre; over r < 1.67 m mean and spread stay close.
   assert q.mean() / sim.Q_BB_MEV == pytest.approx(230, rel=0.05)
   assert 0.036 < q.std() / q.mean() < 0.055  # 6.6 %/√E at 2.458 MeV = 4.2 % + geometry.
   assert np.all(np.linalg.norm(ev.true_vertex, axis=1) < sim.FIDUCIAL_RADIUS_M)
   np.testing.assert_allclose(ev.visible_energy, sim.Q_BB_MEV, rtol=1e-6)
+
+
+def test_cherenkov_yield_is_in_detected_photoelectrons():
+  """cherenkov_pe_per_mev counts detected p.e. (like the scintillation yield): two ββ
+  electrons with 2.458 − 2 × 0.195 MeV above threshold give ≈ 10 × 2.07 ≈ 21 p.e."""
+  ev = sim.simulate(5, 300, "0vbb", cherenkov_only=True)
+  assert _charge_per_event(ev).mean() == pytest.approx(10 * (sim.Q_BB_MEV - 0.39), rel=0.15)
+  np.testing.assert_allclose(np.linalg.norm(ev.direction, axis=1), 1, rtol=1e-5)
+  assert np.all(ev.visible_energy == 0)
 
 
 def test_c10_deposits_spread_and_arrive_later_than_signal():

@@ -121,8 +121,41 @@ def test_two_processes_match_one_process(tmp_path, one_device_run):
       one_device_run[1]["analysis"]["test_median_angle_deg"], rel=1e-4)
 
 
+def _two_process_run(tmp_path, config, extra=()):
+  workdir, data_dir = str(tmp_path / "run"), str(tmp_path / "data")
+  port = _free_port()
+  env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  procs = [
+      subprocess.Popen(
+          [sys.executable, "-m", "recoil_jax.main", f"--config={config}",
+           f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *extra,
+           f"--config.parallel.coordinator_address=127.0.0.1:{port}",
+           "--config.parallel.num_processes=2", f"--config.parallel.process_id={i}"],
+          cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  return workdir, outputs
+
+
+def test_two_processes_run_the_cygno_study_and_write_once(tmp_path):
+  """A real study on 2 processes sharing one workdir and one data folder: process 0 builds
+  the cached variable table, both train, process 0 alone analyses and writes its tables and
+  figures (once, no temporary files left, no race at shutdown)."""
+  workdir, outputs = _two_process_run(tmp_path, "configs/cygno.py:smoke")
+  files = set(os.listdir(workdir))
+  assert {"final_metrics.json", "cygno_rejection.md", "cygno_analysis.json",
+          "rejection_curves.png"} <= files
+  assert not [f for f in files if ".tmp" in f], files
+  data_files = os.listdir(tmp_path / "data" / "cygno")
+  assert not [f for f in data_files if ".tmp" in f], data_files
+  assert "Workdir" in outputs[0][0] and "Workdir" not in outputs[1][0]
+
+
+@pytest.mark.slow  # ~50 s: the sparse CNN compiled in two processes.
 def test_two_processes_run_the_tpc_study_and_write_once(tmp_path):
-  """A real study on 2 processes sharing one workdir and one dataset folder: process 0
+  """The TPC study on 2 processes sharing one workdir and one dataset folder: process 0
   builds the dataset, both train, process 0 alone analyses and writes (the predictions
   files and figures once, no temporary files left, no race at shutdown)."""
   workdir, data_dir = str(tmp_path / "run"), str(tmp_path / "data")

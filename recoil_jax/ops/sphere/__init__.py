@@ -8,4 +8,6 @@
   kernels (built once in float64, used in float32).
 * ``layers``: Flax S² → SO(3) and SO(3) → SO(3) correlations, Haar means, BatchNorm.
 * ``reference``: the layers by direct quadrature on the grid (slow, obvious).
+* ``projection``: planar images onto the sphere as spherical MNIST is made (arXiv
+  1801.10130), rotated, optionally band-limited.
 """

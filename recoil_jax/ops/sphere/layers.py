@@ -28,7 +28,10 @@ planar convolution through the same check as a negative control. The filters ψ�
 ``recoil_jax.ops.sphere.transforms``), never trained, never in ``batch_stats``.
 
 Pointwise nonlinearities act on the grid samples (exactly equivariant only in the limit
-of fine grids: the product with a non-polynomial function is not band-limited).
+of fine grids: the product with a non-polynomial function is not band-limited);
+:func:`so3_pointwise` applies them on a finer grid and band-limits the result, which
+cuts the equivariance error of a ReLU by ~8× at 2× oversampling
+(``tests/test_sphere_pointwise.py``).
 :class:`SphericalBatchNorm` uses Haar-weighted moments, so its statistics do not depend
 on where the grid samples fall; :func:`so3_haar_mean` / :func:`s2_haar_mean` are the
 invariant read-outs (∫ f dR / 8π², ∫ f dΩ / 4π by the grids' quadrature).
@@ -149,6 +152,30 @@ class SO3ToSO3Conv(nn.Module):
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     return y
+
+
+def so3_pointwise(x: jax.Array, fn, sampling: str = "dh", oversample: int = 2) -> jax.Array:
+  """``fn`` applied pointwise to an SO(3) signal on a finer grid, band-limited back.
+
+  x [B, 2N−1, n_β, n_α, C] at (L, N) → the same shape. With ``oversample`` = k > 1 the
+  signal is synthesised at (kL, kN − k + 1) (its coefficients zero-padded), ``fn`` is
+  applied there, and the result is transformed back and cut to (L, N). Applied on the
+  signal's own grid (k = 1, plain ``fn(x)``), a nonlinearity's harmonics above L alias
+  into the next layer's coefficients and break equivariance badly on coarse grids (the
+  invariant of a ReLU network on digits moved by ~40 % of its spread under rotation at
+  L ≤ 10, N = 3); the finer grid leaves only harmonics above kL to alias, and the
+  output is exactly band-limited. Cost: two transforms at (kL, kN).
+  """
+  if oversample <= 1:
+    return fn(x)
+  L, N = so3_band_limits(x.shape, sampling)
+  L2, N2 = oversample * L, oversample * (N - 1) + 1
+  f = transforms.so3_forward(x, L, N, sampling)  # [B, 2N−1, L, 2L−1, C]
+  pad = [(0, 0)] * (f.ndim - 4) + [(N2 - N, N2 - N), (0, L2 - L), (L2 - L, L2 - L), (0, 0)]
+  y = fn(transforms.so3_inverse(jnp.pad(f, pad), L2, N2, sampling))
+  g = transforms.so3_forward(y, L2, N2, sampling)
+  g = g[..., N2 - N:N2 + N - 1, :L, L2 - L:L2 + L - 1, :]
+  return transforms.so3_inverse(g, L, N, sampling)
 
 
 def so3_haar_weights(shape: tuple[int, ...], sampling: str) -> np.ndarray:

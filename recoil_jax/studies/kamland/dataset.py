@@ -2,14 +2,17 @@
 
 Splits ``train``, ``validation``, ``test``. Each example: ``pmt`` int32 [n], ``time``
 float32 [n] (ns), ``charge`` float32 [n] (p.e.), ``vertex`` float32 [3] (m), ``label``
-int32 (1 = 0νββ, 0 = ¹⁰C), ``visible_energy`` float32 (MeV). Images are made from these
+int32 (1 = 0νββ, 0 = ¹⁰C), ``visible_energy`` float32 (MeV), ``direction`` float32 [3]
+(unit sum of the ββ momenta; zeros for ¹⁰C and for files). Images are made from these
 on the fly by ``source.KamlandSource`` (so one dataset serves every grid and channel set).
 
 Sources of events:
 
-* simulation (default): ``sim.simulate_matched`` in chunks of ``chunk_per_class`` events
-  per class, each chunk Nhit-matched and seeded from ``SeedSequence(seed, spawn_key=
-  (split, chunk))`` — the dataset depends only on the config;
+* simulation (default, ``simulator="toy"``): ``sim.simulate_matched`` in chunks of
+  ``chunk_per_class`` events per class, each chunk Nhit-matched and seeded from
+  ``SeedSequence(seed, spawn_key=(split, chunk))`` — the dataset depends only on the config;
+* ``simulator="toy_direction"``: Cherenkov-only 0νββ events (``num_per_class`` of them,
+  one class, no matching) for the direction study;
 * hit-list files (``hit_files``: split → glob of ``hits.read_hits`` files) with a PMT
   table (``pmt_table``); files are recorded by path, size and modification time.
 
@@ -38,9 +41,13 @@ def _toy_simulator(seed, num_per_class: int, **kwargs) -> sim.Events:
   return sim.simulate_matched(seed, num_per_class, **kwargs)
 
 
+def _toy_direction_simulator(seed, num_per_class: int, **kwargs) -> sim.Events:
+  return sim.simulate(seed, num_per_class, "0vbb", cherenkov_only=True, **kwargs)
+
+
 #: ``fn(seed, num_per_class, **sim_kwargs) -> sim.Events`` by name.
 SIMULATORS = builder_lib.SimulatorRegistry(
-    "kamland_tfds", {"toy": _toy_simulator},
+    "kamland_tfds", {"toy": _toy_simulator, "toy_direction": _toy_direction_simulator},
     signature="fn(seed, num_per_class, **kwargs) -> sim.Events")
 
 
@@ -89,8 +96,10 @@ def make_config(*, num_per_class: Mapping[str, int], seed: int, chunk_per_class:
 class KamlandHits(tfds.core.GeneratorBasedBuilder):
   """PMT hit lists of 0νββ and ¹⁰C events (KamNet, arXiv 2203.01870)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Toy KamLAND-Zen simulator or hit-list files."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Toy KamLAND-Zen simulator or hit-list files.",
+                   "1.1.0": "True ββ direction; Cherenkov yield as detected p.e.; "
+                            "Cherenkov-only direction simulator."}
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -102,6 +111,7 @@ class KamlandHits(tfds.core.GeneratorBasedBuilder):
             "vertex": tfds.features.Tensor(shape=(3,), dtype=np.float32),
             "label": np.int32,
             "visible_energy": np.float32,
+            "direction": tfds.features.Tensor(shape=(3,), dtype=np.float32),
         }))
 
   def _split_generators(self, dl_manager):
@@ -134,7 +144,8 @@ def _emit(events: sim.Events, prefix: str):
     yield f"{prefix}:{i}", {"pmt": e["pmt"].astype(np.int32), "time": e["time"],
                             "charge": e["charge"], "vertex": events.vertex[i],
                             "label": np.int32(events.label[i]),
-                            "visible_energy": np.float32(events.visible_energy[i])}
+                            "visible_energy": np.float32(events.visible_energy[i]),
+                            "direction": events.direction[i].astype(np.float32)}
 
 
 def build_kamland_dataset(data_dir: str, **kwargs) -> KamlandHits:

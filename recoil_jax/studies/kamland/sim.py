@@ -293,7 +293,8 @@ def simulate(seed, num_events: int, kind: str, *, cherenkov_only: bool = False,
     seed: anything ``np.random.default_rng`` accepts (the same seed, the same events).
     cherenkov_only: 0νββ without scintillation light (the direction study).
     cherenkov_pe_per_mev: detected Cherenkov p.e. per MeV of kinetic energy above the
-      0.195 MeV threshold (an assumption: ~4 % of the scintillation p.e.).
+      0.195 MeV threshold for a decay at the centre (an assumption: ~4 % of the
+      scintillation p.e.; a 0νββ decay gives ≈ 20 Cherenkov p.e.).
     energy_window_mev: if given, decays whose deposited energy is outside it are dropped
       before the (costly) light simulation, so fewer than ``num_events`` may come back.
   """
@@ -304,7 +305,11 @@ def simulate(seed, num_events: int, kind: str, *, cherenkov_only: bool = False,
   area = np.pi * (np.asarray(PHOTOCATHODE_DIAMETER_M)[kinds] / 2) ** 2
   tts = np.asarray(TTS_SIGMA_NS)[kinds]
   coverage = area.sum() / (4 * np.pi * PMT_RADIUS_M ** 2)
-  pe_per_mev = 1 / RESOLUTION_AT_1MEV ** 2 / (coverage * np.exp(-PMT_RADIUS_M / ATTENUATION_M))
+  # Yields are *detected* p.e. per MeV at the centre: divide out coverage and attenuation,
+  # which ``_detect`` multiplies back in per PMT (Cherenkov as well as scintillation).
+  collection = coverage * np.exp(-PMT_RADIUS_M / ATTENUATION_M)
+  pe_per_mev = 1 / RESOLUTION_AT_1MEV ** 2 / collection
+  ch_per_mev = cherenkov_pe_per_mev / collection
   parts = []
   for lo in range(0, num_events, chunk):
     n = min(chunk, num_events - lo)
@@ -321,7 +326,7 @@ def simulate(seed, num_events: int, kind: str, *, cherenkov_only: bool = False,
       sites = tuple(a[keep] for a in sites)
       cher = tuple(a[keep] for a in cher)
     parts.append(_detect(rng, kind, vertex, direction, sites, cher, pmts, area, tts,
-                         pe_per_mev, cherenkov_pe_per_mev, cherenkov_smear_rad))
+                         pe_per_mev, ch_per_mev, cherenkov_smear_rad))
   return concatenate(parts)
 
 
