@@ -293,32 +293,3 @@ def test_ablation_script_quick_and_resumable(tmp_path):
                          text=True, timeout=300)
   assert again.returncode == 0, again.stderr[-3000:]
   assert again.stdout.count("already finished") == 2
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1200)
-def test_sbnd_notebook_runs(tmp_path, monkeypatch):
-  import nbformat  # pylint: disable=g-import-not-at-top
-  from nbclient import NotebookClient  # pylint: disable=g-import-not-at-top
-  path = os.path.join(REPO_ROOT, "colabs", "sbnd.ipynb")
-  nb = nbformat.read(path, as_version=4)
-  nbformat.validate(nb)
-  for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
-    assert cell.outputs == [] and cell.execution_count is None, f"code cell {i} has outputs"
-  monkeypatch.setenv("RECOIL_JAX_ROOT", REPO_ROOT)
-  monkeypatch.setenv("RECOIL_JAX_COLAB_DIR", str(tmp_path / "colab"))
-  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  monkeypatch.setenv("MPLBACKEND", "Agg")
-  monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep
-                     + os.environ.get("PATH", ""))
-  monkeypatch.delenv("XLA_FLAGS", raising=False)
-  client = NotebookClient(nb, timeout=900, kernel_name="python3",
-                          resources={"metadata": {"path": os.path.dirname(path)}})
-  client.execute()
-  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-  assert not [o for o in outputs if o.output_type == "error"]
-  text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-  assert "simulated" in text
-  assert "The loaded weights reproduce the run's test metrics." in text
-  images = [o for o in outputs if "image/png" in o.get("data", {})]
-  assert len(images) >= 4, f"{len(images)} images"
