@@ -43,7 +43,6 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   # exercises the trainer's complex-gradient and constant-collection paths.
   config.model.complex_features = False
 
-  config.optimizer.learning_rate = 1e-3  # 10x the paper's 1e-4: the toy is tiny.
   config.train.global_batch_size = 64
   config.train.eval_batch_size = 128
   config.train.num_epochs = 20

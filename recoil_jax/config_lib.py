@@ -1,16 +1,16 @@
 """Shared config helpers: the fields every study has, variants, locking, optimisers.
 
 Config files (``configs/*.py``) build on :func:`base_config` and name their variants in
-one table, applied by :func:`apply_variants` (``--config=configs/toy.py:smoke``; several
-joined with "+")::
+one table, applied by :func:`apply_variants` (``--config=configs/<study>.py:smoke``;
+several joined with "+")::
 
   from recoil_jax import config_lib
 
   def get_config(variant: str | None = None):
     config = config_lib.base_config()
-    config.task = "toy"
+    config.task = "<study>"  # The folder recoil_jax/studies/<study>/.
     ...
-    config_lib.apply_variants(config, variant, _VARIANT_FNS, config_file="configs/toy.py")
+    config_lib.apply_variants(config, variant, _VARIANT_FNS, config_file="configs/<study>.py")
     return config_lib.lock(config)
 
   def _smoke(config):
@@ -20,9 +20,10 @@ joined with "+")::
   _VARIANT_FNS = {"smoke": _smoke}  # name -> function(config), applied in "+" order.
   VARIANTS = tuple(_VARIANT_FNS)
 
-The defaults are the optimiser and early stopping of the TPC study's paper (arXiv
-2403.15949: Adam, lr 1e-4, beta1 0.94, beta2 0.999, eps 1e-7; stop after 2 epochs without
-improvement). ``optax`` is imported lazily so that config files stay cheap to import.
+The defaults are generic: Adam with its usual constants (lr 1e-3, β₁ 0.9, β₂ 0.999,
+ε 1e-8; Kingma & Ba, arXiv 1412.6980), a constant learning rate, early stopping after 2
+epochs without improvement. Each study's config sets its own paper's optimiser. ``optax``
+is imported lazily so that config files stay cheap to import.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ STRATEGIES = ("shard_map", "pmap")  # Data-parallel training strategies (recoil_
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """The fields every study has, with the TPC paper's defaults (see the module docstring).
+  """The fields every study has, with generic defaults (see the module docstring).
 
   Returns:
     An unlocked ConfigDict with ``task``, ``seed``, ``optimizer``, ``train`` and
@@ -54,10 +55,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   opt = config.optimizer = ml_collections.ConfigDict()
   opt.name = "adam"  # One of OPTIMIZERS.
-  opt.learning_rate = 1e-4  # Peak learning rate.
-  opt.b1 = 0.94  # Adam/AdamW/Nadam beta1.
+  opt.learning_rate = 1e-3  # Peak learning rate.
+  opt.b1 = 0.9  # Adam/AdamW/Nadam beta1.
   opt.b2 = 0.999  # Adam/AdamW/Nadam beta2.
-  opt.eps = 1e-7  # Adam/AdamW/RMSprop epsilon.
+  opt.eps = 1e-8  # Adam/AdamW/Nadam/RMSprop epsilon.
   opt.weight_decay = 0.0  # Decoupled (AdamW); L2 added to the gradient otherwise.
   opt.momentum = 0.0  # SGD / RMSprop momentum.
   opt.rmsprop_decay = 0.9  # RMSprop squared-gradient decay.
@@ -117,7 +118,7 @@ def apply_variants(config: ml_collections.ConfigDict, variant: str | None,
       fields).
     variant: ``"a+b+c"`` (see :func:`parse_variants`); None or "" = no variant.
     table: ``{name: function(config)}``, every variant the config file knows.
-    config_file: the config file, named in errors (e.g. ``"configs/tpc.py"``).
+    config_file: the config file, named in errors (e.g. ``"configs/<study>.py"``).
     first: names applied before all others whatever their position in ``variant``
       (e.g. variants that set sizes, so that ``"batch2+paper"`` doubles the paper's
       batch); the rest keep their order.

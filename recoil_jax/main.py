@@ -1,6 +1,6 @@
 r"""Command-line entry: trains and evaluates one experiment config into a workdir.
 
-  python -m recoil_jax.main --config=configs/toy.py:smoke --workdir=/tmp/toy \
+  python -m recoil_jax.main --config=configs/<study>.py:smoke --workdir=/tmp/run \
       --config.optimizer.learning_rate=3e-4
 
 ``--config=file.py:variant`` calls ``get_config("variant")``; ``--config.a.b=value``

@@ -132,7 +132,7 @@ def study_names() -> list[str]:
 
 
 def task_module_name(name: str) -> str:
-  """``"tpc"`` -> ``"recoil_jax.studies.tpc.task"``; a dotted path is returned as is."""
+  """``"<name>"`` -> ``"recoil_jax.studies.<name>.task"``; a dotted path is returned as is."""
   return name if "." in name else f"{STUDIES_PACKAGE}.{name}.task"
 
 

@@ -42,12 +42,9 @@ rotational, datasets included; --quick: 53–85 s.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 import math
 import os
 import sys
-import time
 from typing import Any, Sequence
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,12 +66,10 @@ REJECTION_COLUMNS = (("fog", "c100", 0, "fog"), ("γ", "c100", 0, "gamma"))
 
 
 def _config_module():
-  spec = importlib.util.spec_from_file_location("newsdm_config", CONFIG_PATH)
-  module = importlib.util.module_from_spec(spec)
-  if REPO_ROOT not in sys.path:  # The config file imports recoil_jax.config_lib.
+  if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
-  spec.loader.exec_module(module)
-  return module
+  from recoil_jax import sweeps  # pylint: disable=g-import-not-at-top
+  return sweeps.load_config_file(CONFIG_PATH)
 
 
 def regime_config(regime: str, args: argparse.Namespace):
@@ -109,30 +104,6 @@ def regime_config(regime: str, args: argparse.Namespace):
   t.early_stopping_patience = 0  # Same number of steps for every regime.
   t.progress_bar = args.progress
   return config
-
-
-def _finished(workdir: str, config) -> dict[str, Any] | None:
-  """The run's newsdm_analysis.json if it finished, else None.
-
-  Raises:
-    ValueError: the workdir holds a run of another config.
-  """
-  saved = os.path.join(workdir, "config.json")
-  analysis = os.path.join(workdir, "newsdm_analysis.json")
-  if not os.path.exists(saved):
-    return None
-  with open(saved, encoding="utf-8") as f:
-    old = json.load(f)
-  new = json.loads(config.to_json_best_effort())
-  if old != new:
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    raise ValueError(f"{workdir} holds a run with another config (differs in {diff}); "
-                     "use another --workdir or delete it")
-  if not (os.path.exists(analysis) and os.path.exists(os.path.join(workdir,
-                                                                   "final_metrics.json"))):
-    return None
-  with open(analysis, encoding="utf-8") as f:
-    return json.load(f)
 
 
 def _pair(analysis: dict[str, Any], kind: str, angle: float | None, background: str
@@ -263,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
   from recoil_jax import main as launcher  # pylint: disable=g-import-not-at-top
-  from recoil_jax import train  # pylint: disable=g-import-not-at-top
+  from recoil_jax import sweeps  # pylint: disable=g-import-not-at-top
   launcher.set_quiet_logging()  # As the launcher: no TFDS bars or library INFO lines.
 
   rows, setup = [], None
@@ -281,24 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                "signal_efficiency": a.table_signal_efficiency, "data_seed": config.data.seed,
                "seed": config.seed}
     run_dir = os.path.join(workdir, regime)
-    analysis = _finished(run_dir, config)
-    seconds = None
-    timing = os.path.join(run_dir, "regime_time.json")
-    if analysis is None:
-      print(f"[newsdm_regimes] training {regime!r} in {run_dir}", flush=True)
-      t0 = time.time()
-      train.train_and_evaluate(config, run_dir)
-      seconds = time.time() - t0
-      analysis = _finished(run_dir, config)
-      if analysis is None:
-        raise RuntimeError(f"{run_dir}: no newsdm_analysis.json after training {regime!r}")
-      from recoil_jax import io  # pylint: disable=g-import-not-at-top
-      io.write_json_atomic(timing, {"seconds": seconds})
-    else:
-      print(f"[newsdm_regimes] {regime!r} already finished in {run_dir}; skipped", flush=True)
-      if os.path.exists(timing):
-        with open(timing, encoding="utf-8") as f:
-          seconds = json.load(f)["seconds"]
+    analysis, seconds = sweeps.run_or_reuse(config, run_dir, name=regime, tag="newsdm_regimes",
+                                            result_file="newsdm_analysis.json")
     angles = setup["beam_angles_deg"]
     row = summarise(regime, analysis, angles, setup["signal_efficiency"])
     baseline = summarise(regime, analysis, angles, setup["signal_efficiency"], "bar_shift")

@@ -33,7 +33,6 @@ Defaults: 64×128 images, the default config's reduced UResNet, 480 / 96 / 192 e
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -48,12 +47,10 @@ QUICK = dict(base_variant="smoke", height=32, width=64, num_train=16, num_valida
 
 
 def _config_module():
-  spec = importlib.util.spec_from_file_location("sbnd_config", CONFIG_PATH)
-  module = importlib.util.module_from_spec(spec)
-  if REPO_ROOT not in sys.path:  # The config file imports recoil_jax.config_lib.
+  if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
-  spec.loader.exec_module(module)
-  return module
+  from recoil_jax import sweeps  # pylint: disable=g-import-not-at-top
+  return sweeps.load_config_file(CONFIG_PATH)
 
 
 # The rows: the baseline, then the Table 2 variants of configs/sbnd.py in the paper's order.
@@ -86,29 +83,6 @@ def variant_config(variant: str, args: argparse.Namespace):
   t.progress_bar = args.progress
   config.analysis.num_event_displays = args.displays
   return config
-
-
-def _finished(workdir: str, config) -> dict[str, Any] | None:
-  """The run's final_metrics.json if it finished, else None (not started or interrupted).
-
-  Raises:
-    ValueError: the workdir holds a run of another config (other sizes or budget):
-      resuming it would mix the two.
-  """
-  final, saved = (os.path.join(workdir, n) for n in ("final_metrics.json", "config.json"))
-  if not os.path.exists(saved):
-    return None
-  with open(saved, encoding="utf-8") as f:
-    old = json.load(f)
-  new = json.loads(config.to_json_best_effort())
-  if old != new:
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    raise ValueError(f"{workdir} holds a run with another config (differs in {diff}); "
-                     "use another --workdir or delete it")
-  if not os.path.exists(final):
-    return None
-  with open(final, encoding="utf-8") as f:
-    return json.load(f)
 
 
 def _fmt(x: Any) -> str:
@@ -183,8 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
-  from recoil_jax import io  # pylint: disable=g-import-not-at-top
-  from recoil_jax import train  # pylint: disable=g-import-not-at-top
+  from recoil_jax import sweeps  # pylint: disable=g-import-not-at-top
   from recoil_jax.studies.sbnd import analysis as sbnd_analysis  # pylint: disable=g-import-not-at-top
 
   rows, setup = [], None
@@ -198,23 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "steps": args.steps, "base_variant": args.base_variant,
                "data_seed": d.seed, "seed": config.seed}
     run_dir = os.path.join(workdir, variant)
-    final = _finished(run_dir, config)
-    seconds = None
-    if final is None:
-      print(f"[sbnd_ablation] training {variant!r} in {run_dir}", flush=True)
-      t0 = time.time()
-      train.train_and_evaluate(config, run_dir)
-      seconds = time.time() - t0
-      final = _finished(run_dir, config)
-      if final is None:
-        raise RuntimeError(f"{run_dir}: no final_metrics.json after training {variant!r}")
-      io.write_json_atomic(os.path.join(run_dir, "ablation_time.json"), {"seconds": seconds})
-    else:
-      print(f"[sbnd_ablation] {variant!r} already finished in {run_dir}; skipped", flush=True)
-      timing = os.path.join(run_dir, "ablation_time.json")
-      if os.path.exists(timing):
-        with open(timing, encoding="utf-8") as f:
-          seconds = json.load(f)["seconds"]
+    final, seconds = sweeps.run_or_reuse(config, run_dir, name=variant, tag="sbnd_ablation")
     m = final["metrics"]
     paper_name, paper = sbnd_analysis.PAPER_TABLE2[variant]
     rows.append({"variant": variant, "paper_name": paper_name, "paper": list(paper),

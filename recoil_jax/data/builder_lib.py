@@ -5,7 +5,7 @@ A study's dataset module defines its ``tfds.core.GeneratorBasedBuilder`` and a
 around that is here, once:
 
 * :class:`SimulatorRegistry`: the named simulators a study can build from (one registry
-  per study, e.g. ``tpc`` and ``sbnd``; the name enters the config name).
+  per study; the name enters the config name).
 * :func:`hashed_name`: the config name, readable sizes plus a hash of every field
   (:func:`config_digest`), so that different datasets never share a directory.
 * :func:`file_stamps` / :func:`check_files_unchanged`: input files recorded by path, size
@@ -59,7 +59,7 @@ class SimulatorRegistry:
     """A registry called ``study`` (used in messages) holding ``simulators``.
 
     Args:
-      study: the dataset's name in messages, e.g. ``"tpc_tfds"``.
+      study: the dataset's name in messages, e.g. ``"<study>_tfds"``.
       simulators: initial ``{name: function}``.
       signature: the simulators' call signature, for :meth:`register`'s errors.
     """
@@ -221,7 +221,7 @@ def prepare_or_reuse(builder: Any, *, log_name: str, file_format: str = "array_r
 
   Args:
     builder: a ``tfds.core.DatasetBuilder`` with its data_dir and config.
-    log_name: prefix of the log lines, e.g. ``"tpc_tfds"``.
+    log_name: prefix of the log lines, e.g. ``"<study>_tfds"``.
     file_format: tfds file format (array_record: random access without TensorFlow).
   """
   stale = stale_incomplete_dirs(builder)

@@ -51,24 +51,13 @@ E_MAX_KEV = 1e4
 _GAUSS_NODES, _GAUSS_WEIGHTS = np.polynomial.legendre.leggauss(64)
 
 
-@dataclasses.dataclass(frozen=True)
-class Ion:
-  """A projectile: atomic number ``Z`` and mass ``A`` (u)."""
+#: A projectile is an element (Z, molar mass A): the recoiling nucleus or the beam ion.
+Ion = Element
 
-  symbol: str
-  Z: int
-  A: float
-
-
-HELIUM_ION = Ion("He", 2, 4.002602)
-CARBON_ION = Ion("C", 6, 12.011)
-OXYGEN_ION = Ion("O", 8, 15.999)
-FLUORINE_ION = Ion("F", 9, 18.998403163)
-
-
-def ion_of(element: Element) -> Ion:
-  """The recoiling nucleus of an element (a nuclear recoil of that element)."""
-  return Ion(element.symbol, element.Z, element.A)
+HELIUM_ION = gas_lib.HELIUM
+CARBON_ION = gas_lib.CARBON
+OXYGEN_ION = gas_lib.OXYGEN
+FLUORINE_ION = gas_lib.FLUORINE
 
 
 @dataclasses.dataclass(frozen=True)

@@ -217,6 +217,15 @@ def _signal_logit(logits: jax.Array) -> jax.Array:
           - jax.nn.logsumexp(logits[:, NUM_SIGNAL_CLASSES:], axis=-1))
 
 
+def _input_volume(module: nn.Module, batch: Mapping[str, Any], train: bool) -> jax.Array:
+  """``batch["image"]`` [B, H, W, 9] as float32 [B, H, W, 9, 1], augmented in training with
+  the module's ``augment`` / ``exact_only`` (one transform per example, ``dropout`` stream)."""
+  x = jnp.asarray(batch["image"], jnp.float32)
+  if train and module.augment != "none":
+    x = augment(x, module.make_rng("dropout"), module.augment, module.exact_only)
+  return x[..., None]
+
+
 class NewsNet3D(nn.Module):
   """The authors' NEWSnet_3D (module docstring); ``apply(v, batch, train)`` -> outputs."""
   width: float = 1.0
@@ -230,11 +239,8 @@ class NewsNet3D(nn.Module):
 
   @nn.compact
   def __call__(self, batch: Mapping[str, Any], train: bool) -> dict[str, jax.Array]:
-    x = jnp.asarray(batch["image"], jnp.float32)
-    if train and self.augment != "none":
-      x = augment(x, self.make_rng("dropout"), self.augment, self.exact_only)
+    x = _input_volume(self, batch, train)  # [B, 40, 40, 9, 1]
     f = lambda n: max(1, int(round(n * self.width)))
-    x = x[..., None]  # [B, 40, 40, 9, 1]
     conv = lambda n, padding: MaxNormConv(f(n), (3, 3, 3), padding=padding,
                                           max_norm=self.max_norm)
     x = nn.swish(conv(32, "VALID")(x))
@@ -267,10 +273,7 @@ class Plain3DCNN(nn.Module):
 
   @nn.compact
   def __call__(self, batch: Mapping[str, Any], train: bool) -> dict[str, jax.Array]:
-    x = jnp.asarray(batch["image"], jnp.float32)
-    if train and self.augment != "none":
-      x = augment(x, self.make_rng("dropout"), self.augment, self.exact_only)
-    x = x[..., None]
+    x = _input_volume(self, batch, train)
     for i, n in enumerate((16, 32, 64)):
       x = MaxNormConv(max(1, int(round(n * self.width))), padding="VALID" if i == 0 else "SAME",
                       max_norm=self.max_norm)(x)

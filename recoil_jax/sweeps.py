@@ -1,0 +1,86 @@
+"""Several training runs side by side (ablations, regimes): one run folder per row, resumable.
+
+Used by the scripts that reproduce a paper's table row by row (``scripts/sbnd_ablation.py``,
+``scripts/newsdm_regimes.py``). A row's folder is an ordinary workdir: a finished run of the
+same config is read back instead of trained again; a run of another config is an error
+naming the keys that differ (through the trainer's own comparison); an interrupted one
+resumes from its checkpoint (``train.train_and_evaluate``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import time
+from types import ModuleType
+from typing import Any
+
+import ml_collections
+
+from recoil_jax import io
+from recoil_jax import train
+
+RUN_TIME_FILE = "run_time.json"  # Wall seconds of the call that trained the row.
+
+
+def load_config_file(path: str) -> ModuleType:
+  """The module of a config file (``configs/<study>.py``: ``get_config``, variant tables)."""
+  repo_root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+  if repo_root not in sys.path:  # Config files import recoil_jax.config_lib.
+    sys.path.insert(0, repo_root)
+  spec = importlib.util.spec_from_file_location(
+      f"_recoil_jax_config_{os.path.splitext(os.path.basename(path))[0]}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def finished_result(run_dir: str, config: ml_collections.ConfigDict,
+                    result_file: str = "final_metrics.json") -> dict[str, Any] | None:
+  """``run_dir/result_file`` of a finished run of ``config``; None if not (yet) finished.
+
+  Raises:
+    ValueError: ``run_dir`` holds a run of another config; the message names the keys.
+  """
+  saved = os.path.join(run_dir, "config.json")
+  if not os.path.exists(saved):
+    return None
+  with open(saved, encoding="utf-8") as f:
+    diff = train.config_differences(json.load(f), json.loads(config.to_json_best_effort()))
+  if diff:
+    raise ValueError(f"{run_dir} holds a run with another config (differs in {sorted(diff)}); "
+                     "use another --workdir or delete it")
+  paths = [os.path.join(run_dir, n) for n in ("final_metrics.json", result_file)]
+  if not all(os.path.exists(p) for p in paths):
+    return None
+  with open(paths[1], encoding="utf-8") as f:
+    return json.load(f)
+
+
+def run_or_reuse(config: ml_collections.ConfigDict, run_dir: str, *, name: str, tag: str,
+                 result_file: str = "final_metrics.json"
+                 ) -> tuple[dict[str, Any], float | None]:
+  """Trains ``config`` into ``run_dir`` unless it is finished there; ``(result, seconds)``.
+
+  ``seconds`` is the wall time of the call that trained the row (recorded in
+  :data:`RUN_TIME_FILE`), None if that was not recorded.
+  """
+  result = finished_result(run_dir, config, result_file)
+  timing = os.path.join(run_dir, RUN_TIME_FILE)
+  if result is None:
+    print(f"[{tag}] training {name!r} in {run_dir}", flush=True)
+    start = time.time()
+    train.train_and_evaluate(config, run_dir)
+    seconds = time.time() - start
+    result = finished_result(run_dir, config, result_file)
+    if result is None:
+      raise RuntimeError(f"{run_dir}: no {result_file} after training {name!r}")
+    io.write_json_atomic(timing, {"seconds": seconds})
+    return result, seconds
+  print(f"[{tag}] {name!r} already finished in {run_dir}; skipped", flush=True)
+  if not os.path.exists(timing):
+    return result, None
+  with open(timing, encoding="utf-8") as f:
+    return result, json.load(f)["seconds"]
