@@ -111,8 +111,9 @@ def test_pipeline_errors_name_the_problem():
 def test_base_config_has_seed_optimizer_and_make_optimizer_matches_optax():
   config = config_lib.base_config()
   opt = config.optimizer
-  assert (opt.name, opt.learning_rate, opt.b1, opt.b2, opt.eps) == ("adam", 1e-4, 0.94, 0.999, 1e-7)
+  assert (opt.name, opt.learning_rate, opt.b1, opt.b2, opt.eps) == ("adam", 1e-3, 0.9, 0.999, 1e-8)
   assert config.train.early_stopping_patience == 2
+  opt.b1, opt.eps, opt.learning_rate = 0.94, 1e-7, 1e-4  # Non-default betas must reach optax.
   params = {"w": jnp.array([1.0, -2.0, 3.0])}
   grads = {"w": jnp.array([0.5, 0.1, -4.0])}
   ours = config_lib.make_optimizer(opt, total_steps=10)
