@@ -94,6 +94,11 @@ class Task(abc.ABC):
 
   #: Flax collections that are training state (updated and averaged); others are constants.
   mutable_collections: tuple[str, ...] = ("batch_stats",)
+  #: Splits whose loss and metrics the trainer computes with the best weights at the end
+  #: (``final_metrics.json``); None = every split of :meth:`eval_sources`. A task whose
+  #: analysis predicts a large split anyway (e.g. 10⁵ streamed test events) leaves it out
+  #: here, so that each of its events is predicted once.
+  final_evaluation_splits: tuple[str, ...] | None = None
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config

@@ -744,6 +744,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     multihost_utils.sync_global_devices("recoil_jax: datasets prepared by process 0")
   train_source = task.train_source()
   eval_sources = dict(task.eval_sources())
+  _final_evaluation_sources(task, eval_sources)  # Names checked before any training.
   batch_size = tc.global_batch_size
   steps_per_epoch = pipeline.num_steps_per_epoch(len(train_source), batch_size,
                                                  tc.steps_per_epoch)
@@ -879,7 +880,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                    best_ckpt.directory)
   final: dict[str, Any] = {}
   final_step = best_step if best_step is not None else book.step
-  for split, source in eval_sources.items():
+  for split, source in _final_evaluation_sources(task, eval_sources).items():
     final[split] = evaluate(eval_step, state, source, name=split, **eval_kw)
     _check_health(final[split], f"in the final {split} evaluation")
     writer.write("final", final_step, final_step / steps_per_epoch, split, final[split])
@@ -894,6 +895,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                          {"step": book.step, "best_step": best_step,
                           "stop_reason": book.stop_reason, "metrics": final})
   return final
+
+
+def _final_evaluation_sources(task: Task, eval_sources: Mapping[str, Any]) -> dict[str, Any]:
+  """The evaluation splits of the closing evaluation: ``task.final_evaluation_splits``."""
+  names = task.final_evaluation_splits
+  if names is None:
+    return dict(eval_sources)
+  unknown = sorted(set(names) - set(eval_sources))
+  if unknown:
+    raise ValueError(f"{type(task).__name__}.final_evaluation_splits names {unknown}, which "
+                     f"are not evaluation splits (have {sorted(eval_sources)})")
+  return {k: v for k, v in eval_sources.items() if k in names}
 
 
 #: Keys that may differ between a training run and an evaluation of its weights.
@@ -970,7 +983,7 @@ def evaluate_trained(config: ml_collections.ConfigDict, workdir: str, *,
          f"{', '.join(f'{k} ({len(v)} events)' for k, v in eval_sources.items())}")
   eval_step = make_eval_step(model, task, mesh)
   final: dict[str, Any] = {}
-  for split, source in eval_sources.items():
+  for split, source in _final_evaluation_sources(task, eval_sources).items():
     final[split] = evaluate(eval_step, state, source, name=split,
                             global_batch_size=tc.eval_batch_size, mesh=mesh,
                             num_threads=tc.data_threads, prefetch=tc.prefetch_batches)

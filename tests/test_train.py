@@ -232,6 +232,28 @@ def test_train_and_evaluate_smoke_in_process(tmp_path, toy_smoke):
     assert json.load(f)["task"] == "toy"
 
 
+def test_final_evaluation_splits_limit_the_closing_evaluation(tmp_path, toy_smoke):
+  """A task that names its final evaluation splits gets only those in final_metrics;
+  its analysis still predicts the other splits; an unknown name is a clear error."""
+
+  class ValidationOnly(toy.ToyRegressionTask):
+    final_evaluation_splits = ("validation",)
+
+  workdir = str(tmp_path / "run")
+  result = train.train_and_evaluate(toy_smoke, workdir, task=ValidationOnly(toy_smoke))
+  assert set(result) == {"validation", "analysis"}
+  assert result["analysis"]["num_test"] == 48
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    finals = [json.loads(line) for line in f if '"final"' in line]
+  assert [e["split"] for e in finals] == ["validation"]
+
+  class Unknown(toy.ToyRegressionTask):
+    final_evaluation_splits = ("validation", "tset")
+
+  with pytest.raises(ValueError, match="tset"):
+    train.train_and_evaluate(toy_smoke, str(tmp_path / "run2"), task=Unknown(toy_smoke))
+
+
 # ----------------------------------------------------------------------------- contract
 
 
