@@ -1,29 +1,50 @@
-"""GPU check of the Pallas sparse kernels: correctness vs the XLA reference, then timings.
+"""GPU check of the Pallas sparse kernels, the SBND UResNet and the spherical layers, with peers.
 
-One prepared run for a lent GPU (written for an H200). On simulated 50 keV electron recoils
-(σ = 443 µm, the preprocessing of arXiv 2403.15949, 120³ voxels of 500 µm) it
+The one prepared run for a lent GPU (written for an H100/H200). Sections, in this order (``--sections``
+picks some; each gets a slice of ``--budget-s`` in proportion to ``SECTION_WEIGHTS``, and time one
+leaves unused goes to the later ones):
 
-1. checks every kernel on the GPU against the XLA reference (float32 products at HIGHEST precision):
-   hash-table history independence under concurrent inserts, each paper-trunk rulebook entry for
-   entry, conv forward / dX / dW, max-pool forward / backward, bf16 forward, and the whole trunk's
-   parameter gradients;
-2. measures the fp32 (HIGHEST) and bf16 matmul rates of the card;
-3. times the paper's network (trunk + homoscedastic head, recoil_jax/studies/tpc/model.py)
-   forward and forward+backward at batch 64 and 256: Pallas vs the XLA path vs the same layers
-   as dense 3D convolutions (cuDNN through XLA);
-4. times each trunk layer the same three ways, and the rulebook alone, with the FLOPs at active
+1. ``selfcheck``: the check that guards ``backend="auto"`` (recoil_jax/ops/sparse/pallas/selfcheck.py),
+   run as the first "auto" resolution on this device runs it: a stride-1 (submanifold) conv, a strided
+   conv and a max pool, forward / dX / dW, Pallas vs the XLA path, errors against the float32
+   summation-order bound; and what "auto" then resolves to;
+2. ``check``: on simulated 50 keV electron recoils (σ = 443 µm, the preprocessing of arXiv
+   2403.15949, 120³ voxels of 500 µm), every kernel on the GPU against the XLA reference (float32
+   products at HIGHEST precision): hash-table history independence under concurrent inserts, each
+   paper-trunk rulebook entry for entry, conv forward / dX / dW, max-pool forward / backward, bf16
+   forward, and the whole trunk's parameter gradients;
+3. ``matmul``: the fp32 (HIGHEST) and bf16 matmul rates of the card;
+4. ``network``: the paper's network (trunk + homoscedastic head, recoil_jax/studies/tpc/model.py)
+   forward and forward+backward at batch 64 and 256: Pallas vs the XLA path vs the same layers as
+   dense 3D convolutions (cuDNN through XLA);
+5. ``layers``: each trunk layer the same three ways, and the rulebook alone, with the FLOPs at active
    sites (2 * pairs * C_in * C_out) against the measured fp32 rate and ~790 TFLOP/s bf16;
+6. ``uresnet``: the SBND multi-plane UResNet (recoil_jax/studies/sbnd/model.py, Table 1 of arXiv
+   2012.01301, 3 planes) forward and forward+backward+RMSProp step at 640×1024 and 128×256, batch 1
+   and 8, through scripts/bench_uresnet.py's worker; against the CosmicTagger network in PyTorch
+   (`torch_uresnet`, same parameter count) on the same inputs when torch with CUDA is importable
+   (the ``peers`` extra). The PyTorch peer runs first, in a child process, before JAX claims the
+   GPU's memory (``XLA_PYTHON_CLIENT_MEM_FRACTION`` 0.92);
+7. ``sphere``: the S²→SO(3) and SO(3)→SO(3) layers (recoil_jax/ops/sphere/layers.py) forward and
+   forward+backward at L = 16, 32, 64 (N = 3, batch 8), and their error against the float64 direct
+   quadrature of recoil_jax/ops/sphere/reference.py, at JAX's default and at HIGHEST matmul precision,
+   wherever the reference's memory and time estimates fit (it holds all Y_ℓm / Wigner-D values at
+   point pairs: ~40 GiB at L = 16, so by default it runs at the extra band-limits 6 and 8 only);
 
-and prints markdown tables (results are simulated tracks). Work stops at ``--budget-s`` and what is
-done is printed; results also go to ``--out`` (JSON) when given.
+and prints markdown tables (the TPC results are on simulated tracks). Work stops at the budget and
+what is done is printed; results also go to ``--out`` (JSON) when given. The exit status is 1 when a
+correctness check, the self-check or a spherical reference comparison fails.
 
-  python scripts/gpu_sparse_check.py --out gpu_sparse_check.json     # on a GPU
+  python scripts/gpu_sparse_check.py --out gpu_sparse_check.json     # on a GPU (~9 minutes)
+  python scripts/gpu_sparse_check.py --sections uresnet,sphere        # a part, with the whole budget
   python scripts/gpu_sparse_check.py --cpu-dry-run                    # CPU, Pallas interpreter, tiny
 
 On a machine without a GPU (and without --cpu-dry-run) it prints a message and exits with status 0.
 The dry run uses two tracks cut to 24 voxels, capacities measured on them, one repeat, per-layer
-work on the first two layers (a conv and a pool) and the Pallas interpreter: it checks that every
-code path runs (~10 minutes on a busy 2-core CPU); its timings mean nothing.
+work on the first two layers (a conv and a pool), the Pallas interpreter, the small UResNet of
+``bench_uresnet.py --quick`` at 32×64 (batch 1; the PyTorch peer on the CPU if torch is installed)
+and the spherical layers at L = 4 (batch 2, with the reference): it checks that every code path
+runs (~12 minutes on a busy 2-core CPU); its timings mean nothing.
 """
 
 from __future__ import annotations
@@ -44,6 +65,13 @@ from recoil_jax import io  # noqa: E402
 GRID = 120
 LAYER_NAMES = ("conv k6 s2 1→50", "pool 2", "conv k4 50→30", "conv k3 30→20", "pool 2")
 BF16_PEAK_TFLOPS = 790.0  # H200 dense bf16, as quoted in the task; measured rates are printed too
+SECTIONS = ("selfcheck", "check", "matmul", "network", "layers", "uresnet", "sphere")
+# Shares of --budget-s (seconds of the default 540 s budget), in the order the sections run; the
+# shares of the selected sections are renormalised, and time a section leaves goes to later ones.
+SECTION_WEIGHTS = {"selfcheck": 30, "check": 60, "matmul": 10, "network": 120, "layers": 80,
+                   "uresnet": 150, "sphere": 90}
+TORCH_SHARE = 0.4  # of the uresnet share, for the PyTorch peer (run first, in a subprocess)
+SPHERE_TOL = 1e-4  # spherical layers vs direct quadrature, float32 at HIGHEST precision (rel. to max)
 
 
 class Budget:
@@ -54,6 +82,11 @@ class Budget:
 
   def left(self) -> float:
     return self.end - time.perf_counter()
+
+  def share(self, weight: float, total_weight: float) -> "Budget":
+    """A slice of what is left: ``weight / total_weight`` of it (time a section leaves unused goes
+    to the later ones)."""
+    return Budget(max(0.0, self.left()) * weight / total_weight if total_weight > 0 else 0.0)
 
 
 def _ms(x):
@@ -267,6 +300,7 @@ def time_network(coords, charges, num, labels, caps, repeats, interpret, budget,
   import jax
   import jax.numpy as jnp
   from recoil_jax.losses import direction as direction_losses
+  from recoil_jax.nn import direction_heads
   from recoil_jax.studies.tpc import model as tpc_model
   from recoil_jax.ops.sparse.pallas import dispatch
 
@@ -297,7 +331,7 @@ def time_network(coords, charges, num, labels, caps, repeats, interpret, budget,
   def dense_forward(p, x):
     h = dense_layers(x, p["trunk"]).reshape(x.shape[0], -1)
     h = jax.nn.relu(h @ p["shared"]["kernel"] + p["shared"]["bias"])
-    return tpc_model.DirectionHead().apply({"params": p["direction"]}, h)
+    return direction_heads.DirectionHead().apply({"params": p["direction"]}, h)
 
   rows = []
   for impl in ("pallas", "xla", "dense"):
@@ -416,11 +450,375 @@ def time_layers(coords, charges, num, caps, repeats, interpret, budget, results,
 
 
 # ---------------------------------------------------------------------------------------------------
+# Section "selfcheck": the check that guards backend="auto" (recoil_jax/ops/sparse/pallas/selfcheck.py).
+
+def run_selfcheck_section(results: dict) -> None:
+  """The self-check as the first ``"auto"`` resolution on this device runs it (Pallas interpreter
+  off a GPU), and what ``"auto"`` then resolves to."""
+  import dataclasses
+  from recoil_jax.ops.sparse.pallas import dispatch, selfcheck
+  status = selfcheck.pallas_status(run=True)
+  auto = dispatch.resolve_backend("auto", where="gpu_sparse_check")[0]
+  results["selfcheck"] = {
+      "ok": status.ok, "skipped": status.skipped, "device": status.device,
+      "interpret": status.interpret, "seconds": status.seconds, "error": status.error,
+      "traceback": status.traceback, "auto_backend": auto,
+      "rows": [dataclasses.asdict(r) for r in status.rows]}
+  print(f"  {status.summary()}; backend='auto' -> {auto!r}", flush=True)
+  if status.traceback:
+    print(status.traceback, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Section "uresnet": the SBND multi-plane UResNet (recoil_jax/studies/sbnd/model.py), JAX through
+# scripts/bench_uresnet.py's worker (same inputs, loss and RMSProp step), against the CosmicTagger
+# PyTorch network.
+
+# Table 1 of arXiv 2012.01301 (the defaults of recoil_jax.studies.sbnd.model.UResNet).
+TORCH_UNET_DEFAULTS = dict(initial_filters=8, depth=6, first_kernel=7, blocks_per_level=2,
+                           deepest_filters=256, deepest_blocks=5, deepest_kernel=5, num_classes=3)
+
+
+def torch_uresnet(planes: int = 3, **overrides):
+  """The CosmicTagger UResNet (``coreyjadams/CosmicTagger``, src/networks/torch/uresnet2D.py) in
+  PyTorch, with the choices of `recoil_jax.studies.sbnd.model` (its docstring): one module applied
+  to each plane in turn (shared weights, per-plane batch statistics), 7×7 first conv, sum skips
+  added before the up blocks, bilinear ×2 + 1×1 Block upsampling, cross-plane deepest block, plain
+  1×1 final conv. Same parameter count as the JAX model (checked by the caller). NCHW.
+
+  (scripts/bench_uresnet.py has no PyTorch network; this is the one peer of the JAX model.)
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch import nn  # pylint: disable=g-import-not-at-top
+  cfg = {**TORCH_UNET_DEFAULTS, **overrides}
+  act = lambda x: nn.functional.leaky_relu(x, 0.01)  # noqa: E731
+
+  class Block(nn.Module):
+    def __init__(self, c_in, c_out, k, activate=True):
+      super().__init__()
+      self.conv = nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=True)
+      self.bn = nn.BatchNorm2d(c_out, momentum=0.1, eps=1e-5)
+      self.activate = activate
+
+    def forward(self, x):
+      x = self.bn(self.conv(x))
+      return act(x) if self.activate else x
+
+  class Residual(nn.Module):
+    def __init__(self, c, k):
+      super().__init__()
+      self.b0, self.b1 = Block(c, c, k), Block(c, c, k, activate=False)
+
+    def forward(self, x):
+      return act(self.b1(self.b0(x)) + x)
+
+  def series(c, k, n):
+    return nn.Sequential(*[Residual(c, k) for _ in range(n)])
+
+  class UResNet(nn.Module):
+    def __init__(self):
+      super().__init__()
+      f, d, n = cfg["initial_filters"], cfg["depth"], cfg["blocks_per_level"]
+      self.initial = Block(1, f, cfg["first_kernel"])
+      self.down = nn.ModuleList([series(f << i, 3, n) for i in range(d)])
+      self.down_bottleneck = nn.ModuleList([Block(f << i, f << (i + 1), 1) for i in range(d)])
+      deep = planes * (f << d)
+      self.deep_in = Block(deep, cfg["deepest_filters"], 1)
+      self.deep = series(cfg["deepest_filters"], cfg["deepest_kernel"], cfg["deepest_blocks"])
+      self.deep_out = Block(cfg["deepest_filters"], deep, 1)
+      self.up_bottleneck = nn.ModuleList([Block(f << (i + 1), f << i, 1) for i in range(d)])
+      self.up = nn.ModuleList([series(f << i, 3, n) for i in range(d)])
+      self.final = nn.Conv2d(f, cfg["num_classes"], 1)
+
+    def forward(self, images):  # [B, P, H, W] -> [B, P, classes, H, W]
+      xs = [self.initial(images[:, p:p + 1]) for p in range(planes)]
+      skips = [[] for _ in range(planes)]
+      for i in range(len(self.down)):
+        for p in range(planes):
+          skips[p].append(self.down[i](xs[p]))
+          xs[p] = self.down_bottleneck[i](nn.functional.max_pool2d(skips[p][-1], 2))
+      merged = self.deep_out(self.deep(self.deep_in(torch.cat(xs, 1))))
+      xs = list(torch.chunk(merged, planes, 1))
+      for i in reversed(range(len(self.up))):
+        for p in range(planes):
+          x = nn.functional.interpolate(xs[p], scale_factor=2, mode="bilinear", align_corners=False)
+          xs[p] = self.up[i](self.up_bottleneck[i](x) + skips[p][i])
+      return torch.stack([self.final(x) for x in xs], 1)
+
+  return UResNet()
+
+
+def torch_uresnet_worker(spec: dict) -> dict:
+  """PyTorch peer timings (run in a subprocess before JAX claims the GPU's memory)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import bench_uresnet  # pylint: disable=g-import-not-at-top
+  if torch.cuda.is_available():
+    device = torch.device("cuda")
+    torch.backends.cudnn.benchmark = True
+  elif spec["allow_cpu"]:
+    device = torch.device("cpu")
+  else:
+    return {"skipped": f"torch {torch.__version__} has no CUDA device"}
+  end = time.perf_counter() + spec["budget_s"]
+  sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+  net = torch_uresnet(**spec["model"]).to(device)
+  out = {"torch": torch.__version__, "device": str(torch.cuda.get_device_name() if device.type == "cuda" else "cpu"),
+         "parameters": sum(p.numel() for p in net.parameters()),
+         "tf32_conv": bool(torch.backends.cudnn.allow_tf32) if device.type == "cuda" else None,
+         "rows": []}
+  weights = torch.tensor(bench_uresnet.CLASS_WEIGHTS, device=device)
+  opt = torch.optim.RMSprop(net.parameters(), lr=3e-4, alpha=0.99, eps=1e-8)
+
+  def train_step(x, y):
+    opt.zero_grad(set_to_none=True)
+    logits = net(x)  # [B, P, C, H, W]
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # [B, P, H, W]
+    w = weights[y]
+    loss = ((w * ce).sum((0, 2, 3)) / w.sum((0, 2, 3))).sum()
+    loss.backward()
+    opt.step()
+    return loss
+
+  for h, w_, batch, mode in spec["runs"]:
+    row = {"size": [h, w_], "batch": batch, "mode": mode}
+    if time.perf_counter() > end - 5:
+      row["note"] = "skipped (budget)"
+      out["rows"].append(row)
+      continue
+    try:
+      images, labels = bench_uresnet._inputs(batch, h, w_)  # pylint: disable=protected-access
+      x = torch.from_numpy(images).to(device)
+      y = torch.from_numpy(labels).long().to(device)
+      if mode == "forward":
+        net.eval()
+        def fn():
+          with torch.no_grad():
+            net(x)
+      else:
+        net.train()
+        fn = lambda: train_step(x, y)  # noqa: E731
+      t0 = time.perf_counter()
+      fn()
+      sync()
+      row["first_call_s"] = time.perf_counter() - t0
+      times = []
+      for _ in range(spec["repeats"]):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() > end - 5:
+          break
+      row["step_s"] = float(np.median(times))
+    except Exception as e:  # noqa: BLE001 -- an OOM is a result too
+      row["note"] = _short_error(e)
+    out["rows"].append(row)
+    print("ROW " + json.dumps(row), flush=True)  # kept if the parent's timeout ends this process
+    if device.type == "cuda":
+      torch.cuda.empty_cache()
+  return out
+
+
+def run_torch_peer(spec: dict, timeout_s: float) -> dict:
+  """`torch_uresnet_worker` in a child process (its GPU memory is gone when it exits)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  cmd = [sys.executable, os.path.abspath(__file__), "--torch-uresnet-worker", json.dumps(spec)]
+  try:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(timeout_s, 10))
+  except subprocess.TimeoutExpired as e:
+    stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+    rows = [json.loads(line[4:]) for line in stdout.splitlines() if line.startswith("ROW ")]
+    return {"error": f"timed out after {timeout_s:.0f} s", "rows": rows}
+  for line in proc.stdout.splitlines():
+    if line.startswith("RESULT "):
+      return json.loads(line[len("RESULT "):])
+  tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+  return {"error": f"exit {proc.returncode}: {tail[0][:200]}"}
+
+
+def uresnet_runs(sizes, batches) -> list[tuple[int, int, int, str]]:
+  return [(h, w, b, mode) for h, w in sizes for b in batches for mode in ("forward", "train")]
+
+
+def time_uresnet(model: dict, runs, repeats: int, budget: Budget, torch_result: dict | None,
+                 results: dict) -> None:
+  """JAX UResNet forward / train step (bench_uresnet.worker_single) for every run; peer rows
+  from the PyTorch subprocess."""
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import bench_uresnet  # pylint: disable=g-import-not-at-top
+  from recoil_jax.studies.sbnd import model as uresnet  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  net = uresnet.UResNet(**model)
+  side = 2 ** net.depth
+  shapes = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 3, side, side)), train=False))
+  info = {"model": model, "parameters": uresnet.parameter_count(shapes),
+          "torch": {k: v for k, v in (torch_result or {}).items() if k != "rows"}, "rows": []}
+  peer = {(tuple(r["size"]), r["batch"], r["mode"]): r for r in (torch_result or {}).get("rows", [])}
+  for h, w, batch, mode in runs:
+    row = {"size": [h, w], "batch": batch, "mode": mode, "torch": peer.get(((h, w), batch, mode))}
+    if budget.left() < 20:
+      row["note"] = "skipped (budget)"
+    else:
+      spec = {"model": model, "dtype": "float32", "size": (h, w), "batch": batch, "mode": mode,
+              "repeats": repeats, "budget_s": max(1.0, min(15.0, budget.left() / 4))}
+      try:
+        row.update(bench_uresnet.worker_single(spec))
+      except Exception as e:  # noqa: BLE001 -- an OOM or a compile failure is a result too
+        row["note"] = _short_error(e)
+        traceback.print_exc()
+    info["rows"].append(row)
+    t = row.get("torch") or {}
+    print(f"  uresnet {h}x{w} batch {batch} {mode}: JAX {_ms(row.get('step_s'))} ms "
+          f"(compile {row.get('compile_s', float('nan')):.1f} s), torch {_ms(t.get('step_s'))} ms "
+          f"{row.get('note', '')}", flush=True)
+  results["uresnet"] = info
+
+
+# ---------------------------------------------------------------------------------------------------
+# Section "sphere": S²→SO(3) and SO(3)→SO(3) layers (recoil_jax/ops/sphere/layers.py), timed, and
+# checked against the direct quadrature of recoil_jax/ops/sphere/reference.py where it fits.
+
+REF_CHANNELS = 2  # input and output channels of the reference comparison (its cost is ∝ C_in·C_out)
+REF_CHUNK = 16  # output rotations per block of reference.so3_to_so3
+REF_NS_PER_TERM = {"s2": 80.0, "so3": 40.0}  # host cost per term, measured on a 2-core CPU (×1.2)
+
+
+def sphere_reference_cost(kind: str, L: int, n: int) -> tuple[float, float]:
+  """(bytes, seconds) the float64 direct quadrature needs at band-limit L, directional n (dh grid):
+  the S² reference holds all Y_ℓm at Q×P point pairs, the SO(3) one Wigner D at REF_CHUNK×P."""
+  p_s2 = 2 * L * (2 * L - 1)
+  q = (2 * n - 1) * p_s2
+  cc = REF_CHANNELS * REF_CHANNELS
+  if kind == "s2":
+    terms = q * p_s2 * L * (2 * L - 1)
+    return q * p_s2 * (16.0 * L * (2 * L - 1) + 32 * cc + 64), terms * REF_NS_PER_TERM["s2"] * 1e-9
+  terms = q * q * L * (2 * L - 1) ** 2
+  return REF_CHUNK * q * (40.0 * L * (2 * L - 1) ** 2 + 32 * cc + 96), terms * REF_NS_PER_TERM["so3"] * 1e-9
+
+
+def _sphere_module_and_input(kind: str, L: int, n: int, batch: int, c_in: int, c_out: int, rng,
+                             band_limited: bool):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from recoil_jax.ops.sphere import grids, layers, wigner  # pylint: disable=g-import-not-at-top
+  if kind == "s2":
+    module = layers.S2ToSO3Conv(c_out, L_out=L, N=n)
+    g = grids.s2fft_grid(L, "dh")
+    if band_limited:  # as tests/test_sphere_layers.py: float64 synthesis of random coefficients
+      t, p = np.meshgrid(g.thetas, g.phis, indexing="ij")
+      x = np.stack([np.stack([wigner.s2_synthesis(wigner.random_flm(rng, L), t, p).real
+                              for _ in range(c_in)], -1) for _ in range(batch)])
+    else:
+      x = rng.normal(size=(batch,) + g.shape + (c_in,))
+  else:
+    module = layers.SO3ToSO3Conv(c_out, L_out=L, N_out=n)
+    g = grids.so3_grid(L, n, "dh")
+    if band_limited:
+      e = g.euler_angles()
+      x = np.stack([np.stack([wigner.so3_synthesis(wigner.random_flmn(rng, L, n), e[..., 0], e[..., 1],
+                                                   e[..., 2]).real for _ in range(c_in)], -1)
+                    for _ in range(batch)])
+    else:
+      x = rng.normal(size=(batch,) + g.shape + (c_in,))
+  return module, jnp.asarray(x, jnp.float32)
+
+
+def sphere_reference_error(kind: str, L: int, n: int, seed: int) -> dict:
+  """max |layer − quadrature| / max |quadrature| at JAX's default and at HIGHEST matmul precision."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from recoil_jax.ops.sphere import layers, reference  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  module, x = _sphere_module_and_input(kind, L, n, 1, REF_CHANNELS, REF_CHANNELS, rng, True)
+  v = module.init(jax.random.key(seed), x)
+  v = {"params": {**v["params"], "bias": jnp.asarray(rng.normal(size=REF_CHANNELS), jnp.float32)}}
+  kernel = np.asarray(v["params"]["kernel"])
+  bias = np.asarray(v["params"]["bias"])
+  t0 = time.perf_counter()
+  if kind == "s2":
+    kernel = kernel * layers._ell_mask(L, (n,))[..., None, None]  # pylint: disable=protected-access
+    ref = reference.s2_to_so3(np.asarray(x), kernel, bias, L_out=L, N=n)
+  else:
+    kernel = kernel * layers._ell_mask(L, (n, n))[..., None, None]  # pylint: disable=protected-access
+    ref = reference.so3_to_so3(np.asarray(x), kernel, bias, L_out=L, N_out=n, chunk=REF_CHUNK)
+  out = {"reference_s": time.perf_counter() - t0}
+  for name, precision in (("default", None), ("highest", "highest")):
+    with jax.default_matmul_precision(precision):
+      fast = np.asarray(jax.jit(module.apply)(v, x), np.float64)
+    out[f"rel_error_{name}"] = float(np.max(np.abs(fast - ref)) / np.max(np.abs(ref)))
+  return out
+
+
+def time_sphere(ls, ref_ls, n_max: int, batch: int, repeats: int, budget: Budget, results: dict,
+                ref_gib: float, ref_max_s: float, seed: int) -> None:
+  """Forward and forward+backward (params and input) of each layer at every L of ``ls``; the
+  reference comparison at every L of ``ls`` and ``ref_ls`` where it fits (memory, time)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  channels = {"s2": (2, 16), "so3": (16, 16)}
+  names = {"s2": "S²→SO(3)", "so3": "SO(3)→SO(3)"}
+  rows = []
+  for L in sorted(set(ls) | set(ref_ls)):
+    n = min(n_max, L)
+    for kind in ("s2", "so3"):
+      c_in, c_out = channels[kind]
+      row = {"layer": names[kind], "L": L, "N": n, "batch": batch, "c_in": c_in, "c_out": c_out,
+             "timed": L in ls, "note": ""}
+      rows.append(row)
+      if budget.left() < 15:
+        row["note"] = "skipped (budget)"
+        continue
+      try:
+        if L in ls:
+          rng = np.random.default_rng(seed + L)
+          module, x = _sphere_module_and_input(kind, L, n, batch, c_in, c_out, rng, False)
+          t0 = time.perf_counter()
+          v = jax.jit(module.init)(jax.random.key(seed), x)
+          fwd = jax.jit(module.apply).lower(v, x).compile()
+          loss = lambda v, x, m=module: jnp.sum(jnp.square(m.apply(v, x)))  # noqa: E731
+          bwd = jax.jit(jax.grad(loss, (0, 1))).lower(v, x).compile()
+          row["setup_s"] = time.perf_counter() - t0  # s2fft kernels (host, float64) + compiles
+          row["forward_s"], _ = timeit(lambda: fwd(v, x), repeats)
+          row["forward_backward_s"], _ = timeit(lambda: bwd(v, x), repeats)
+        mem, secs = sphere_reference_cost(kind, L, n)
+        row["reference_gib"], row["reference_est_s"] = mem / 2 ** 30, secs
+        if mem > ref_gib * 2 ** 30:
+          row["note"] = f"reference needs ~{mem / 2 ** 30:.3g} GiB (limit {ref_gib:g})"
+        elif secs > min(ref_max_s, budget.left() / 2):
+          row["note"] = f"reference needs ~{secs:.3g} s (limit {min(ref_max_s, budget.left() / 2):.0f})"
+        else:
+          row.update(sphere_reference_error(kind, L, n, seed))
+          row["ok"] = row["rel_error_highest"] <= SPHERE_TOL
+      except Exception as e:  # noqa: BLE001 -- an OOM or a compile failure is a result too
+        row["note"] = _short_error(e)
+        traceback.print_exc()
+      print(f"  sphere {row['layer']} L={L} N={n}: fwd {_ms(row.get('forward_s'))} ms, fwd+bwd "
+            f"{_ms(row.get('forward_backward_s'))} ms, ref. error "
+            f"{row.get('rel_error_default', float('nan')):.2g} (default) / "
+            f"{row.get('rel_error_highest', float('nan')):.2g} (HIGHEST) {row['note']}", flush=True)
+  results["sphere"] = rows
+
+
+# ---------------------------------------------------------------------------------------------------
 # Report.
 
 def print_report(results: dict) -> None:
   print()
   print(f"## Sparse conv check — {results['device']} (jax {results['jax']}), simulated 50 keV tracks")
+  sc = results.get("selfcheck")
+  if sc:
+    verdict = "skipped" if sc["skipped"] else ("passed" if sc["ok"] else "**FAILED**")
+    print(f"\n### Self-check behind backend='auto' ({sc['device']}"
+          f"{', Pallas interpreter' if sc['interpret'] else ''}): {verdict} in {sc['seconds']:.1f} s; "
+          f"'auto' resolves to {sc['auto_backend']!r}")
+    if sc["error"]:
+      print(f"\nraised: `{sc['error']}`")
+    if sc["rows"]:
+      print("\n| comparison | max abs diff | rel. to max | error / float32 bound | ok |\n|---|---|---|---|---|")
+      for r in sc["rows"]:
+        print(f"| {r['name']} | {r['max_abs']:.3g} | {r['max_rel']:.3g} | {r['ratio']:.3g} | "
+              f"{'yes' if r['ok'] else '**NO**'} |")
   if "checks" in results:
     print("\n| check | error | tolerance | ok |\n|---|---|---|---|")
     for c in results["checks"]:
@@ -458,12 +856,66 @@ def print_report(results: dict) -> None:
       print(f"| {r['batch']} | {r['layer']} {LAYER_NAMES[r['layer']]} | {r['impl']} | {r['pairs']} | "
             f"{_ms(f)} | {_ms(r['forward_backward_s'])} | {gf} | "
             f"{'—' if rate is None else f'{rate:.3g}'} | {pct} | {pct16} | {r['note']} |")
-  print("\nSparse rows include the rulebook; Pallas float32 products are IEEE fp32 (HIGHEST), the XLA "
-        "and dense rows use JAX's default matmul precision. Dense FLOPs (in parentheses) are for the "
-        "full grid, and the dense rows' TFLOP/s use them. Simulated tracks.")
+  if "network" in results or "layers" in results:
+    print("\nSparse rows include the rulebook; Pallas float32 products are IEEE fp32 (HIGHEST), the "
+          "XLA and dense rows use JAX's default matmul precision. Dense FLOPs (in parentheses) are "
+          "for the full grid, and the dense rows' TFLOP/s use them. Simulated tracks.")
+  un = results.get("uresnet")
+  if un:
+    t = un["torch"]
+    tf32 = {None: "", True: "; cuDNN TF32 on", False: "; cuDNN TF32 off"}[t.get("tf32_conv")]
+    peer = (f"PyTorch {t['torch']} on {t['device']} ({t['parameters']:,} parameters{tf32})"
+            if "parameters" in t
+            else f"PyTorch peer: {t.get('skipped') or t.get('error') or 'not run'}")
+    print(f"\n### SBND UResNet ({un['parameters']:,} parameters, model overrides {un['model'] or 'none'}), "
+          f"3 planes, float32; {peer}")
+    print("\n| H×W | batch | step | JAX ms | JAX compile s | JAX TFLOP/s (analytic) | events/s | "
+          "PyTorch ms | JAX / PyTorch | note |\n|---|---|---|---|---|---|---|---|---|---|")
+    for r in un["rows"]:
+      tr = r.get("torch") or {}
+      f, ft = r.get("step_s"), tr.get("step_s")
+      cells = [f"{r['size'][0]}×{r['size'][1]}", r["batch"],
+               "forward" if r["mode"] == "forward" else "fwd+bwd+RMSProp", _ms(f),
+               f"{r['compile_s']:.1f}" if "compile_s" in r else "—",
+               f"{r['analytic_flops'] / f / 1e12:.3g}" if f and r.get("analytic_flops") else "—",
+               f"{r['batch'] / f:.3g}" if f else "—", _ms(ft),
+               f"{f / ft:.3g}" if f and ft else "—",
+               "; ".join(x for x in (r.get("note", ""), tr.get("note", "")) if x)]
+      print("| " + " | ".join(str(c) for c in cells) + " |")
+    print("\nJAX through scripts/bench_uresnet.py's worker (train step: light-weighted cross entropy, "
+          "RMSProp, train-mode BatchNorm); analytic FLOPs are the convolutions' (a train step counts "
+          "3× forward). Both frameworks at their default float32 conv precision. Random sparse images.")
+  sph = results.get("sphere")
+  if sph:
+    print("\n### Spherical layers (dh grids, s2fft precomputed kernels), float32")
+    print(f"\n| layer | L | N | batch | C_in→C_out | forward ms | fwd+bwd ms | setup s | "
+          f"ref. error, default precision | ref. error, HIGHEST (tol {SPHERE_TOL:g}) | reference s | note |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in sph:
+      timed = "setup_s" in r
+      ok = "" if "ok" not in r else (" ✓" if r["ok"] else " **NO**")
+      cells = [r["layer"], r["L"], r["N"], r["batch"] if timed else "—",
+               f"{r['c_in']}→{r['c_out']}" if timed else "—", _ms(r.get("forward_s")),
+               _ms(r.get("forward_backward_s")), f"{r['setup_s']:.1f}" if timed else "—",
+               f"{r['rel_error_default']:.2g}" if "rel_error_default" in r else "—",
+               (f"{r['rel_error_highest']:.2g}" + ok) if "rel_error_highest" in r else "—",
+               f"{r['reference_s']:.1f}" if "reference_s" in r else "—", r["note"]]
+      print("| " + " | ".join(str(c) for c in cells) + " |")
+    print(f"\nReference: recoil_jax/ops/sphere/reference.py (float64 direct quadrature on the host, "
+          f"band-limited random inputs, batch 1, {REF_CHANNELS}→{REF_CHANNELS} channels), run only "
+          f"where its memory and time estimates fit. Forward+backward differentiates the filters and "
+          f"the input of sum(out²).")
 
 
 # ---------------------------------------------------------------------------------------------------
+
+def _sizes(text: str) -> list[tuple[int, int]]:
+  return [tuple(int(v) for v in item.lower().split("x")) for item in text.split(",") if item]
+
+
+def _ints(text: str) -> list[int]:
+  return [int(v) for v in text.split(",") if v]
+
 
 def main() -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -472,16 +924,81 @@ def main() -> int:
   p.add_argument("--batches", default="64,256", help="comma-separated batch sizes for the timings")
   p.add_argument("--check-batch", type=int, default=8, help="events in the correctness checks")
   p.add_argument("--repeats", type=int, default=10)
-  p.add_argument("--sections", default="check,matmul,network,layers",
-                 help="any of check, matmul, network, layers (comma-separated)")
+  p.add_argument("--sections", default=",".join(SECTIONS),
+                 help=f"any of {', '.join(SECTIONS)} (comma-separated; they run in that order)")
   p.add_argument("--layer-batches", default="256,64", help="batch sizes of the per-layer timings")
   p.add_argument("--budget-s", type=float, default=None,
-                 help="stop starting new work after this many seconds (default 420; 3600 dry run)")
+                 help="stop starting new work after this many seconds, shared by the sections in "
+                      "proportion to SECTION_WEIGHTS (default 540; 3600 dry run)")
+  p.add_argument("--uresnet-sizes", default="640x1024,128x256", help="per-plane H×W list")
+  p.add_argument("--uresnet-batches", default="1,8")
+  p.add_argument("--uresnet-model", type=json.loads, default={},
+                 help='UResNet overrides as JSON (default: Table 1), e.g. \'{"initial_filters": 16}\'')
+  p.add_argument("--no-torch", action="store_true", help="skip the PyTorch UResNet peer")
+  p.add_argument("--sphere-ls", default="16,32,64", help="band-limits of the spherical-layer timings")
+  p.add_argument("--sphere-ref-ls", default="6,8",
+                 help="extra band-limits for the direct-quadrature comparison only")
+  p.add_argument("--sphere-n", type=int, default=3, help="directional band-limit N (≤ L)")
+  p.add_argument("--sphere-batch", type=int, default=8)
+  p.add_argument("--sphere-ref-gib", type=float, default=8.0,
+                 help="host memory the direct-quadrature reference may use")
+  p.add_argument("--sphere-ref-max-s", type=float, default=30.0,
+                 help="estimated seconds one reference evaluation may take")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default="", help="JSON results file (written atomically)")
+  p.add_argument("--torch-uresnet-worker", help=argparse.SUPPRESS)
   args = p.parse_args()
 
-  import jax
+  if args.torch_uresnet_worker:  # child process of run_torch_peer; never imports jax
+    print("RESULT " + json.dumps(torch_uresnet_worker(json.loads(args.torch_uresnet_worker))),
+          flush=True)
+    return 0
+
+  sections = [s for s in args.sections.split(",") if s]
+  unknown = set(sections) - set(SECTIONS)
+  if unknown:
+    raise SystemExit(f"--sections: unknown section(s) {sorted(unknown)}; known: {SECTIONS}")
+  sections = [s for s in SECTIONS if s in sections]
+  if args.budget_s is None:
+    args.budget_s = 3600.0 if args.cpu_dry_run else 540.0
+  budget = Budget(args.budget_s)
+  batches, layer_batches = _ints(args.batches), _ints(args.layer_batches)
+  repeats = args.repeats
+  voxel_cap, max_layers = None, 5
+  uresnet_model = dict(args.uresnet_model)
+  uresnet_sizes, uresnet_batches = _sizes(args.uresnet_sizes), _ints(args.uresnet_batches)
+  sphere_ls, sphere_ref_ls = _ints(args.sphere_ls), _ints(args.sphere_ref_ls)
+  sphere_batch = args.sphere_batch
+  if args.cpu_dry_run:  # every code path (a conv and a pool layer suffice per-layer), tiny sizes
+    batches, layer_batches, repeats, voxel_cap, max_layers = [2], [2], 1, 24, 2
+    args.check_batch = 2
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_uresnet  # pylint: disable=g-import-not-at-top
+    uresnet_model = {**bench_uresnet.QUICK_MODEL, **uresnet_model}
+    uresnet_sizes, uresnet_batches = [(32, 64)], [1]
+    sphere_ls, sphere_ref_ls, sphere_batch = [4], [], 2
+
+  # The PyTorch peer runs first, in a child process, before JAX claims most of the GPU's memory.
+  torch_result = None
+  total_weight = sum(SECTION_WEIGHTS[s] for s in sections)
+  if "uresnet" in sections:
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    gpu_driver = os.path.exists("/proc/driver/nvidia/version")
+    if args.no_torch:
+      torch_result = {"skipped": "--no-torch"}
+    elif importlib.util.find_spec("torch") is None:
+      torch_result = {"skipped": "torch is not installed (the 'peers' extra)"}
+    elif gpu_driver or args.cpu_dry_run:
+      share = budget.left() * SECTION_WEIGHTS["uresnet"] / total_weight * TORCH_SHARE
+      print(f"PyTorch UResNet peer (child process, {share:.0f} s)", flush=True)
+      spec = {"model": {k: v for k, v in uresnet_model.items() if k in TORCH_UNET_DEFAULTS},
+              "runs": uresnet_runs(uresnet_sizes, uresnet_batches), "repeats": repeats,
+              "budget_s": max(share - 15, 5), "allow_cpu": args.cpu_dry_run}
+      torch_result = run_torch_peer(spec, share)
+      print(f"  {torch_result if 'rows' not in torch_result else {**torch_result, 'rows': '...'}}",
+            flush=True)
+
+  import jax  # pylint: disable=g-import-not-at-top
   on_gpu = jax.default_backend() == "gpu"
   if not on_gpu and not args.cpu_dry_run:
     print(f"gpu_sparse_check: no GPU (JAX backend {jax.default_backend()!r}); nothing to measure. "
@@ -489,24 +1006,11 @@ def main() -> int:
           "the script.")
     return 0
   interpret = not on_gpu
-  if args.budget_s is None:
-    args.budget_s = 3600.0 if args.cpu_dry_run else 420.0
-  budget = Budget(args.budget_s)
-  sections = set(args.sections.split(","))
-  unknown = sections - {"check", "matmul", "network", "layers"}
-  if unknown:
-    raise SystemExit(f"--sections: unknown section(s) {sorted(unknown)}")
-  batches = [int(b) for b in args.batches.split(",") if b]
-  layer_batches = [int(b) for b in args.layer_batches.split(",") if b]
-  repeats = args.repeats
-  voxel_cap, max_layers = None, 5
-  if args.cpu_dry_run:  # every code path (a conv and a pool layer suffice per-layer), tiny sizes
-    batches, layer_batches, repeats, voxel_cap, max_layers = [2], [2], 1, 24, 2
-    args.check_batch = 2
   dev = jax.devices()[0]
   results = {"device": getattr(dev, "device_kind", str(dev)), "jax": jax.__version__,
              "interpret": interpret, "args": vars(args)}
-  print(f"device: {results['device']}; interpret={interpret}; budget {args.budget_s:.0f} s", flush=True)
+  print(f"device: {results['device']}; interpret={interpret}; budget {args.budget_s:.0f} s; "
+        f"sections {', '.join(sections)}", flush=True)
 
   def save():
     if args.out:
@@ -515,7 +1019,9 @@ def main() -> int:
   from recoil_jax.studies.tpc import model as tpc_model
   default_caps = list(tpc_model.TpcDirectionNet.capacity_per_event)
   data = {}
-  for b in sorted(set(batches + layer_batches + ([args.check_batch] if "check" in sections else []))):
+  need = ((batches if "network" in sections else []) + (layer_batches if "layers" in sections else [])
+          + ([args.check_batch] if "check" in sections else []))
+  for b in sorted(set(need)):
     t0 = time.perf_counter()
     data[b] = make_tracks(b, args.seed + b, 2048, voxel_cap)
     print(f"simulated + preprocessed {b} tracks in {time.perf_counter() - t0:.1f} s "
@@ -526,34 +1032,55 @@ def main() -> int:
       return default_caps
     return [int(n * 1.25) + 8 for n in measure_capacities(*data[b][:3])]
 
+  remaining = total_weight
+
+  def section_budget(name: str) -> Budget:
+    nonlocal remaining
+    share = budget.share(SECTION_WEIGHTS[name], remaining)
+    remaining -= SECTION_WEIGHTS[name]
+    print(f"\n[{name}] {share.left():.0f} s", flush=True)
+    return share
+
   try:
-    if "check" in sections:
-      coords, charges, num, _ = data[args.check_batch]
-      caps = caps_for(args.check_batch)
-      print(f"correctness checks on {args.check_batch} events, capacities/event {caps}", flush=True)
-      rows = check_kernels(coords, charges, num, caps, interpret, max_layers)
-      results["checks"] = [dict(zip(("check", "error", "tolerance", "ok"), r)) for r in rows]
-      for r in rows:
-        print(f"  {'ok ' if r[3] else 'BAD'} {r[0]}: {r[1]:.3g} (tol {r[2]:.3g})", flush=True)
+    for name in sections:
+      sb = section_budget(name)
+      if name == "selfcheck":
+        run_selfcheck_section(results)
+      elif name == "check":  # always runs in full: correctness is the point
+        coords, charges, num, _ = data[args.check_batch]
+        caps = caps_for(args.check_batch)
+        print(f"correctness checks on {args.check_batch} events, capacities/event {caps}", flush=True)
+        rows = check_kernels(coords, charges, num, caps, interpret, max_layers)
+        results["checks"] = [dict(zip(("check", "error", "tolerance", "ok"), r)) for r in rows]
+        for r in rows:
+          print(f"  {'ok ' if r[3] else 'BAD'} {r[0]}: {r[1]:.3g} (tol {r[2]:.3g})", flush=True)
+      elif name == "matmul" and sb.left() > 5:
+        results["matmul_tflops"] = matmul_rates(repeats, 8192 if on_gpu else 256)
+        print(f"  matmul TFLOP/s: {results['matmul_tflops']}", flush=True)
+      elif name == "network":
+        for b in batches:
+          time_network(*data[b], caps_for(b), repeats, interpret, sb, results)
+          save()
+      elif name == "layers":
+        for b in layer_batches:
+          time_layers(*data[b][:3], caps_for(b), repeats, interpret, sb, results, max_layers)
+          save()
+      elif name == "uresnet":
+        time_uresnet(uresnet_model, uresnet_runs(uresnet_sizes, uresnet_batches), repeats, sb,
+                     torch_result, results)
+      elif name == "sphere":
+        time_sphere(sphere_ls, sphere_ref_ls, args.sphere_n, sphere_batch, repeats, sb, results,
+                    args.sphere_ref_gib, args.sphere_ref_max_s, args.seed)
       save()
-    if "matmul" in sections and budget.left() > 30:
-      results["matmul_tflops"] = matmul_rates(repeats, 8192 if on_gpu else 256)
-      print(f"  matmul TFLOP/s: {results['matmul_tflops']}", flush=True)
-      save()
-    if "network" in sections:
-      for b in batches:
-        time_network(*data[b], caps_for(b), repeats, interpret, budget, results)
-        save()
-    if "layers" in sections:
-      for b in layer_batches:
-        time_layers(*data[b][:3], caps_for(b), repeats, interpret, budget, results, max_layers)
-        save()
   finally:
     save()
     print_report(results)
-  failed = [c for c in results.get("checks", []) if not c["ok"]]
+  failed = [c["check"] for c in results.get("checks", []) if not c["ok"]]
+  if "selfcheck" in results and not results["selfcheck"]["ok"]:
+    failed.append("Pallas self-check")
+  failed += [f"sphere {r['layer']} L={r['L']}" for r in results.get("sphere", []) if r.get("ok") is False]
   if failed:
-    print(f"\n{len(failed)} check(s) FAILED", file=sys.stderr)
+    print(f"\n{len(failed)} check(s) FAILED: {', '.join(failed)}", file=sys.stderr)
     return 1
   return 0
 

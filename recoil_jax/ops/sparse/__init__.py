@@ -8,6 +8,7 @@ from recoil_jax.ops.sparse.kernel_map import (
     default_out_capacity,
 )
 from recoil_jax.ops.sparse.layers import SparseConv3d, SparseMaxPool3d, SubMConv3d, ToDense
+from recoil_jax.ops.sparse.pallas.selfcheck import pallas_status
 from recoil_jax.ops.sparse.reference import (
     conv_compute,
     gather_matmul,
@@ -45,6 +46,7 @@ __all__ = [
     "gather_matmul",
     "gather_max",
     "matmul_scatter",
+    "pallas_status",
     "sparse_conv",
     "sparse_max_pool",
     "subm_conv",

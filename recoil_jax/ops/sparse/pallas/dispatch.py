@@ -7,7 +7,11 @@
   compiled by the Pallas Triton backend; needs a GPU, or ``interpret=True`` (the Pallas interpreter,
   slow, for tests on CPU).
 * ``"auto"``: the innermost `use_backend` block if there is one, else ``"pallas"`` on a GPU and
-  ``"xla"`` elsewhere.
+  ``"xla"`` elsewhere. On a GPU, the first such resolution runs a small Pallas-vs-XLA self-check
+  (`selfcheck`; once per device kind and process, outside any trace); if it fails or raises, one
+  warning is logged and ``"auto"`` means ``"xla"`` from then on. ``RECOIL_JAX_PALLAS_SELFCHECK=0``
+  skips the check; `selfcheck.pallas_status` returns its result. Explicit ``"pallas"`` requests are
+  never changed.
 
 The choice is made when a function is traced: a jitted function keeps the backend it was traced
 with. Both backends produce identical rulebooks and output sites; features agree to float rounding
@@ -66,19 +70,28 @@ def resolve_backend(backend: str, interpret: bool = False,
   if backend not in BACKENDS:
     raise ValueError(f"{where}: backend {backend!r} is not available; implemented backends: "
                      f"{BACKENDS}")
+  explicit = backend == "pallas"
   if backend == "auto":
     stack = getattr(_STATE, "stack", [])
     if stack:
       backend, forced = stack[-1]
       interpret = interpret or forced
+      explicit = backend == "pallas"
     else:
-      backend = "pallas" if on_gpu() else "xla"
+      backend = "pallas" if on_gpu() and _selfcheck().auto_may_use_pallas() else "xla"
+  if explicit and on_gpu():
+    _selfcheck().note_explicit_pallas(where)
   if backend == "pallas" and not interpret and not on_gpu():
     raise ValueError(
         f"{where}: backend='pallas' compiles Triton kernels and needs a GPU, but JAX's default "
         f"backend is {jax.default_backend()!r}; use backend='xla' or 'auto' here, or "
         "interpret=True (the slow Pallas interpreter, for tests)")
   return backend, bool(interpret)
+
+
+def _selfcheck():
+  from recoil_jax.ops.sparse.pallas import selfcheck  # pylint: disable=g-import-not-at-top
+  return selfcheck
 
 
 # ---------------------------------------------------------------------------------------------------
