@@ -54,6 +54,13 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   data.seed = 0  # Simulation seed (independent of the training seed).
   data.energies_kev = (40.0, 45.0, 50.0)  # Training energies (paper: 40, 45, 50 keV).
   data.sigma_range_um = (160.0, 466.0)  # Training smearing σ ~ U(lo, hi) µm.
+  # Optional simulator physics (recoil_jax/studies/tpc/sim_physics.py), off by default
+  # so that the datasets and results made without them stay reproducible (with all off
+  # the dataset's name and hash are those of before these keys existed). Møller δ-rays
+  # above delta_cut_kev, energy-loss straggling below it, and the thermalisation and
+  # secondary-electron spread of the ionisation electrons. Simulation only.
+  data.sim_physics = ml_collections.ConfigDict(dict(
+      delta_rays=False, straggling=False, electron_spread=False, delta_cut_kev=1.0))
   # Real DEGRAD-format files (.root / .npz / .txt) instead of the simulator: a glob per
   # split; "" = not used. train_val (split 80/20, seeded) or train + validation; the
   # energy of a train/validation file is read from its name ("..._40keV..."). See README.

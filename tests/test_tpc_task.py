@@ -113,3 +113,16 @@ def test_bad_paths_and_names_fail_before_any_data_is_built(tmp_path):
   config.model.head, config.model.trunk = "vmf", "wide"
   with pytest.raises(ValueError, match="config.model.trunk='wide'"):
     tpc.TpcDirectionTask(config).validate()
+
+
+def test_simulator_physics_switches_reach_the_dataset(monkeypatch):
+  """config.data.sim_physics is handed to the dataset builder (None with DEGRAD files)."""
+  calls = []
+  monkeypatch.setattr(tpc.tpc_dataset, "build_tpc_dataset",
+                      lambda data_dir, **kw: calls.append(kw) or object())
+  config = load_config("configs/tpc.py", "smoke")
+  with config.unlocked():
+    config.data.sim_physics.delta_rays = True
+  tpc.TpcDirectionTask(config)._dataset()
+  assert calls[-1]["sim_physics"]["delta_rays"] is True
+  assert calls[-1]["sim_physics"]["straggling"] is False

@@ -13,7 +13,15 @@ What this module computes (numpy, float64, vectorised over the kinetic energy
   screening: screening parameter, total and transport cross sections, and the
   elastic and transport mean free paths of the mixture
   (``screening_parameter``, ``elastic_cross_sections_cm2``,
-  ``elastic_mfp_mm``, ``transport_mfp_mm``).
+  ``elastic_mfp_mm``, ``transport_mfp_mm``);
+* Møller scattering on the atomic electrons (treated as free): the
+  differential and integrated δ-ray cross sections above a cut, the δ-ray rate
+  per mm, the energy lost to δ-rays above the cut, and the restricted stopping
+  power and its CSDA range (``moller_dcs_cm2_per_kev``,
+  ``moller_cross_section_cm2``, ``delta_ray_rate_per_mm``,
+  ``moller_loss_above_cut_kev_per_mm``, ``restricted_dedx_kev_per_mm``,
+  ``restricted_csda_range_mm``; the restricted dE/dx equals the Berger–Seltzer
+  restricted formula of ICRU 37, tested).
 
 Number densities come from the ideal gas law at the mixture's pressure and
 temperature; molecules are treated as independent atoms for elastic
@@ -349,3 +357,141 @@ def transport_mfp_mm(gas: GasMixture, T_keV) -> np.ndarray:
   """Transport mean free path 1/Σ nᵢσ₁,ᵢ of the mixture, mm."""
   _, mu_tr = atom_macroscopic_cross_sections(gas, T_keV)
   return 1.0 / mu_tr.sum(axis=0)
+
+
+# ---------------------------------------------------------------------------
+# Møller scattering on atomic electrons: δ-rays and the restricted stopping
+# power (used by the TPC simulator's optional δ-ray and straggling physics).
+# ---------------------------------------------------------------------------
+
+
+def electron_density_per_cm3(gas: GasMixture) -> float:
+  """Electrons per cm³ of the mixture (all shells), ideal gas."""
+  return gas.molecule_density_per_cm3 * sum(
+      c.volume_fraction * c.Z for c in gas.components)
+
+
+def mean_excitation_energy_ev(gas: GasMixture) -> float:
+  """Mixture mean excitation energy: ln I = Σ nᵢ ln Iᵢ / Σ nᵢ (nᵢ electrons).
+
+  The Bragg-additivity value (He:CO₂ 70:30: 75.1 eV, physics-facts §1a).
+  """
+  w = np.array([c.volume_fraction * c.Z for c in gas.components])
+  log_i = np.array([math.log(c.I_ex_eV) for c in gas.components])
+  return float(math.exp(np.sum(w * log_i) / np.sum(w)))
+
+
+def _moller_terms(T: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(β², g = (2γ−1)/γ², a = 1 − g = (τ/γ)²) of a primary of kinetic energy T."""
+  gam = 1.0 + T / ELECTRON_MASS_KEV
+  beta2 = 1.0 - 1.0 / gam**2
+  g = (2.0 * gam - 1.0) / gam**2
+  return beta2, g, 1.0 - g
+
+
+def moller_dcs_cm2_per_kev(T_keV, W_keV) -> np.ndarray:
+  """Møller dσ/dW per free electron at rest, cm²/keV.
+
+  dσ/dW = 2π r_e² mc² / (β² T²) · [a + 1/x² + 1/(1−x)² − g/(x(1−x))], x = W/T,
+  g = (2γ−1)/γ², a = (τ/γ)² (e.g. Geant4 Physics Reference Manual, Møller
+  scattering; the faster outgoing electron is the primary, so W ≤ T/2).
+  Returns 0 outside 0 < W ≤ T/2.
+  """
+  T = _as_energy(T_keV, "moller_dcs_cm2_per_kev")
+  W = np.asarray(W_keV, dtype=np.float64)
+  beta2, g, a = _moller_terms(T)
+  inside = (W > 0) & (W <= 0.5 * T)
+  x = np.where(inside, W / T, 0.25)
+  shape = a + 1.0 / x**2 + 1.0 / (1.0 - x)**2 - g / (x * (1.0 - x))
+  pref = 2.0 * math.pi * CLASSICAL_ELECTRON_RADIUS_CM**2 * ELECTRON_MASS_KEV
+  return np.where(inside, pref / (beta2 * T**2) * shape, 0.0)
+
+
+def moller_cdf_shape(x, x_cut, g, a) -> np.ndarray:
+  """∫_{x_cut}^{x} [a + 1/y² + 1/(1−y)² − g/(y(1−y))] dy, numpy float64.
+
+  The unnormalised cumulative distribution of x = W/T above the cut
+  (``moller_cross_section_cm2`` is its value at x = 1/2 times
+  2π r_e² mc²/(β² T)); ``g`` and ``a`` as in ``moller_dcs_cm2_per_kev``.
+  """
+  x = np.asarray(x, dtype=np.float64)
+  return (a * (x - x_cut) + (1.0 / x_cut - 1.0 / x) +
+          (1.0 / (1.0 - x) - 1.0 / (1.0 - x_cut)) -
+          g * np.log(x * (1.0 - x_cut) / (x_cut * (1.0 - x))))
+
+
+def moller_cross_section_cm2(T_keV, cut_keV: float) -> np.ndarray:
+  """Møller cross section per free electron for W in [cut, T/2], cm².
+
+  Closed form of ∫ dσ/dW (as Geant4's G4MollerBhabhaModel); 0 where T ≤ 2 cut.
+  """
+  T = _as_energy(T_keV, "moller_cross_section_cm2")
+  if not cut_keV > 0:
+    raise ValueError(f"moller_cross_section_cm2: cut_keV must be > 0, got {cut_keV}.")
+  beta2, g, a = _moller_terms(T)
+  above = T > 2.0 * cut_keV
+  x_cut = np.where(above, cut_keV / np.where(above, T, 1.0), 0.25)
+  shape = moller_cdf_shape(np.full_like(x_cut, 0.5), x_cut, g, a)
+  pref = 2.0 * math.pi * CLASSICAL_ELECTRON_RADIUS_CM**2 * ELECTRON_MASS_KEV
+  return np.where(above, pref / (beta2 * np.where(above, T, 1.0)) * shape, 0.0)
+
+
+def delta_ray_rate_per_mm(gas: GasMixture, T_keV, cut_keV: float) -> np.ndarray:
+  """Møller δ-rays with W in [cut, T/2] per mm of path: n_e σ (physics-facts §1c)."""
+  return electron_density_per_cm3(gas) * moller_cross_section_cm2(
+      T_keV, cut_keV) * 0.1
+
+
+def moller_loss_above_cut_kev_per_mm(gas: GasMixture, T_keV,
+                                     cut_keV: float) -> np.ndarray:
+  """Energy lost per mm to δ-rays with W in [cut, T/2]: n_e ∫ W dσ/dW dW, keV/mm.
+
+  Closed form: n_e 2π r_e² mc²/β² · [F(1/2) − F(x_cut)] with
+  F(x) = a x²/2 + ln x + 1/(1−x) + (1+g) ln(1−x); 0 where T ≤ 2 cut.  The
+  collision stopping power minus this is the restricted stopping power (it
+  equals the Berger–Seltzer restricted formula, tested).
+  """
+  T = _as_energy(T_keV, "moller_loss_above_cut_kev_per_mm")
+  if not cut_keV > 0:
+    raise ValueError(
+        f"moller_loss_above_cut_kev_per_mm: cut_keV must be > 0, got {cut_keV}.")
+  beta2, g, a = _moller_terms(T)
+  above = T > 2.0 * cut_keV
+  x_cut = np.where(above, cut_keV / np.where(above, T, 1.0), 0.25)
+
+  def f(x):
+    return a * x**2 / 2.0 + np.log(x) + 1.0 / (1.0 - x) + (1.0 + g) * np.log1p(-x)
+
+  pref = (2.0 * math.pi * CLASSICAL_ELECTRON_RADIUS_CM**2 * ELECTRON_MASS_KEV *
+          electron_density_per_cm3(gas) * 0.1)  # keV/mm
+  return np.where(above, pref / beta2 * (f(0.5) - f(x_cut)), 0.0)
+
+
+def restricted_dedx_kev_per_mm(gas: GasMixture, T_keV,
+                               cut_keV: float) -> np.ndarray:
+  """Collision dE/dx from energy transfers below ``cut_keV`` only, keV/mm."""
+  return dedx_kev_per_mm(gas, T_keV) - moller_loss_above_cut_kev_per_mm(
+      gas, T_keV, cut_keV)
+
+
+def restricted_csda_range_mm(gas: GasMixture, T_keV, cut_keV: float) -> np.ndarray:
+  """∫ dT / restricted dE/dx from ``T_MIN_KEV`` to ``T_keV``, mm.
+
+  As ``csda_range_mm`` (64-point Gauss–Legendre in log T), split at 2·cut
+  where the integrand has a kink; equals ``csda_range_mm`` for T ≤ 2·cut.
+  """
+  T = _as_energy(T_keV, "restricted_csda_range_mm")
+  knee = max(2.0 * cut_keV, T_MIN_KEV)
+
+  def integral(lo, hi):  # lo, hi: arrays of log T
+    half = 0.5 * (hi - lo)
+    u = lo[..., None] + half[..., None] * (_GAUSS_NODES + 1.0)
+    t = np.exp(u)
+    integrand = t / restricted_dedx_kev_per_mm(gas, t, cut_keV)
+    return np.sum(integrand * _GAUSS_WEIGHTS, axis=-1) * half
+
+  log_t = np.log(T)
+  lo = np.full_like(log_t, math.log(T_MIN_KEV))
+  below = integral(lo, np.minimum(log_t, math.log(knee)))
+  above = integral(np.full_like(log_t, math.log(knee)), np.maximum(log_t, math.log(knee)))
+  return below + above

@@ -64,14 +64,43 @@ TRAIN_FRACTION = 0.8
 _SPLIT_CODE = {name: i for i, name in enumerate(SPLITS)}
 _ENERGY_IN_NAME = re.compile(r"(\d+(?:\.\d+)?)\s*_?kev", re.IGNORECASE)
 
-def _electron_recoil_simulator(seed: int, energies_kev: np.ndarray):
+def _electron_recoil_simulator(seed: int, energies_kev: np.ndarray, **physics):
+  """``sim.simulate_electron_recoils``; ``physics``: its optional switches (SIM_PHYSICS_KEYS)."""
   try:
     from recoil_jax.studies.tpc import sim as electron_recoil  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError("tpc_tfds: simulator 'electron_recoil' needs "
                       "recoil_jax.studies.tpc.sim, which failed to import") from e
-  recoils = electron_recoil.simulate_electron_recoils(seed, np.asarray(energies_kev, np.float64))
+  recoils = electron_recoil.simulate_electron_recoils(
+      seed, np.asarray(energies_kev, np.float64), **physics)
   return np.asarray(recoils.positions_mm), np.asarray(recoils.num_electrons)
+
+
+#: Optional physics of the 'electron_recoil' simulator (``sim.simulate_electron_recoils``
+#: keyword arguments): the three switches, and the δ-ray cut they share.
+SIM_PHYSICS_SWITCHES = ("delta_rays", "straggling", "electron_spread")
+SIM_PHYSICS_KEYS = SIM_PHYSICS_SWITCHES + ("delta_cut_kev",)
+
+
+def _normalise_sim_physics(sim_physics: Mapping[str, Any] | None) -> tuple:
+  """``((key, value), ...)`` of the switches that are on (+ the cut); () when all are off.
+
+  Empty when every switch is off, whatever the cut: such a dataset is the one made before
+  these options existed, and its name (hash) stays the same.
+  """
+  if not sim_physics:
+    return ()
+  unknown = set(sim_physics) - set(SIM_PHYSICS_KEYS)
+  if unknown:
+    raise ValueError(f"sim_physics: unknown key(s) {sorted(unknown)}; known: "
+                     f"{list(SIM_PHYSICS_KEYS)}")
+  on = tuple((k, True) for k in SIM_PHYSICS_SWITCHES if bool(sim_physics.get(k, False)))
+  if not on:
+    return ()
+  cut = float(sim_physics.get("delta_cut_kev", 1.0))
+  if not cut > 0:
+    raise ValueError(f"sim_physics.delta_cut_kev must be > 0, got {cut}")
+  return tuple(sorted(on + (("delta_cut_kev", cut),)))
 
 
 #: The TPC simulators: ``fn(seed, energies_kev [N]) -> (positions_mm [N, E, 3],
@@ -101,6 +130,9 @@ class TpcTracksConfig(tfds.core.BuilderConfig):
   degrad_reader_kwargs: tuple = ()
   # ((split, ((path, size, mtime_ns), ...)), ...): the resolved files, for the hash.
   degrad_resolved: tuple = ()
+  # ((key, value), ...): optional simulator physics that is on (_normalise_sim_physics);
+  # () = none (then not part of the hash, so older datasets keep their names).
+  sim_physics: tuple = ()
 
 
 def _normalise_degrad_files(degrad_files: Mapping[str, Any]) -> tuple:
@@ -160,8 +192,13 @@ def make_config(*, num_train_val: int, num_test: int, max_voxels: int, seed: int
                 degrad_files: Mapping[str, Any] | None = None,
                 degrad_reader_kwargs: Mapping[str, Any] | None = None,
                 chunk_size: int = 1000,
-                simulator: str = "electron_recoil") -> TpcTracksConfig:
-  """A :class:`TpcTracksConfig` whose name encodes the sizes and hashes every field."""
+                simulator: str = "electron_recoil",
+                sim_physics: Mapping[str, Any] | None = None) -> TpcTracksConfig:
+  """A :class:`TpcTracksConfig` whose name encodes the sizes and hashes every field.
+
+  ``sim_physics``: optional physics of the 'electron_recoil' simulator
+  (``SIM_PHYSICS_KEYS``); it enters the hash only when a switch is on.
+  """
   energies = tuple(float(e) for e in energies_kev)
   sigma_range = tuple(float(s) for s in sigma_range_um)
   if not energies or any(not (e > 0) for e in energies):
@@ -174,6 +211,11 @@ def make_config(*, num_train_val: int, num_test: int, max_voxels: int, seed: int
                      f"max_voxels={max_voxels}, chunk_size={chunk_size}, "
                      f"num_train_val={num_train_val}, num_test={num_test}")
   files, resolved, reader_kw = (), (), ()
+  physics = _normalise_sim_physics(sim_physics)
+  if physics and (degrad_files or simulator != "electron_recoil"):
+    raise ValueError("sim_physics applies to the 'electron_recoil' simulator only (got "
+                     + ("DEGRAD files" if degrad_files else f"simulator {simulator!r}")
+                     + f" with {dict(physics)})")
   if degrad_files:
     files = _normalise_degrad_files(degrad_files)
     reader_kw = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
@@ -194,10 +236,14 @@ def make_config(*, num_train_val: int, num_test: int, max_voxels: int, seed: int
                 sigma_range_um=sigma_range, max_voxels=int(max_voxels), seed=int(seed),
                 chunk_size=int(chunk_size), simulator=simulator if not files else "",
                 degrad_files=files, degrad_reader_kwargs=reader_kw, degrad_resolved=resolved)
+  if physics:  # Only then: with all switches off the hash is that of before.
+    fields["sim_physics"] = physics
   kind = "degrad" if files else f"sim-{simulator}"
   name = builder_lib.hashed_name(
       f"{kind}-n{num_train_val}-t{num_test}-v{max_voxels}-s{seed}", fields)
   source = "DEGRAD-format files" if files else f"simulator {simulator!r}"
+  if physics:
+    source += f" with {dict(physics)}"
   description = (f"{source}; {num_train_val} train+val events at {energies} keV, σ ~ U"
                  f"{sigma_range} µm; {num_test} events per test set; max_voxels {max_voxels}")
   return TpcTracksConfig(name=name, description=description, **fields)
@@ -236,6 +282,8 @@ class TpcTracks(tfds.core.GeneratorBasedBuilder):
         "max_voxels": cfg.max_voxels, "seed": cfg.seed, "chunk_size": cfg.chunk_size,
         "source": "degrad_files" if cfg.degrad_files else f"simulator:{cfg.simulator}",
     }
+    if cfg.sim_physics:
+      self.info.metadata["config"]["sim_physics"] = dict(cfg.sim_physics)
     self.info.metadata["discard_counts"] = {}
     if cfg.degrad_files:
       for split, entries in cfg.degrad_files:
@@ -312,7 +360,7 @@ class TpcTracks(tfds.core.GeneratorBasedBuilder):
       energy = energies[np.arange(lo, hi) % len(energies)]
       sim_seed = int(np.random.SeedSequence(cfg.seed, spawn_key=(code, chunk, 0))
                      .generate_state(1, np.uint32)[0])
-      positions, num_electrons = simulate(sim_seed, energy)
+      positions, num_electrons = simulate(sim_seed, energy, **dict(cfg.sim_physics))
       if len(num_electrons) != hi - lo:
         raise ValueError(f"simulator {cfg.simulator!r} returned {len(num_electrons)} tracks "
                          f"for {hi - lo} energies")
@@ -423,6 +471,7 @@ def build_tpc_dataset(
     degrad_reader_kwargs: Mapping[str, Any] | None = None,
     chunk_size: int = 1000,
     simulator: str = "electron_recoil",
+    sim_physics: Mapping[str, Any] | None = None,
 ) -> TpcTracks:
   """Prepares (or reuses) the TPC dataset under ``data_dir`` and returns its builder.
 
@@ -441,6 +490,9 @@ def build_tpc_dataset(
       ``tree`` and ``branches`` (ROOT files), see ``degrad.read_electron_file``.
     chunk_size: events simulated/preprocessed at once.
     simulator: name of a registered simulator (:func:`register_simulator`).
+    sim_physics: optional physics of the 'electron_recoil' simulator, a mapping with
+      keys in ``SIM_PHYSICS_KEYS`` (config ``data.sim_physics``); None or all switches
+      off: the simulator as before (same dataset name).
 
   Returns:
     The prepared builder: ``builder.as_data_source(split)`` for reading,
@@ -449,7 +501,7 @@ def build_tpc_dataset(
   config = make_config(num_train_val=num_train_val, num_test=num_test, max_voxels=max_voxels,
                        seed=seed, energies_kev=energies_kev, sigma_range_um=sigma_range_um,
                        degrad_files=degrad_files, degrad_reader_kwargs=degrad_reader_kwargs,
-                       chunk_size=chunk_size, simulator=simulator)
+                       chunk_size=chunk_size, simulator=simulator, sim_physics=sim_physics)
   builder = builder_lib.prepare_or_reuse(
       TpcTracks(data_dir=os.fspath(data_dir), config=config), log_name="tpc_tfds")
   for split, counts in discard_counts(builder).items():

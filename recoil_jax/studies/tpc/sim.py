@@ -23,13 +23,26 @@ What it models (standard formulas; the tables are built in ``recoil_jax.physics.
   within a segment, then displaced by isotropic Gaussian thermalisation
   jitter.  Electrons are ordered along the path (DEGRAD orders them in time).
 
-What it leaves out: δ-rays (Møller secondaries, ~2-3 above 1 keV per 40 keV
-track, 0.1-0.3 mm side branches), energy-loss straggling (the path length of a
-track is the deterministic CSDA range from E₀ to the cutoff), Auger electrons
-and fluorescence, Mott (spin/relativistic) and molecular corrections to the
+Optional physics, each behind its own switch of ``simulate_electron_recoils``
+and off by default (then this module runs exactly as before the switches
+existed, bit for bit; ``sim_physics`` holds the models, their references and
+numbers): ``delta_rays`` (Møller δ-rays above ``delta_cut_kev``, ~2.5 above
+1 keV per 40 keV track, transported like the primary, all generations, with
+the restricted stopping power for the continuous loss), ``straggling``
+(energy-loss fluctuations below the cut: Poisson close collisions with the
+1/W² spectrum and distant collisions in quanta of the mean excitation
+energy), ``electron_spread`` (thermalisation core and close-collision
+secondaries' spread of the ionisation electrons, replacing the Gaussian
+``thermal_jitter_mm``).
+
+What it leaves out (by default: δ-rays, straggling and the spread above; always:)
+Auger electrons and fluorescence (quantified in ``sim_physics``: local at the
+500 µm scale), Mott (spin/relativistic) and molecular corrections to the
 elastic cross section, inelastic angular deflections, the shell corrections of
 the stopping power below ~10 keV, diffusion in the drift field (apply it
-downstream) and any detector response.  The output is a simulation, not data.
+downstream) and any detector response.  Without ``straggling`` and
+``delta_rays`` the path length of a track is the deterministic CSDA range from
+E₀ to the cutoff.  The output is a simulation, not data.
 
 Implementation: JAX, float32, jit-compiled.  Tracks are processed in chunks;
 inside a chunk all tracks advance together through masked steps: a
@@ -84,13 +97,30 @@ class ElectronRecoils:
       are 0.  ``E_max = max(num_electrons)`` (at least 1).
     num_electrons: [N] int32, ionisation electrons per track.
     energy_kev: [N] float32, initial kinetic energy of the primary, keV.
-    path_length_mm: [N] float32, total path length of the primary, mm.
+    path_length_mm: [N] float32, total path length of the primary, mm (its
+      δ-rays' paths not included).
+    num_delta_rays, delta_kev, delta_parent_kev, delta_generation: with
+      ``delta_rays=True`` only: [N] int32 and [N, D] float32/float32/int32,
+      D = max(num_delta_rays) (at least 1); None otherwise.
+    deposited_kev: [N] float32, with any physics switch on; None otherwise.
   """
 
   positions_mm: np.ndarray
   num_electrons: np.ndarray
   energy_kev: np.ndarray
   path_length_mm: np.ndarray
+  # Only with ``delta_rays=True`` (else None): δ-rays per track (all
+  # generations), and per δ (padded with 0 to the largest count): its kinetic
+  # energy, its parent's energy just before the emission (keV), and its
+  # generation (1: emitted by the primary, 2: by a δ of generation 1, ...),
+  # in order of emission.
+  num_delta_rays: np.ndarray | None = None
+  delta_kev: np.ndarray | None = None
+  delta_parent_kev: np.ndarray | None = None
+  delta_generation: np.ndarray | None = None
+  # Only with a physics switch on (else None): energy deposited per track, keV
+  # (float32 sum over the steps; equals energy_kev up to rounding).
+  deposited_kev: np.ndarray | None = None
 
   def __post_init__(self):
     n = self.num_electrons.shape[0]
@@ -130,19 +160,27 @@ class _Tables:
 
 
 @functools.lru_cache(maxsize=16)
-def _build_tables(gas: GasMixture, cutoff_kev: float) -> _Tables:
+def _build_tables(gas: GasMixture, cutoff_kev: float,
+                  restricted_cut_kev: float | None = None) -> _Tables:
   """Tabulates R(E), λ_el(E), atom probabilities and the inverse E(R).
 
   Grids are uniform in log E over [T_MIN_KEV, T_MAX_KEV] (fixed, so tracks do
   not depend on the other tracks' energies) and in log R over
-  [R(0.9 cutoff), R(T_MAX_KEV)], float64 then cast to float32.
+  [R(0.9 cutoff), R(T_MAX_KEV)], float64 then cast to float32.  With
+  ``restricted_cut_kev`` (explicit δ-rays, ``sim_physics``) R is the range of
+  the restricted stopping power (energy transfers below the cut only).
   """
+  if restricted_cut_kev is None:
+    csda_range_mm = functools.partial(gas_lib.csda_range_mm, gas)
+  else:
+    csda_range_mm = functools.partial(gas_lib.restricted_csda_range_mm, gas,
+                                      cut_keV=float(restricted_cut_kev))
   lo = math.log(gas_lib.T_MIN_KEV)
   hi = math.log(gas_lib.T_MAX_KEV)
   e = np.geomspace(gas_lib.T_MIN_KEV, gas_lib.T_MAX_KEV, _TABLE_POINTS)
   log_e = np.log(e)
   # R(T_MIN) = 0: evaluate log R from the second point on and extrapolate.
-  r = gas_lib.csda_range_mm(gas, e)
+  r = csda_range_mm(e)
   r[0] = r[1] * 1e-3
   mu, _ = gas_lib.atom_macroscopic_cross_sections(gas, e)  # [K, P]
   lam = 1.0 / mu.sum(axis=0)
@@ -150,12 +188,12 @@ def _build_tables(gas: GasMixture, cutoff_kev: float) -> _Tables:
   by_energy = np.concatenate([np.log(r)[None], np.log(lam)[None], p_cum]).T
 
   e_lo = max(0.9 * cutoff_kev, gas_lib.T_MIN_KEV * 1.01)
-  r_lo, r_hi = gas_lib.csda_range_mm(gas, np.array([e_lo, gas_lib.T_MAX_KEV]))
+  r_lo, r_hi = csda_range_mm(np.array([e_lo, gas_lib.T_MAX_KEV]))
   log_r = np.linspace(math.log(r_lo), math.log(r_hi), _TABLE_POINTS)
   # Invert R(E) (monotone) on a fine log-E grid.
   fine_e = np.geomspace(e_lo, gas_lib.T_MAX_KEV, 16 * _TABLE_POINTS)
   fine_log_e = np.log(fine_e)
-  fine_log_r = np.log(gas_lib.csda_range_mm(gas, fine_e))
+  fine_log_r = np.log(csda_range_mm(fine_e))
   log_e_of_log_r = np.interp(log_r, fine_log_r, fine_log_e)
 
   elements, _ = gas.atom_species()
@@ -170,7 +208,7 @@ def _build_tables(gas: GasMixture, cutoff_kev: float) -> _Tables:
       log_e_of_log_r=log_e_of_log_r.astype(np.float32),
       eta_coef=(0.25 * (gas_lib.HBAR_C_KEV_CM / a)**2).astype(np.float32),
       eta_z2=(3.76 * (gas_lib.FINE_STRUCTURE * z)**2).astype(np.float32),
-      range_cutoff_mm=float(gas_lib.csda_range_mm(gas, cutoff_kev)),
+      range_cutoff_mm=float(csda_range_mm(np.float64(cutoff_kev))),
   )
 
 
@@ -465,7 +503,12 @@ def simulate_electron_recoils(seed: int,
                               max_steps: int = 1024,
                               max_electrons: int = 2560,
                               chunk_size: int = 1024,
-                              thermal_jitter_mm: float = 0.02
+                              thermal_jitter_mm: float = 0.02,
+                              delta_rays: bool = False,
+                              straggling: bool = False,
+                              electron_spread: bool = False,
+                              delta_cut_kev: float = 1.0,
+                              max_delta_rays: int = 32,
                              ) -> ElectronRecoils:
   """Simulates electron recoils starting at the origin along +z.
 
@@ -485,7 +528,23 @@ def simulate_electron_recoils(seed: int,
     chunk_size: tracks simulated together (working memory ~50 kB per track
       and per 1000 electrons of capacity plus ~32 B per track and step, i.e.
       ~120 MB for 1024 tracks at 50 keV); the output does not depend on it.
-    thermal_jitter_mm: σ of the isotropic Gaussian thermalisation jitter, mm.
+    thermal_jitter_mm: σ of the isotropic Gaussian thermalisation jitter, mm
+      (not used with ``electron_spread``, which replaces it).
+    delta_rays: explicit Møller δ-rays above ``delta_cut_kev``, transported
+      like the primary (``sim_physics``, item 1).  Off by default.
+    straggling: energy-loss fluctuations below ``delta_cut_kev``
+      (``sim_physics``, item 2).  Off by default.
+    electron_spread: thermalisation and secondary-electron spread of the
+      ionisation electrons about the path (``sim_physics``, item 3).  Off by
+      default.
+    delta_cut_kev: δ-ray cut T_c, keV (>= cutoff_kev); used by the three
+      switches above only.
+    max_delta_rays: δ-rays per track that can be queued (all generations; a
+      track with more raises ``RuntimeError``, nothing is dropped); used with
+      ``delta_rays`` only.  ~2.5 per 40 keV track above 1 keV.
+
+  With the three switches off (the default) the output is bit for bit that of
+  the simulator before they existed.
 
   Returns:
     ``ElectronRecoils`` with ``num_tracks`` tracks.
@@ -507,6 +566,14 @@ def simulate_electron_recoils(seed: int,
           f"{where}: `{name}` must be a positive integer, got {val}.")
   if thermal_jitter_mm < 0:
     raise ValueError(f"{where}: thermal_jitter_mm must be >= 0.")
+  physics = bool(delta_rays or straggling or electron_spread)
+  if physics:
+    if not delta_cut_kev >= cutoff_kev:
+      raise ValueError(f"{where}: delta_cut_kev={delta_cut_kev} must be >= "
+                       f"cutoff_kev={cutoff_kev}.")
+    if int(max_delta_rays) != max_delta_rays or max_delta_rays < 1:
+      raise ValueError(f"{where}: `max_delta_rays` must be a positive integer, "
+                       f"got {max_delta_rays}.")
   w_kev = gas.W_eV * 1e-3
   if e0.size and e0.max() / w_kev > max_electrons:
     raise ValueError(
@@ -517,11 +584,23 @@ def simulate_electron_recoils(seed: int,
 
   n_tracks = e0.shape[0]
   if n_tracks == 0:
+    extra = {}
+    if delta_rays:
+      extra = dict(num_delta_rays=np.zeros((0,), np.int32),
+                   delta_kev=np.zeros((0, 1), np.float32),
+                   delta_parent_kev=np.zeros((0, 1), np.float32),
+                   delta_generation=np.zeros((0, 1), np.int32))
+    if physics:
+      extra["deposited_kev"] = np.zeros((0,), np.float32)
     return ElectronRecoils(
         np.zeros((0, 1, 3), np.float32), np.zeros((0,), np.int32),
-        np.zeros((0,), np.float32), np.zeros((0,), np.float32))
+        np.zeros((0,), np.float32), np.zeros((0,), np.float32), **extra)
 
-  tabs_np = _build_tables(gas, cutoff_kev)
+  if physics:
+    tabs_np = _build_tables(gas, cutoff_kev,
+                            float(delta_cut_kev) if delta_rays else None)
+  else:
+    tabs_np = _build_tables(gas, cutoff_kev)
   f32 = np.float32
   tabs = (tabs_np.by_energy, f32(tabs_np.log_e0), f32(tabs_np.dlog_e),
           tabs_np.log_e_of_log_r, f32(tabs_np.log_r0), f32(tabs_np.dlog_r),
@@ -538,14 +617,31 @@ def simulate_electron_recoils(seed: int,
   base_key = jax.random.key(seed)
   ids = np.arange(n_tracks, dtype=np.int64)
 
+  if physics:
+    from recoil_jax.studies.tpc import sim_physics  # pylint: disable=g-import-not-at-top
+    ptabs_np = sim_physics.build_physics_tables(gas, float(delta_cut_kev),
+                                                bool(delta_rays))
+    ptabs = (ptabs_np.by_energy, f32(ptabs_np.delta_cut_kev),
+             f32(ptabs_np.k0_kev_per_mm), f32(ptabs_np.close_min_kev),
+             f32(ptabs_np.quantum_kev))
+
   def run_chunk(keys, e_chunk, slots):
-    out = _simulate_chunk(
-        keys, jnp.asarray(e_chunk), tabs, f32(cutoff_kev), f32(w_kev),
-        f32(gas.fano), f32(thermal_jitter_mm), max_steps=int(max_steps),
-        capacity=slots, num_blocks=num_blocks)
+    if physics:
+      out = sim_physics.simulate_chunk(
+          keys, jnp.asarray(e_chunk), tabs, ptabs, f32(cutoff_kev), f32(w_kev),
+          f32(gas.fano), f32(thermal_jitter_mm), f32(ptabs_np.core_sigma_mm),
+          max_steps=int(max_steps), capacity=slots, num_blocks=num_blocks,
+          delta=bool(delta_rays), straggle=bool(straggling),
+          spread=bool(electron_spread), num_queue=int(max_delta_rays))
+    else:
+      out = _simulate_chunk(
+          keys, jnp.asarray(e_chunk), tabs, f32(cutoff_kev), f32(w_kev),
+          f32(gas.fano), f32(thermal_jitter_mm), max_steps=int(max_steps),
+          capacity=slots, num_blocks=num_blocks)
     return jax.device_get(out)
 
   positions, nums, paths = [], [], []
+  deltas, deposited = [], []
   for start in range(0, n_tracks, chunk):
     stop = min(start + chunk, n_tracks)
     pad = chunk - (stop - start)
@@ -558,6 +654,12 @@ def simulate_electron_recoils(seed: int,
     real = slice(0, stop - start)
     if capacity < max_electrons and out["num_raw"][real].max() > capacity:
       out = run_chunk(keys, e_chunk, int(max_electrons))
+    if delta_rays and out["overflow"][real].any():
+      bad = np.flatnonzero(out["overflow"][real])
+      raise RuntimeError(
+          f"{where}: {bad.size} tracks in the chunk starting at track {start} "
+          f"produced more than max_delta_rays={max_delta_rays} δ-rays (e.g. "
+          f"track {start + bad[0]}); raise max_delta_rays (nothing was kept).")
     stuck = np.flatnonzero(out["alive"][real])
     if stuck.size:
       raise RuntimeError(
@@ -581,6 +683,10 @@ def simulate_electron_recoils(seed: int,
     positions.append(out["positions"][real, :max(1, int(n_raw.max()))])
     nums.append(n_raw.astype(np.int32))
     paths.append(out["path"][real])
+    deposited.append(out["deposited"][real])
+    if delta_rays:
+      deltas.append({k: out[k][real] for k in (
+          "num_delta", "delta_kev", "delta_parent_kev", "delta_generation")})
 
   num = np.concatenate(nums)
   pos = np.zeros((n_tracks, max(p.shape[1] for p in positions), 3), np.float32)
@@ -588,8 +694,24 @@ def simulate_electron_recoils(seed: int,
   for p in positions:
     pos[row:row + p.shape[0], :p.shape[1]] = p
     row += p.shape[0]
+  extra = {}
+  if physics:
+    extra["deposited_kev"] = np.concatenate(deposited).astype(np.float32)
+  if delta_rays:
+    num_delta = np.concatenate([d["num_delta"] for d in deltas]).astype(np.int32)
+    width = max(1, int(num_delta.max()))
+    extra = dict(
+        num_delta_rays=num_delta,
+        delta_kev=np.concatenate(
+            [d["delta_kev"][:, :width] for d in deltas]).astype(np.float32),
+        delta_parent_kev=np.concatenate(
+            [d["delta_parent_kev"][:, :width] for d in deltas]).astype(np.float32),
+        delta_generation=np.concatenate(
+            [d["delta_generation"][:, :width] for d in deltas]).astype(np.int32),
+        **extra)
   return ElectronRecoils(
       positions_mm=pos,
       num_electrons=num,
       energy_kev=e0.astype(np.float32),
-      path_length_mm=np.concatenate(paths).astype(np.float32))
+      path_length_mm=np.concatenate(paths).astype(np.float32),
+      **extra)

@@ -86,7 +86,8 @@ class TpcDirectionTask(tasks.Task):
           energies_kev=tuple(d.energies_kev),
           sigma_range_um=tuple(d.sigma_range_um),
           degrad_files=degrad_files,
-          degrad_reader_kwargs=reader_kwargs)
+          degrad_reader_kwargs=reader_kwargs,
+          sim_physics=None if degrad_files else dict(d.sim_physics))
     return self._builder
 
   def _source(self, split: str) -> tasks.RandomAccessSource:
