@@ -11,6 +11,13 @@ cluster hits are stored as a 0/1 map, so the network and the classical chain are
 the same frames. Per-track truth (image, index, class, energies) is kept for the
 efficiency analysis.
 
+With ``instances=True`` (the instance-segmentation kind, ``instances.py``) the set also
+keeps ``counts`` (the median-filtered, pedestal-subtracted camera counts, float16: the
+intensity the binary input drops) and ``track_centroid`` (each track's noiseless-charge
+centroid, the centre its pixels vote for), and ``classical`` holds cluster ids (k + 1)
+instead of 1 (each iDBSCAN cluster is an instance); the flag enters the cache name only
+when set, so the segmentation sets keep their names.
+
 Why a cached ``.npz`` and not a TFDS builder: the analysis needs, beside each image, the
 per-track truth of its frame (a ragged list of tracks) and the classical maps of the test
 frames, all of which are flat arrays indexed by frame here; the whole set is small at CPU
@@ -51,6 +58,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import ndimage
 
 from recoil_jax import io
 from recoil_jax.analysis import classification as clf
@@ -79,27 +87,45 @@ def labels_for(pixel_label: np.ndarray, classes: str) -> np.ndarray:
       pixel_label.astype(np.int32)
 
 
-def classical_map(image: np.ndarray, pedestal, noise_sigma, cfg: reco.RecoConfig
-                  ) -> np.ndarray:
-  """uint8 [H, W]: 1 on the hits of every iDBSCAN cluster of the frame, else 0."""
+def classical_map(image: np.ndarray, pedestal, noise_sigma, cfg: reco.RecoConfig, *,
+                  ids: bool = False) -> np.ndarray:
+  """uint8 [H, W]: 1 on the hits of every iDBSCAN cluster of the frame, else 0; with
+  ``ids``, k + 1 on the hits of cluster k (255 for k ≥ 254)."""
   out = np.zeros(image.shape, np.uint8)
-  for c in reco.find_clusters(image, pedestal, noise_sigma, cfg):
-    out[c.rows, c.cols] = 1
+  for k, c in enumerate(reco.find_clusters(image, pedestal, noise_sigma, cfg)):
+    out[c.rows, c.cols] = min(k + 1, 255) if ids else 1
   return out
 
 
+def charge_centroids(batch: sim.CygnoImages) -> np.ndarray:
+  """float32 [T, 2]: (row, col) of each track's noiseless-charge centroid, pixel units
+  (pixel centres at integers); (−1, −1) for a track with no charge inside the crop."""
+  w = batch.config.width
+  t = batch.num_tracks
+  q = batch.truth_counts.astype(np.float64)
+  total = np.bincount(batch.truth_track, weights=q, minlength=t)
+  out = np.full((t, 2), -1.0)
+  for k, coord in enumerate((batch.truth_pixel // w, batch.truth_pixel % w)):
+    s = np.bincount(batch.truth_track, weights=q * coord, minlength=t)
+    out[:, k] = np.where(total > 0, s / np.maximum(total, 1e-30), -1.0)
+  return out.astype(np.float32)
+
+
 def build_images(sim_cfg: sim.SimConfig, reco_cfg: reco.RecoConfig, *, num_images: int,
-                 seed: int, split_fractions=(0.6, 0.2, 0.2), chunk_images: int = 64
-                 ) -> dict[str, np.ndarray]:
+                 seed: int, split_fractions=(0.6, 0.2, 0.2), chunk_images: int = 64,
+                 instances: bool = False) -> dict[str, np.ndarray]:
   """Simulates ``num_images`` frames (module docstring) in chunks.
 
   Returns:
     per frame: ``input`` uint8 [N, H, W] (0/1, the thesis' CNN input), ``pixel_label``
     uint8 [N, H, W] (0 noise, 1 ER, 2 NR), ``instance`` int16 [N, H, W] (k + 1 = the
     frame's k-th track), ``split`` int32 [N] (0 train, 1 validation, 2 test),
-    ``classical`` uint8 [N, H, W] (iDBSCAN hits; test frames only) and
+    ``classical`` uint8 [N, H, W] (iDBSCAN hits, 1 or with ``instances`` the cluster
+    id + 1; test frames only) and
     ``classical_done`` bool [N]; per track ``track_<key>`` for ``TRACK_KEYS`` with
-    ``track_image`` the global frame index; ``build_seconds``.
+    ``track_image`` the global frame index; ``build_seconds``. With ``instances`` also
+    ``counts`` float16 [N, H, W] (median_k(image − pedestal), camera counts) and
+    ``track_centroid`` float32 [T, 2] (:func:`charge_centroids`).
   """
   fr = np.asarray(split_fractions, np.float64)
   if fr.shape != (3,) or np.any(fr < 0) or abs(fr.sum() - 1) > 1e-6:
@@ -115,7 +141,10 @@ def build_images(sim_cfg: sim.SimConfig, reco_cfg: reco.RecoConfig, *, num_image
          "instance": np.zeros((num_images, h, w), np.int16),
          "classical": np.zeros((num_images, h, w), np.uint8),
          "classical_done": split == 2, "split": split}
-  tracks: dict[str, list] = {k: [] for k in TRACK_KEYS}
+  if instances:
+    out["counts"] = np.zeros((num_images, h, w), np.float16)
+  track_keys = TRACK_KEYS + (("centroid",) if instances else ())
+  tracks: dict[str, list] = {k: [] for k in track_keys}
   t0 = time.time()
   for c, start in enumerate(range(0, num_images, chunk_images)):
     n = min(chunk_images, num_images - start)
@@ -127,43 +156,55 @@ def build_images(sim_cfg: sim.SimConfig, reco_cfg: reco.RecoConfig, *, num_image
           reco_cfg.median_kernel) // 255
       if split[g] == 2:
         out["classical"][g] = classical_map(batch.images[i], batch.pedestal,
-                                            batch.noise_sigma, reco_cfg)
+                                            batch.noise_sigma, reco_cfg, ids=instances)
+      if instances:
+        out["counts"][g] = ndimage.median_filter(
+            reco.subtract_pedestal(batch.images[i], batch.pedestal),
+            size=reco_cfg.median_kernel, mode="constant", cval=0.0)
     out["pixel_label"][start:start + n] = batch.pixel_label
     out["instance"][start:start + n] = batch.instance
     for k in TRACK_KEYS:
       v = batch.tracks[k]
       tracks[k].append(v + start if k == "image" else v)
+    if instances:
+      tracks["centroid"].append(charge_centroids(batch))
     logging.info("cygno segmentation images: %d / %d (%.0f s)", start + n, num_images,
                  time.time() - t0)
-  for k in TRACK_KEYS:
+  for k in track_keys:
     out[f"track_{k}"] = np.concatenate(tracks[k])
   out["build_seconds"] = np.float64(time.time() - t0)
   return out
 
 
 def image_fields(sim_cfg: sim.SimConfig, reco_cfg: reco.RecoConfig, *, num_images: int,
-                 seed: int, split_fractions) -> dict:
+                 seed: int, split_fractions, instances: bool = False) -> dict:
   """Every field that shapes the image set (what the cache name hashes)."""
-  return {"version": IMAGES_VERSION, "sim": dataclasses.asdict(sim_cfg),
-          "reco": dataclasses.asdict(reco_cfg), "num_images": int(num_images),
-          "seed": int(seed), "split_fractions": [float(f) for f in split_fractions]}
+  fields = {"version": IMAGES_VERSION, "sim": dataclasses.asdict(sim_cfg),
+            "reco": dataclasses.asdict(reco_cfg), "num_images": int(num_images),
+            "seed": int(seed), "split_fractions": [float(f) for f in split_fractions]}
+  if instances:  # Only when set: the segmentation sets keep their names.
+    fields["instances"] = True
+  return fields
 
 
 def load_or_build(data_dir: str, sim_cfg: sim.SimConfig, reco_cfg: reco.RecoConfig, *,
                   num_images: int, seed: int, split_fractions=(0.6, 0.2, 0.2),
-                  chunk_images: int = 64) -> tuple[dict[str, np.ndarray], str]:
+                  chunk_images: int = 64, instances: bool = False
+                  ) -> tuple[dict[str, np.ndarray], str]:
   """The image set from ``data_dir/cygno/<hashed name>.npz``, built and written if missing."""
   fields = image_fields(sim_cfg, reco_cfg, num_images=num_images, seed=seed,
-                        split_fractions=split_fractions)
+                        split_fractions=split_fractions, instances=instances)
+  prefix = "cygno_inst" if instances else "cygno_seg"
   name = builder_lib.hashed_name(
-      f"cygno_seg_{num_images}img_{sim_cfg.height}x{sim_cfg.width}_seed{seed}", fields)
+      f"{prefix}_{num_images}img_{sim_cfg.height}x{sim_cfg.width}_seed{seed}", fields)
   path = os.path.join(os.path.abspath(os.path.expanduser(data_dir)), "cygno", name + ".npz")
   if os.path.exists(path):
     logging.info("cygno segmentation images: reusing %s", path)
     with np.load(path, allow_pickle=False) as f:
       return {k: f[k] for k in f.files}, path
   data = build_images(sim_cfg, reco_cfg, num_images=num_images, seed=seed,
-                      split_fractions=split_fractions, chunk_images=chunk_images)
+                      split_fractions=split_fractions, chunk_images=chunk_images,
+                      instances=instances)
   io.write_npz_atomic(path, compressed=True, **data)
   io.write_json_atomic(path[:-4] + ".json", {"fields": fields, "label": io.SIMULATED,
                                              "build_seconds": float(data["build_seconds"])})

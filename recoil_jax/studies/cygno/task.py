@@ -9,13 +9,16 @@ model.kind         data                             model, loss, analysis
 "unet", "resunet", simulated frames as the thesis'  ``recoil_jax.nn.unet`` (``model.filters``),
 "attresunet"       CNN input + per-pixel labels     per-pixel CE (``config.segmentation``);
                    (``segmentation.py``)            pixel IoU and track efficiency vs energy
+"instance"         the same frames + per-track      UNet trunk + track / ER-NR / centre-
+                   instances, centres, counts       heatmap / offset heads; mask and
+                   (``instances.py``)               box AP50, precision / recall per class
 =================  ===============================  ==========================================
 
 One task rather than two studies because both share the simulator, the reconstruction and
-the config (the variants ``unet`` / ``resunet`` / ``attresunet`` switch the kind and the
-segmentation data defaults, and combine with ``smoke`` / ``cpu_hour``); every method of
-the contract branches once on :attr:`CygnoTask.segmentation`, the segmentation side
-delegating to ``segmentation.py``.
+the config (the variants ``unet`` / ``resunet`` / ``attresunet`` / ``instance`` switch the
+kind and the segmentation data defaults, and combine with ``smoke`` / ``cpu_hour``); every
+method of the contract branches once on :attr:`CygnoTask.instances` and
+:attr:`CygnoTask.segmentation`, delegating to ``instances.py`` and ``segmentation.py``.
 
 **Classification** (``kind="dnn"``). Data (``dataset.py``): simulated LIME frames
 (``sim.py``) → CYGNO-style reconstruction
@@ -53,6 +56,18 @@ reconstructed when ≥ ``config.segmentation.track_fraction`` of its truth pixel
 predicted track (``segmentation.py``); ``segmentation_efficiency.png``,
 ``segmentation_displays.png``, ``cygno_segmentation.md`` and
 ``cygno_segmentation.json``, all labelled simulated.
+
+**Instance segmentation** (``kind="instance"``; ``instances.py`` has the design, the data,
+the loss, the decoder and the AP definitions): the seed's Mask R-CNN row, from an
+anchor-free fixed-shape network (a UNet trunk, ``model.trunk``, with per-pixel track,
+ER / NR, track-centre heatmap and centre-offset heads; why not Mask R-CNN itself: its docstring).
+Examples: ``image`` (``config.instances.input``: the binary input or the camera counts),
+``label`` (0 noise / 1 ER / 2 NR), ``heatmap``, ``offset``, ``num_centres``,
+``image_index``. Analysis on the test frames: mask and box AP at IoU 0.5 per class and
+class-agnostic, precision / recall at a score cut tuned on the validation frames
+(``config.analysis.instances``), detection efficiency vs energy, against the decoded truth
+targets (the encoding ceiling) and the iDBSCAN clusters; ``cygno_instances.md``,
+``cygno_instances.json``, ``instance_displays.png``, all labelled simulated.
 """
 
 from __future__ import annotations
@@ -76,6 +91,7 @@ from recoil_jax.nn import unet
 from recoil_jax.studies.cygno import analysis as cygno_analysis
 from recoil_jax.studies.cygno import classical
 from recoil_jax.studies.cygno import dataset
+from recoil_jax.studies.cygno import instances as inst
 from recoil_jax.studies.cygno import observables
 from recoil_jax.studies.cygno import reco
 from recoil_jax.studies.cygno import segmentation as seg
@@ -148,14 +164,22 @@ class CygnoTask(tasks.Task):
 
   @property
   def segmentation(self) -> bool:
-    """True for the segmentation networks, False for the variable DNN."""
+    """True for the segmentation networks, False for the variable DNN and instances."""
     return self.config.model.kind in unet.KINDS
+
+  @property
+  def instances(self) -> bool:
+    """True for the instance-segmentation network (``instances.py``)."""
+    return self.config.model.kind == inst.KIND
 
   def validate(self) -> None:
     d, a = self.config.data, self.config.analysis
     kind = self.config.model.kind
-    if kind != "dnn" and kind not in unet.KINDS:
-      raise ValueError(f"config.model.kind={kind!r}; known: ('dnn',) + {unet.KINDS}")
+    if kind != "dnn" and kind not in unet.KINDS and kind != inst.KIND:
+      raise ValueError(f"config.model.kind={kind!r}; known: ('dnn',) + {unet.KINDS} + "
+                       f"({inst.KIND!r},)")
+    if self.instances:
+      inst.validate(self.config)
     if self.segmentation:
       s = self.config.segmentation
       if s.classes not in seg.CLASSES:
@@ -223,7 +247,7 @@ class CygnoTask(tasks.Task):
       self._images, path = seg.load_or_build(
           d.data_dir, sim_config(d), reco_config(self.config.reco),
           num_images=d.num_images, seed=d.seed, split_fractions=tuple(d.split_fractions),
-          chunk_images=d.chunk_images)
+          chunk_images=d.chunk_images, instances=self.instances)
       logging.info("cygno: %d segmentation frames from %s", len(self._images["split"]), path)
       for i, split in enumerate(seg.SPLITS):
         if not np.any(self._images["split"] == i):
@@ -231,11 +255,16 @@ class CygnoTask(tasks.Task):
     return self._images
 
   def train_source(self):
+    if self.instances:
+      return inst.InstanceSource(self.images(), "train", self.config)
     if self.segmentation:
       return seg.ImageSource(self.images(), "train", self.config.segmentation.classes)
     return self._split("train")
 
   def eval_sources(self):
+    if self.instances:
+      return {s: inst.InstanceSource(self.images(), s, self.config)
+              for s in ("validation", "test")}
     if self.segmentation:
       return {s: seg.ImageSource(self.images(), s, self.config.segmentation.classes)
               for s in ("validation", "test")}
@@ -244,6 +273,8 @@ class CygnoTask(tasks.Task):
   # -- model and loss ---------------------------------------------------------------
   def build_model(self):
     m = self.config.model
+    if self.instances:
+      return inst.build_model(self.config)
     if self.segmentation:
       classes = len(seg.CLASSES[self.config.segmentation.classes])
       return seg.CygnoSegmenter(unet.make_unet(m.kind, num_classes=classes,
@@ -251,6 +282,12 @@ class CygnoTask(tasks.Task):
     return FeatureMLP(hidden=tuple(m.hidden))
 
   def loss_terms(self, outputs, batch) -> tasks.LossTerms:
+    if self.instances:
+      i = self.config.instances
+      return inst.loss_terms(outputs, batch, class_weights=tuple(i.class_weights),
+                             type_weight=i.type_weight, heat_weight=i.heat_weight,
+                             offset_weight=i.offset_weight,
+                             offset_scale_px=i.offset_scale_px)
     if self.segmentation:
       s = self.config.segmentation
       return seg.loss_terms(outputs, batch, balance=s.balance,
@@ -260,6 +297,8 @@ class CygnoTask(tasks.Task):
 
   # -- analysis ---------------------------------------------------------------------
   def analyse(self, trained: tasks.Trained, workdir: str) -> dict[str, Any]:
+    if self.instances:
+      return inst.analyse(self.config, self.images(), trained, workdir)
     if self.segmentation:
       return self._analyse_segmentation(trained, workdir)
     a, d = self.config.analysis, self.config.data
