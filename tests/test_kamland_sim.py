@@ -81,3 +81,52 @@ def test_kamnet_frames_and_projector_conserve_hits():
   np.testing.assert_allclose(np.einsum("tpc,t->c", img, g.weights), counts.sum(0), rtol=1e-4)
   planar = hitmaps.Projector(pmts, "kamnet", 19)(counts)
   np.testing.assert_allclose(planar.sum((0, 1)), counts.sum(0))
+
+
+def test_electron_csda_range_and_highland_angle():
+  # Computed LS ranges (physics-facts §2): 0.22 / 0.68 / 1.1 / 1.5 cm.
+  np.testing.assert_allclose(sim.electron_csda_range_cm(np.array([0.5, 1.23, 1.9, 2.458])),
+                             [0.22, 0.68, 1.1, 1.5], rtol=0.06)
+  assert sim.RADIATION_LENGTH_CM == pytest.approx(50.9, abs=0.1)  # 3 wt % Xe in CH₂-like LS.
+  # 1 MeV electron: βp = 1.338 MeV → 13.6 / 1.338 × √(1 cm / 50.87 cm) = 1.425 rad.
+  assert sim.highland_sigma_rad(1.0, 1.0) == pytest.approx(1.425, rel=0.01)
+
+
+def test_electron_tracks_keep_energy_and_yield_and_lose_direction():
+  rng = np.random.default_rng(0)
+  n = 400
+  t0 = np.column_stack([np.full(n, 1.2), np.full(n, 0.15)])  # Second: below threshold.
+  u = np.tile([0.0, 0.0, 1.0], (n, 2, 1))
+  (pos, d, t_cone, t_emit, weight, walk), (s_pos, s_e, s_t) = sim.electron_tracks(
+      rng, np.zeros((n, 3)), u, t0)
+  k = sim.ELECTRON_STEPS
+  assert pos.shape == (n, 2 * k, 3) and s_e.shape == (n, 2 * (k + 1))
+  np.testing.assert_allclose(weight[:, :k].sum(1), 1.2 - sim.CHERENKOV_THRESHOLD_MEV)
+  assert np.all(weight[:, k:] == 0)  # No Cherenkov light below threshold.
+  np.testing.assert_allclose(s_e.sum(1), 1.35)  # Every MeV deposited somewhere.
+  assert np.all(t_cone[:, :k] >= sim.CHERENKOV_THRESHOLD_MEV) and np.all(walk >= 0)
+  cos = d[:, :k, 2].mean(0)  # Memory of the initial direction fades along the track.
+  assert cos[0] > 0.9 and cos[-1] < 0.3 and np.all(np.diff(cos) < 0.05)
+  reach = np.linalg.norm(s_pos[:, k - 1], axis=1) * 100  # End of the 1.2 MeV track, cm.
+  assert np.all(reach < sim.electron_csda_range_cm(1.2) + 1e-9) and reach.mean() > 0.2
+  assert np.all(np.diff(t_emit[:, :k], axis=1) > 0)
+
+
+def test_electron_tracks_keep_the_cherenkov_yield_and_blur_the_direction():
+  pmts = sim.pmt_table()[0]
+
+  def centroid_error(ev):
+    err = []
+    for i in range(len(ev)):
+      h = pmts[ev.event(i)["pmt"]] - ev.vertex[i]
+      v = np.sum(h / np.linalg.norm(h, axis=1, keepdims=True), 0)
+      err.append(np.degrees(np.arccos(np.clip(v @ ev.direction[i] / np.linalg.norm(v), -1, 1))))
+    return np.median(err)
+
+  point = sim.simulate(7, 80, "0vbb", cherenkov_only=True)
+  track = sim.simulate(7, 80, "0vbb", cherenkov_only=True, electron_tracks=True)
+  q = lambda ev: ev.charge.sum() / len(ev)  # noqa: E731
+  assert q(track) == pytest.approx(q(point), rel=0.15)
+  assert centroid_error(track) > centroid_error(point) + 10
+  full = sim.simulate(8, 16, "0vbb", electron_tracks=True)  # Scintillation along the tracks.
+  np.testing.assert_allclose(full.visible_energy, sim.Q_BB_MEV, rtol=1e-6)

@@ -135,3 +135,22 @@ def test_models_run_on_source_examples_and_give_loss_terms(variant):
   terms = task.loss_terms(out, batch)
   assert float(terms["loss"][1]) == 8 and np.isfinite(float(terms["loss"][0]))
   assert set(v) <= {"params", "batch_stats"}
+
+
+def test_electron_tracks_switch_reaches_the_simulator_only_when_on(tmp_path):
+  """data.electron_tracks (variant ``tracks``) is passed to the simulator; off, the sim
+  kwargs stay empty so that default datasets keep their names (and cached data)."""
+  from recoil_jax.studies.kamland import dataset as kamland_dataset
+  off = tasks.get_task(load_config("configs/kamland.py", "smoke+direction"))
+  on = tasks.get_task(load_config("configs/kamland.py", "smoke+direction+tracks"))
+  assert off._sim_kwargs({}) == {} and on._sim_kwargs({}) == {"electron_tracks": True}
+  names = {kamland_dataset.make_config(num_per_class={"train": 4, "validation": 4, "test": 4},
+                                       seed=0, simulator="toy_direction",
+                                       sim_kwargs=t._sim_kwargs({})).name for t in (off, on)}
+  assert len(names) == 2
+  config = load_config("configs/kamland.py", "smoke+tracks")
+  (tmp_path / "hits.npz").write_bytes(b"")
+  for split in ("train", "validation", "test"):
+    config.data.hit_files[split] = str(tmp_path / "hits.npz")
+  with pytest.raises(ValueError, match="electron_tracks"):
+    tasks.get_task(config).validate()

@@ -15,7 +15,10 @@ space-separated ``--config.a.b=VALUE`` applied in order; ``status``: ``current``
 A folder with ``config.json`` (the run's ``config.to_json_best_effort()``) is compared with
 today's config, key by key. A folder with ``ablation.json`` instead (``scripts/sbnd_ablation.py``)
 is compared on what it records: the base variant's data sizes and seeds, and per row that the
-variant still exists and has the recorded batch size. ``status: current`` requires no
+variant still exists and has the recorded batch size. A folder with ``comparison.json``
+(``scripts/kamland_compare.py``) records each row's whole config: each is compared with
+today's config of ``config`` + the row's variant + the overrides, its keys named
+``ROW:key``. ``status: current`` requires no
 difference; ``status: stale`` requires ``stale_keys`` to be exactly the differing keys, so the
 mark cannot go stale silently.
 """
@@ -147,6 +150,28 @@ def ablation_diff(run_dir: str, fields: dict[str, str]) -> list[str]:
   return differing_keys(recorded, today)
 
 
+def comparison_diff(run_dir: str, fields: dict[str, str]) -> list[str]:
+  """``ROW:key`` where a row's config in ``run_dir/comparison.json`` differs from today's
+  (``config`` + the row's ``variant`` + the overrides); ``ROW`` alone if the variant is gone."""
+  with open(os.path.join(REPO_ROOT, run_dir, "comparison.json"), encoding="utf-8") as f:
+    comparison = json.load(f)
+  assert comparison["rows"], f"{run_dir}/comparison.json has no rows"
+  diff = []
+  for row in comparison["rows"]:
+    assert not os.path.isabs(row["workdir"]), f"{run_dir}: machine-specific {row['workdir']!r}"
+    try:
+      config = todays_config(fields, row["variant"])
+    except ValueError:  # Unknown variant.
+      diff.append(row["name"])
+      continue
+    today = flatten(json.loads(config.to_json_best_effort()))
+    diff += [f"{row['name']}:{k}" for k in differing_keys(flatten(row["config"]), today)]
+  return sorted(diff)
+
+
+RECORDS = ("config.json", "ablation.json", "comparison.json")
+
+
 def test_results_folders_exist():
   assert RUN_DIRS, f"no run folders under {RESULTS}"
 
@@ -161,7 +186,7 @@ def test_provenance_is_complete(run_dir):
   path = fields["config"].partition(":")[0]
   assert os.path.isfile(os.path.join(REPO_ROOT, path)), f"{run_dir}: no config file {path}"
   assert any(os.path.exists(os.path.join(REPO_ROOT, run_dir, n))
-             for n in ("config.json", "ablation.json")), f"{run_dir}: nothing to check"
+             for n in RECORDS), f"{run_dir}: nothing to check"
 
 
 @pytest.mark.parametrize("run_dir", RUN_DIRS)
@@ -169,6 +194,8 @@ def test_recorded_config_matches_todays_or_is_marked_stale(run_dir):
   fields, _ = read_provenance(run_dir)
   if os.path.exists(os.path.join(REPO_ROOT, run_dir, "config.json")):
     diff = config_json_diff(run_dir, fields)
+  elif os.path.exists(os.path.join(REPO_ROOT, run_dir, "comparison.json")):
+    diff = comparison_diff(run_dir, fields)
   else:
     diff = ablation_diff(run_dir, fields)
   listed = sorted(k.strip() for k in fields["stale_keys"].split(",")
@@ -207,3 +234,20 @@ def test_stale_check_detects_a_change(tmp_path):
   diff = config_json_diff(str(fake), fields)  # (an absolute path: os.path.join keeps it)
   listed = {k.strip() for k in fields["stale_keys"].split(",") if k.strip() not in ("", "none")}
   assert set(diff) == listed | {"train.num_epochs"}
+
+
+def test_comparison_check_detects_a_change(tmp_path):
+  """Negative control for comparison.json folders: a row whose config differs in one key."""
+  config = todays_config({"config": "configs/kamland.py", "overrides": "none"}, "planar")
+  recorded = json.loads(config.to_json_best_effort())
+  fields = {"config": "configs/kamland.py", "overrides": "none"}
+  row = {"name": "planar", "variant": "planar", "config": recorded, "workdir": "../x"}
+  fake = tmp_path / "cmp"
+  fake.mkdir()
+  (fake / "comparison.json").write_text(json.dumps({"rows": [row]}), encoding="utf-8")
+  assert comparison_diff(str(fake), fields) == []
+  recorded["train"]["num_epochs"] += 1
+  row["variant"] = "planar"
+  (fake / "comparison.json").write_text(json.dumps({"rows": [row, dict(
+      row, name="gone", variant="no_such_variant")]}), encoding="utf-8")
+  assert comparison_diff(str(fake), fields) == ["gone", "planar:train.num_epochs"]

@@ -20,8 +20,14 @@ values quoted inline):
   a Gaussian gain spread of 0.35 √n p.e. A hit is (PMT id, time of its first p.e., charge).
 * 0νββ: two electrons sharing Q = 2.458 MeV with the spectrum ∝ E₁p₁E₂p₂ and the angular
   correlation 1 − β₁β₂ cos θ₁₂ (mass mechanism, Fermi function left out); point-like
-  (ranges ≤ 1.5 cm). ``cherenkov_only=True`` keeps only their Cherenkov light (the
-  direction study's mode); ``direction`` is then the unit sum of the two momenta.
+  (ranges ≤ 1.5 cm) with their Cherenkov cones along the initial momenta, the ring
+  smeared by 20° as a stand-in for multiple scattering — or, with
+  ``electron_tracks=True`` (off by default), stepped tracks (16 equal-energy steps above
+  threshold, CSDA lengths from the Katz–Penfold range fit) with Highland multiple
+  scattering (X₀ = 50.9 cm for LS with 3 wt % Xe), Cherenkov light emitted along the
+  scattered path (cone and time per step) and scintillation along it (``electron_tracks``).
+  ``cherenkov_only=True`` keeps only their Cherenkov light (the direction study's mode);
+  ``direction`` is the unit sum of the two initial momenta.
 * ¹⁰C: a β⁺ (allowed shape ∝ pE(E₀−E)², end-point 1.908 MeV) deposited at the vertex,
   then annihilation into two back-to-back 511 keV γ — after an ortho-positronium delay
   (formation 50 %, lifetime 3 ns) — and a prompt 718 keV γ (isotropic). Every γ is
@@ -37,7 +43,8 @@ values quoted inline):
 
 Left out: the real PMT table and its per-tube gains/efficiencies, Birks quenching (the
 visible energy of Compton electrons is not reduced), the Fermi function, electron tracks
-(ββ electrons, positrons and Compton electrons deposit at a point), Cherenkov light of
+(positrons, Compton electrons and — unless ``electron_tracks`` — ββ electrons deposit at
+a point; delta rays and bremsstrahlung are not simulated on the tracks), Cherenkov light of
 Compton electrons, re-emission and scattering of light, the balloon film, reflections,
 dark noise and after-pulses, the 1.5 % ¹⁰C branch to 1740 keV, 2νββ, other backgrounds.
 """
@@ -75,6 +82,17 @@ OPS_FRACTION, OPS_LIFETIME_NS = 0.5, 3.0
 GAMMA_CUTOFF_MEV = 0.03
 MAX_COMPTON_STEPS = 16
 LABELS = {"0vbb": 1, "c10": 0}
+# Electron tracks (``electron_tracks=True``).
+LS_DENSITY_G_CM3 = 0.78
+XE_MASS_FRACTION = 0.03
+# Radiation lengths (g/cm²): the LS as CH₂ (PDG polyethylene 44.77), Xe 8.48 (PDG); the
+# mixture rule 1/X₀ = Σ wᵢ/X₀ᵢ with 3 wt % Xe gives 39.7 g/cm², i.e. 50.9 cm at 0.78 g/cm³.
+LS_RADIATION_LENGTH_G_CM2 = 44.77
+XE_RADIATION_LENGTH_G_CM2 = 8.48
+RADIATION_LENGTH_CM = 1.0 / ((1 - XE_MASS_FRACTION) / LS_RADIATION_LENGTH_G_CM2
+                             + XE_MASS_FRACTION / XE_RADIATION_LENGTH_G_CM2) / LS_DENSITY_G_CM3
+ELECTRON_STEPS = 16  # Equal-energy steps per electron above the Cherenkov threshold.
+TRACK_RING_SMEAR_RAD = 0.05  # Ring smear left with explicit scattering (see ``simulate``).
 
 
 @dataclasses.dataclass
@@ -213,7 +231,90 @@ def _sample_spectrum(rng, n, pdf, lo, hi):
   return np.interp(rng.random(n), cdf, x)
 
 
-def _sources_0vbb(rng, n, cherenkov_only):
+def electron_csda_range_cm(t_mev):
+  """Electron CSDA range in the Xe-LS (cm), Katz–Penfold: R = 0.412 T^(1.265 − 0.0954 ln T)
+  g/cm² (T in MeV, fitted for 0.01–2.5 MeV) divided by ρ = 0.78 g/cm³.
+
+  An empirical fit (made for aluminium, close for low-Z materials); it reproduces the
+  computed LS ranges 0.22 / 0.68 / 1.1 / 1.5 cm at 0.5 / 1.23 / 1.9 / 2.458 MeV to ≤ 5 %.
+  """
+  t = np.maximum(np.asarray(t_mev, np.float64), 1e-4)
+  return 0.412 * t ** (1.265 - 0.0954 * np.log(t)) / LS_DENSITY_G_CM3
+
+
+def highland_sigma_rad(t_mev, step_cm):
+  """Projected multiple-scattering angle of an electron, 13.6 MeV/(βcp) √(x/X₀) (rad).
+
+  Highland's logarithmic term is dropped (as in the SBND toy): the walk is taken in
+  steps whose variances add, which the logarithm would not respect.
+  """
+  t = np.asarray(t_mev, np.float64)
+  p = np.sqrt(t * (t + 2 * ELECTRON_MASS_MEV))
+  beta = p / (t + ELECTRON_MASS_MEV)
+  return 13.6 / np.maximum(beta * p, 1e-3) * np.sqrt(np.asarray(step_cm) / RADIATION_LENGTH_CM)
+
+
+def _scatter(rng, d, sigma):
+  """d [..., 3] turned by a space angle |(θx, θy)|, θx, θy ~ N(0, σ²), random azimuth."""
+  theta = np.minimum(sigma * np.sqrt(-2 * np.log1p(-rng.random(sigma.shape))), np.pi)
+  return _rotate_to(d, np.cos(theta), rng.uniform(0, 2 * np.pi, sigma.shape))
+
+
+def electron_tracks(rng, vertex, u, t0, steps: int = ELECTRON_STEPS):
+  """Stepped, multiply scattered electrons: Cherenkov emitters and energy deposits.
+
+  Each electron (start ``vertex`` [n, 3], unit direction ``u`` [n, E, 3], kinetic energy
+  ``t0`` [n, E] MeV) loses its energy above the Cherenkov threshold in ``steps`` equal
+  parts; step k (T_k → T_{k+1}) has the CSDA length R(T_k) − R(T_{k+1})
+  (:func:`electron_csda_range_cm`). Each step is walked in two halves, each preceded by a
+  Highland kick at the step's mean energy (:func:`highland_sigma_rad`); the emitter sits
+  at the step's midpoint with the direction of its middle, its cone from β at the mean
+  energy, its light ∝ T_k − T_{k+1} (so the total Cherenkov yield equals the point-like
+  electron's, ∝ T₀ − threshold), and its time the path length over βc. The direction
+  still wanders within a step: over the step the light-weighted variance about the
+  midpoint direction is σ_half²/2 per plane, returned as ``walk`` = σ_half/√2 and added
+  to the ring smear in quadrature. The rest of the energy (below threshold) is deposited
+  at the track's end.
+
+  Returns:
+    ``emitters`` (pos [n, E·K, 3] m, dir [n, E·K, 3], cone kinetic energy [n, E·K] MeV,
+    time [n, E·K] ns, yield weight [n, E·K] MeV above threshold, walk [n, E·K] rad) and
+    ``deposits`` (pos [n, E·(K+1), 3] m, energy [n, E·(K+1)] MeV, time [n, E·(K+1)] ns).
+  """
+  n, e = t0.shape
+  thr = CHERENKOV_THRESHOLD_MEV
+  above = np.clip(t0 - thr, 0, None)
+  frac = 1 - np.arange(steps + 1) / steps
+  t_k = thr + above[..., None] * frac  # [n, E, K+1] energies at the step boundaries.
+  t_k = np.where(t0[..., None] > thr, t_k, t0[..., None])  # Below threshold: no steps.
+  ds = electron_csda_range_cm(t_k[..., :-1]) - electron_csda_range_cm(t_k[..., 1:])
+  t_mid = 0.5 * (t_k[..., :-1] + t_k[..., 1:])
+  sigma = highland_sigma_rad(t_mid, ds / 2)
+  speed = _beta(t_mid) * LIGHT_SPEED_CM_NS  # cm/ns
+  pos = np.repeat(vertex[:, None], e, 1).astype(np.float64)  # m
+  d = np.asarray(u, np.float64)
+  time = np.zeros((n, e))
+  out_pos, out_dir, out_t = [], [], []
+  for k in range(steps):
+    d = _scatter(rng, d, sigma[..., k])
+    half = (ds[..., k] / 2)[..., None] / 100.0  # m
+    pos = pos + d * half
+    time = time + ds[..., k] / 2 / speed[..., k]
+    out_pos.append(pos), out_dir.append(d), out_t.append(time)
+    pos = pos + d * half
+    time = time + ds[..., k] / 2 / speed[..., k]
+    d = _scatter(rng, d, sigma[..., k])
+  stack = lambda a: np.stack(a, 2).reshape((n, e * steps) + a[0].shape[2:])  # noqa: E731
+  weight = (t_k[..., :-1] - t_k[..., 1:]).reshape(n, e * steps)
+  emitters = (stack(out_pos), stack(out_dir), t_mid.reshape(n, e * steps), stack(out_t),
+              weight, (sigma / np.sqrt(2)).reshape(n, e * steps))
+  rest = t_k[..., -1]  # Energy below threshold, deposited at the end of the track.
+  deposits = (np.concatenate([emitters[0], pos], 1), np.concatenate([weight, rest], 1),
+              np.concatenate([emitters[3], time], 1))
+  return emitters, deposits
+
+
+def _sources_0vbb(rng, n, cherenkov_only, tracks=False):
   """Scintillation sites and Cherenkov emitters of n 0νββ decays (see :func:`simulate`)."""
   m = ELECTRON_MASS_MEV
 
@@ -239,10 +340,17 @@ def _sources_0vbb(rng, n, cherenkov_only):
   p2 = np.sqrt(t2 * (t2 + 2 * m))[:, None] * u2
   direction = p1 + p2
   direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
+  if tracks:
+    cher, deposits = electron_tracks(rng, vertex, np.stack([u1, u2], 1),
+                                     np.stack([t1, t2], 1))
+    sites = ((vertex[:, None], np.zeros((n, 1)), np.zeros((n, 1))) if cherenkov_only
+             else deposits)
+    return vertex, direction, sites, cher
   e_scint = np.zeros((n, 1)) if cherenkov_only else np.full((n, 1), Q_BB_MEV)
   sites = (vertex[:, None], e_scint, np.zeros((n, 1)))
-  cher = (np.repeat(vertex[:, None], 2, 1), np.stack([u1, u2], 1), np.stack([t1, t2], 1),
-          np.zeros((n, 2)))
+  t12 = np.stack([t1, t2], 1)
+  cher = (np.repeat(vertex[:, None], 2, 1), np.stack([u1, u2], 1), t12, np.zeros((n, 2)),
+          np.clip(t12 - CHERENKOV_THRESHOLD_MEV, 0, None), np.zeros((n, 2)))
   return vertex, direction, sites, cher
 
 
@@ -280,12 +388,14 @@ def _sources_c10(rng, n):
     energy = np.where(absorb, 0.0, e_new)
     alive &= ~absorb
   sites = (np.concatenate(s_pos, 1), np.concatenate(s_e, 1), np.concatenate(s_t, 1))
-  cher = (vertex[:, None], _unit(rng, (n, 1)), t_pos[:, None], np.zeros((n, 1)))
+  cher = (vertex[:, None], _unit(rng, (n, 1)), t_pos[:, None], np.zeros((n, 1)),
+          np.clip(t_pos[:, None] - CHERENKOV_THRESHOLD_MEV, 0, None), np.zeros((n, 1)))
   return vertex, np.zeros((n, 3)), sites, cher
 
 
 def simulate(seed, num_events: int, kind: str, *, cherenkov_only: bool = False,
-             cherenkov_pe_per_mev: float = 10.0, cherenkov_smear_rad: float = 0.35,
+             cherenkov_pe_per_mev: float = 10.0, cherenkov_smear_rad: float | None = None,
+             electron_tracks: bool = False,
              energy_window_mev: tuple[float, float] | None = None, chunk: int = 64) -> Events:
   """Simulates ``num_events`` events of ``kind`` ("0vbb" or "c10"), unmatched.
 
@@ -295,11 +405,22 @@ def simulate(seed, num_events: int, kind: str, *, cherenkov_only: bool = False,
     cherenkov_pe_per_mev: detected Cherenkov p.e. per MeV of kinetic energy above the
       0.195 MeV threshold for a decay at the centre (an assumption: ~4 % of the
       scintillation p.e.; a 0νββ decay gives ≈ 20 Cherenkov p.e.).
+    cherenkov_smear_rad: Gaussian width of the Cherenkov ring around θ_c. None: 0.35 rad
+      (20°, a stand-in for the electrons' multiple scattering) for point-like electrons,
+      ``TRACK_RING_SMEAR_RAD`` = 0.05 rad with ``electron_tracks`` (the scattering is then
+      explicit; what is left: dispersion, n = 1.445–1.458 moves θ_c by ≈ 0.5°, and the
+      direction change within a half step).
+    electron_tracks: the 0νββ electrons as stepped tracks with multiple scattering
+      (:func:`electron_tracks`): Cherenkov light along the scattered path and, unless
+      ``cherenkov_only``, scintillation along it. Off (default): point-like electrons
+      whose cones follow the initial momenta. ¹⁰C is unchanged either way.
     energy_window_mev: if given, decays whose deposited energy is outside it are dropped
       before the (costly) light simulation, so fewer than ``num_events`` may come back.
   """
   if kind not in LABELS:
     raise ValueError(f"kind must be one of {sorted(LABELS)}, got {kind!r}")
+  if cherenkov_smear_rad is None:
+    cherenkov_smear_rad = TRACK_RING_SMEAR_RAD if electron_tracks else 0.35
   rng = np.random.default_rng(seed)
   pmts, kinds = pmt_table()
   area = np.pi * (np.asarray(PHOTOCATHODE_DIAMETER_M)[kinds] / 2) ** 2
@@ -314,7 +435,7 @@ def simulate(seed, num_events: int, kind: str, *, cherenkov_only: bool = False,
   for lo in range(0, num_events, chunk):
     n = min(chunk, num_events - lo)
     if kind == "0vbb":
-      vertex, direction, sites, cher = _sources_0vbb(rng, n, cherenkov_only)
+      vertex, direction, sites, cher = _sources_0vbb(rng, n, cherenkov_only, electron_tracks)
     else:
       vertex, direction, sites, cher = _sources_c10(rng, n)
     if energy_window_mev is not None:
@@ -334,7 +455,8 @@ def _detect(rng, kind, vertex, direction, sites, cher, pmts, area, tts, pe_per_m
             ch_per_mev, ch_smear):
   n = len(vertex)
   s_pos, s_e, s_t = _compact_sites(*sites)
-  c_pos, c_dir, c_t, c_t0 = cher
+  # c_w: light weight (MeV above threshold); c_walk: extra ring smear per emitter (rad).
+  c_pos, c_dir, c_t, c_t0, c_w, c_walk = cher
 
   def geometry(pos):  # pos [n, S, 3] → distance (m), unit direction, solid angle × attenuation
     d = (pmts[None, None] - pos[:, :, None]).astype(np.float32)  # [n, S, P, 3]
@@ -346,10 +468,11 @@ def _detect(rng, kind, vertex, direction, sites, cher, pmts, area, tts, pe_per_m
   dist_s, _, acc_s = geometry(s_pos)
   mu_s = pe_per_mev * s_e[..., None] * acc_s / (4 * np.pi)  # [n, S, P]
   dist_c, dhat_c, acc_c = geometry(c_pos)
-  above = np.clip(c_t - CHERENKOV_THRESHOLD_MEV, 0, None)
+  above = c_w
   theta_c = np.arccos(np.clip(1 / (REFRACTIVE_INDEX * np.maximum(_beta(c_t), 1e-3)), -1, 1))
   psi = np.arccos(np.clip(np.sum(dhat_c * c_dir[:, :, None], -1), -1, 1))
-  mu_c = ch_per_mev * above[..., None] * acc_c * _ring(psi, theta_c, ch_smear)
+  mu_c = ch_per_mev * above[..., None] * acc_c * _ring(psi, theta_c,
+                                                      np.hypot(ch_smear, c_walk))
   mu = np.concatenate([mu_s, mu_c], 1)
   dist = np.concatenate([dist_s, dist_c], 1)
   t_src = np.concatenate([s_t, c_t0], 1)
@@ -395,8 +518,9 @@ def _compact_sites(pos, energy, time):
 
 
 def _ring(psi, theta_c, sigma):
-  """Gaussian ring density per sr, psi [n, K, P], theta_c [n, K]."""
+  """Gaussian ring density per sr, psi [n, K, P], theta_c [n, K], sigma [n, K] (rad)."""
   grid = np.linspace(0, np.pi, 361)
+  sigma = np.asarray(sigma)[..., None]
   ring = np.exp(-0.5 * ((grid - theta_c[..., None]) / sigma) ** 2)
   norm = 2 * np.pi * np.trapezoid(ring * np.sin(grid), grid, axis=-1)
   return np.exp(-0.5 * ((psi - theta_c[..., None]) / sigma) ** 2) / norm[..., None]

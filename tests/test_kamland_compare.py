@@ -1,0 +1,65 @@
+"""scripts/kamland_compare.py: paired bootstrap, step timing, tables (no training)."""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def compare():
+  path = os.path.join(REPO_ROOT, "scripts", "kamland_compare.py")
+  spec = importlib.util.spec_from_file_location("kamland_compare", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_paired_bootstrap_differences(compare):
+  rng = np.random.default_rng(0)
+  label = np.repeat([1, 0], 300)
+  good = rng.normal(2.0 * label, 1.0)
+  noisy = good + rng.normal(0, 1.5, len(label))
+  boot = compare.paired_bootstrap({"a": good, "b": good.copy(), "c": noisy}, label, 0.9,
+                                  num_resamples=200)
+  np.testing.assert_array_equal(boot["a"]["rejection"], boot["b"]["rejection"])  # Paired.
+  diff = boot["a"]["rejection"] - boot["c"]["rejection"]
+  assert np.mean(diff > 0) > 0.97
+  # Paired differences are tighter than the models' own spread.
+  assert np.std(diff) < np.hypot(np.std(boot["a"]["rejection"]), np.std(boot["c"]["rejection"]))
+  assert 0.5 < np.mean(boot["a"]["auc"]) <= 1
+
+
+def test_median_step_seconds_skips_compilation_and_evaluations(compare, tmp_path):
+  recs = [{"event": "train", "step": 20, "time": 100.0},   # after compilation
+          {"event": "train", "step": 40, "time": 104.0},   # 0.2 s/step
+          {"event": "train", "step": 60, "time": 108.0},
+          {"event": "eval", "step": 60, "time": 130.0},
+          {"event": "train", "step": 80, "time": 150.0},   # spans the evaluation: skipped
+          {"event": "train", "step": 100, "time": 154.0},
+          {"event": "train", "step": 120, "time": 158.0}]
+  (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
+  assert compare._median_step_seconds(str(tmp_path)) == pytest.approx(0.2)
+
+
+def test_tables_label_everything_simulated_and_quote_the_seed(compare, tmp_path):
+  wp = {"rejection": 0.95, "rejection_interval": [0.94, 0.96],
+        "bootstrap": {"rejection_interval": [0.94, 0.96]}}
+  rows = [{"name": n, "variant": v, "working_point": wp, "auc": 0.98,
+           "auc_interval": [0.97, 0.99], "num_params": 1234, "steps": 625, "best_step": 375,
+           "seconds": 100.0, "step_seconds": 0.2} for n, v in (("spherical", ""),
+                                                            ("planar", "planar"))]
+  diffs = [{"a": "spherical", "b": "planar", "what": "x", "rejection": 0.02,
+            "rejection_68": [0.01, 0.03], "rejection_95": [0.0, 0.04], "auc": 0.01,
+            "auc_68": [0.005, 0.015]}]
+  setup = {"signal_efficiency": 0.9, "num_test_signal": 1000, "num_test_background": 1000,
+           "num_train_per_class": 2000, "num_validation_per_class": 500, "base_variant": "",
+           "num_resamples": 10}
+  json_path, md_path = compare.write_tables(str(tmp_path), rows, diffs, setup)
+  md = open(md_path, encoding="utf-8").read()
+  assert "simulated" in md and "71%" in md and "61%" in md and "+2.0" in md
+  assert json.load(open(json_path, encoding="utf-8"))["data"] == "simulated"
