@@ -51,7 +51,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_PATH = os.path.join(REPO_ROOT, "configs", "newsdm.py")
 TALK_REGIMES = ("physical", "unphysical", "rotational")
 REGIMES = TALK_REGIMES + ("cycled",)
-DEFAULTS = dict(base_variant="", architecture="plain3d", width=0.125, num_train=2400,
+DEFAULTS = dict(base_variant="", architecture="newsnet3d", width=0.125, num_train=2400,
                 num_validation=480, epochs=2, batch=32, num_test_signal=200,
                 num_test_background=600, beam_angles="0,90")
 QUICK = dict(base_variant="smoke", architecture="plain3d", width=0.125, num_train=96,
@@ -197,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", required=True, help="one sub-folder per regime + tables")
   parser.add_argument("--data_dir", default="", help="TFDS folder (default: WORKDIR/tfds)")
-  parser.add_argument("--regimes", default=",".join(TALK_REGIMES),
+  parser.add_argument("--regimes", default=",".join(REGIMES),
                       help=f"comma-separated subset of {','.join(REGIMES)}")
   parser.add_argument("--base_variant", default=DEFAULTS["base_variant"],
                       help="variant(s) of configs/newsdm.py every regime starts from")

@@ -128,3 +128,35 @@ def test_augment_keeps_the_format(mode, exact):
   assert newsdm_model.augment(x, jax.random.PRNGKey(3), "none") is x
   with pytest.raises(ValueError, match="known"):
     newsdm_model.augment(x, jax.random.PRNGKey(3), "spin")
+
+
+def test_debiased_batch_norm_evaluates_with_the_batch_statistics_seen():
+  """After one training step the moving statistics are that batch's (not 1 % of them plus
+  99 % of the initial variance 1, as Keras / flax.linen.BatchNorm after one step); after
+  many steps they are Keras' exponential average."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(0.3, 0.1, (64, 5, 5, 3)), jnp.float32)  # Variance 0.01 ≪ 1.
+  bn = newsdm_model.DebiasedBatchNorm(use_running_average=False, momentum=0.99)
+  variables = bn.init(jax.random.PRNGKey(0), x)
+  evaluate = newsdm_model.DebiasedBatchNorm(use_running_average=True, momentum=0.99)
+  untrained = evaluate.apply(variables, x)
+  np.testing.assert_allclose(np.asarray(untrained), np.asarray(x) / np.sqrt(1 + 1e-3),
+                             rtol=1e-5)  # Mean 0, variance 1 before any step.
+  y, new = bn.apply(variables, x, mutable=["batch_stats"])
+  stats = new["batch_stats"]
+  out = evaluate.apply({"params": variables["params"], "batch_stats": stats}, x)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(y), atol=1e-4)
+  assert float(np.std(np.asarray(out))) > 0.9  # Not divided down by the initial variance.
+  m, batches = 0.99, [jnp.asarray(rng.normal(i, 1 + i, (32, 3)), jnp.float32)
+                      for i in range(400)]
+  keras_mean, keras_var = np.zeros(3), np.ones(3)
+  for b in batches:
+    _, new = bn.apply({"params": variables["params"], "batch_stats": stats}, b,
+                      mutable=["batch_stats"])
+    stats = new["batch_stats"]
+    keras_mean = m * keras_mean + (1 - m) * np.asarray(b).mean(0)
+    keras_var = m * keras_var + (1 - m) * np.asarray(b).var(0)
+  w = float(stats["weight"])
+  np.testing.assert_allclose(w, 1 - m ** 401, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(stats["mean"]) / w, keras_mean, rtol=2e-2)
+  np.testing.assert_allclose(np.asarray(stats["var"]) / w, keras_var, rtol=2e-2)

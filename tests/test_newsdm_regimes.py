@@ -81,7 +81,7 @@ def test_table_rows_come_from_the_analysis_pairs(tmp_path):
   assert json.load(open(json_path, encoding="utf-8"))["data"] == "simulated"
 
 
-@pytest.mark.slow  # About a minute on 2 cores: three smoke-size trainings.
+@pytest.mark.slow  # About a minute on 2 cores: four smoke-size trainings.
 @pytest.mark.timeout(900)
 def test_regimes_script_quick_and_resumable(tmp_path):
   cmd = [sys.executable, SCRIPT, f"--workdir={tmp_path}", "--quick"]
@@ -90,7 +90,8 @@ def test_regimes_script_quick_and_resumable(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   table = json.loads((tmp_path / "regimes.json").read_text())
   assert table["data"] == "simulated"
-  assert [r["regime"] for r in table["rows"]] == ["physical", "unphysical", "rotational"]
+  assert [r["regime"] for r in table["rows"]] == ["physical", "unphysical", "rotational",
+                                                   "cycled"]
   for row in table["rows"]:
     assert 0 <= row["auc"]["C100 vs fog"] <= 1 and 0 <= row["auc"]["C100 vs γ"] <= 1
     assert row["rejection"]["fog"]["num_background"] > 0
@@ -100,4 +101,4 @@ def test_regimes_script_quick_and_resumable(tmp_path):
   again = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True,
                          text=True, timeout=300)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert again.stdout.count("already finished") == 3
+  assert again.stdout.count("already finished") == 4

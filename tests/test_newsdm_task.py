@@ -104,3 +104,49 @@ def test_launcher_smoke_end_to_end(tmp_path, variant):
   assert "simulated" in text and "Clopper–Pearson" in text
   with np.load(os.path.join(workdir, "scores_test_gamma.npz")) as f:
     assert f["signal_logit"].shape == (48,) and np.all(np.isfinite(f["signal_logit"]))
+  # The streamed test sets are predicted once, by the analysis: the trainer's closing
+  # evaluation covers validation only, and the analysis reports the test sets' loss and
+  # accuracies (what final_metrics.json used to hold for them) with its wall time and memory.
+  with open(os.path.join(workdir, "final_metrics.json")) as f:
+    final = json.load(f)["metrics"]
+  assert set(final) == {"validation", "analysis"}
+  tm = analysis["test_metrics"]["test_fog"]
+  assert tm["events"] == analysis["cut_counts"]["test_fog"]["kept"]
+  assert 0 <= tm["accuracy"] <= 1 and tm["loss"] > 0 and "multiclass/accuracy" in tm
+  assert final["analysis"]["test_metrics"]["test_fog"] == pytest.approx(tm)
+  ev = analysis["evaluation"]["test_gamma"]
+  assert ev["events"] == 48 and ev["seconds"] > 0 and ev["peak_rss_mib"] > 0
+  assert "streamed prediction" in text
+  section = text.split("streamed prediction")[1].splitlines()
+  header = next(line for line in section if line.startswith("| test set |"))
+  row = next(line for line in section if line.startswith("| test_fog |"))
+  assert header.count("|") == row.count("|"), (header, row)
+
+
+def test_split_metrics_equal_the_trainers_closing_evaluation_terms():
+  """``_split_metrics`` (the analysis' loss and accuracies of a test set) = the (sum, count)
+  terms of ``loss_terms`` over the same events, as the trainer's evaluation reduces them."""
+  task = newsdm_task.NewsdmTask(load_config(CONFIG, "smoke"))
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(30, 4)).astype(np.float32) * 2
+  from recoil_jax.studies.newsdm import model as newsdm_model  # pylint: disable=g-import-not-at-top
+  signal_logit = np.asarray(newsdm_model._signal_logit(jnp.asarray(logits)))
+  label = np.full(30, 3, np.int32)
+  passed = (rng.uniform(size=30) > 0.2).astype(np.float32)
+  pred = {"outputs": {"logits": logits, "signal_logit": signal_logit}, "label": label,
+          "signal": np.zeros(30, np.float32), "passed_cuts": passed}
+  m = task._split_metrics(pred)
+  keep = passed > 0.5
+  assert m["events"] == keep.sum()
+  np.testing.assert_allclose(m["accuracy"], np.mean(signal_logit[keep] <= 0), rtol=1e-6)
+  np.testing.assert_allclose(m["multiclass/accuracy"],
+                             np.mean(np.argmax(logits[keep], -1) == 3), rtol=1e-6)
+  p_bkg = np.asarray(jax.nn.softmax(logits))[keep, 3]
+  np.testing.assert_allclose(m["binary/loss"], np.mean(-np.log(p_bkg)), rtol=1e-4)
+
+
+def test_the_trainer_evaluates_only_validation_at_the_end():
+  task = newsdm_task.NewsdmTask(load_config(CONFIG, "smoke"))
+  from recoil_jax import train  # pylint: disable=g-import-not-at-top
+  sources = {"validation": [0], "test_fog": [0], "test_c100_beam0": [0]}
+  assert list(train._final_evaluation_sources(task, sources)) == ["validation"]

@@ -10,7 +10,8 @@ the analysis: a logit keeps its resolution where p_sig rounds to 1 in float32).
 NEWSnet_3D (``golovart/Napoli_emulsion:NEWSdm/NewsNet70nm``, arXiv 2106.11995; Keras):
 Conv3D(32, 3, valid) → Conv3D(64, 3, same) → MaxPool3D(2) → Dropout(clip(1.2 − d_mid −
 d_end, 0.1, 0.4)) → ResNet convolutional block (stride 2, filters 64/64/256, 1×1–3×3–1×1
-with BatchNorm, 3×3 stride-2 projection shortcut, dropout 0.4) → 3 identity blocks →
+with BatchNorm (Keras' momentum and ε; moving statistics debiased, ``DebiasedBatchNorm``),
+3×3 stride-2 projection shortcut, dropout 0.4) → 3 identity blocks →
 MaxPool3D(2, same) → Dropout(d_mid) → convolutional block (stride 1, 128/128/512) → 3
 identity blocks → Dropout(d_end) → Flatten → Dense(4). Swish everywhere; shapes 40×40×9 →
 38×38×7 → 19×19×3 → 10×10×2 → 5×5×1. ``width`` scales every filter count (1 = the
@@ -183,8 +184,56 @@ class MaxNormConv(nn.Module):
     return y
 
 
-def _bn(train: bool) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3)  # Keras.
+class DebiasedBatchNorm(nn.Module):
+  """Keras' BatchNormalization (momentum, ε 1e-3) with zero-debiased moving statistics.
+
+  Keras and ``flax.linen.BatchNorm`` start the moving variance at 1 and decay it towards
+  the batch variances as ``v ← m·v + (1 − m)·σ²_batch``: after t steps the start value
+  still weighs m^t. The authors train ~24 000 steps (0.99^24000 ≈ 0), but a CPU-size run of
+  a few hundred steps keeps 0.99^174 = 17 % of it — against batch variances of ~10⁻⁵ (8-bit
+  counts / 256, mostly pedestal-subtracted zeros) that divides every activation by ~100
+  at evaluation, and the network's scores collapse to a constant (seen on the default
+  config: signal-logit spread 5·10⁻⁵ at evaluation). Here the moving sums start at 0 and
+  the evaluation divides them by their total weight ``1 − m^t`` (kept as ``weight``), as
+  Adam debiases its moments: the average of the batch statistics seen, exponentially
+  weighted, from the first step on; identical to Keras' once m^t ≈ 0. Never-trained
+  statistics (weight 0) fall back to mean 0, variance 1.
+  """
+  use_running_average: bool = False
+  momentum: float = 0.99
+  epsilon: float = 1e-3
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    features = x.shape[-1]
+    axes = tuple(range(x.ndim - 1))
+    zeros = lambda: jnp.zeros((features,), jnp.float32)  # noqa: E731
+    moving_mean = self.variable("batch_stats", "mean", zeros)
+    moving_var = self.variable("batch_stats", "var", zeros)
+    weight = self.variable("batch_stats", "weight", lambda: jnp.zeros((), jnp.float32))
+    scale = self.param("scale", nn.initializers.ones, (features,))
+    bias = self.param("bias", nn.initializers.zeros, (features,))
+    if self.use_running_average:
+      w = weight.value
+      trained = w > 0
+      mean = jnp.where(trained, moving_mean.value / jnp.where(trained, w, 1.0), 0.0)
+      var = jnp.where(trained, moving_var.value / jnp.where(trained, w, 1.0), 1.0)
+    else:
+      xf = x.astype(jnp.float32)
+      mean = jnp.mean(xf, axes)
+      var = jnp.mean(jnp.square(xf - mean), axes)
+      if not self.is_initializing():
+        m = self.momentum
+        moving_mean.value = m * moving_mean.value + (1 - m) * mean
+        moving_var.value = m * moving_var.value + (1 - m) * var
+        weight.value = m * weight.value + (1 - m)
+    y = (x - mean.astype(x.dtype)) * jax.lax.rsqrt(var + self.epsilon).astype(x.dtype)
+    return y * scale.astype(x.dtype) + bias.astype(x.dtype)
+
+
+def _bn(train: bool, momentum: float = 0.99) -> DebiasedBatchNorm:
+  return DebiasedBatchNorm(use_running_average=not train, momentum=momentum,
+                           epsilon=1e-3)  # Keras' ε.
 
 
 class ResBlock(nn.Module):
@@ -195,16 +244,18 @@ class ResBlock(nn.Module):
   project: bool = False
   max_norm: float = 4.0
   dropout: float = 0.0
+  bn_momentum: float = 0.99
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     f1, f2, f3 = self.filters
     s = (self.strides,) * 3
     conv = lambda f, k, st=(1, 1, 1): MaxNormConv(f, (k,) * 3, st, max_norm=self.max_norm)
-    h = nn.swish(_bn(train)(conv(f1, 1, s)(x)))
-    h = nn.swish(_bn(train)(conv(f2, 3)(h)))
-    h = _bn(train)(conv(f3, 1)(h))
-    shortcut = _bn(train)(conv(f3, 3, s)(x)) if self.project else x
+    bn = lambda: _bn(train, self.bn_momentum)  # noqa: E731
+    h = nn.swish(bn()(conv(f1, 1, s)(x)))
+    h = nn.swish(bn()(conv(f2, 3)(h)))
+    h = bn()(conv(f3, 1)(h))
+    shortcut = bn()(conv(f3, 3, s)(x)) if self.project else x
     out = nn.swish(h + shortcut)
     if self.dropout > 0:
       out = nn.Dropout(self.dropout, deterministic=not train)(out)
@@ -236,6 +287,7 @@ class NewsNet3D(nn.Module):
   max_norm: float = 4.0
   augment: str = "none"
   exact_only: bool = False
+  bn_momentum: float = 0.99  # Keras' default; the moving statistics are debiased.
 
   @nn.compact
   def __call__(self, batch: Mapping[str, Any], train: bool) -> dict[str, jax.Array]:
@@ -251,9 +303,9 @@ class NewsNet3D(nn.Module):
     for stage, (filters, stride) in enumerate((((64, 64, 256), 2), ((128, 128, 512), 1))):
       fs = tuple(f(n) for n in filters)
       x = ResBlock(fs, stride, project=True, max_norm=self.max_norm,
-                   dropout=self.block_dropout)(x, train)
+                   dropout=self.block_dropout, bn_momentum=self.bn_momentum)(x, train)
       for _ in range(self.identity_blocks):
-        x = ResBlock(fs, 1, max_norm=self.max_norm)(x, train)
+        x = ResBlock(fs, 1, max_norm=self.max_norm, bn_momentum=self.bn_momentum)(x, train)
       if stage == 0:
         x = nn.max_pool(x, (2, 2, 2), (2, 2, 2), "SAME")
         x = nn.Dropout(self.d_mid, deterministic=not train)(x)

@@ -66,6 +66,33 @@ grain), crystal-size distributions, aberrations and non-Gaussian PSF tails, came
 non-linearity and per-pixel gain. Grain, fog and γ densities are not sourced: they are
 parameters (``SimParams``). The numbers this produces are *simulated*.
 
+Easier or harder than the real emulsion (what to keep in mind when a rejection power of
+the toy is set beside the talk's 10³ / the goal's 10⁴; fractions from ``sample_scenes``
+at the defaults, 2·10⁵ events per kind):
+
+* Easier — fog is *exactly* one grain of the same population as track grains. The only
+  fog that looks like a track is a chance coincidence with an unrelated fog grain within
+  ≈ 300 nm (6.9·10⁻³ of fog events, one neighbour; two neighbours ≈ 10⁻⁵), so a network
+  that keeps the ≥ 3-grain, ≥ 150 nm carbon tracks (50 % / 87 % of C100) sees almost no
+  fog there. Real fog also holds multi-crystal clusters, crystal-size and shape tails,
+  dust and out-of-focus grains, none simulated; 10⁴ against toy fog is an upper bound.
+* Easier — every grain is in focus, the PSF is a known Gaussian, the noise is Gaussian
+  and stationary, the polarisation response is one cos 2(ψ − φ) per grain: no
+  aberrations, focus drift, per-pixel gain or colour effects that real images carry
+  and a classifier can latch onto or be confused by; no α tail in the γ sample (the talk
+  names it as what limits C100 vs γ).
+* Harder — γ electrons are 1 + Poisson(0.8) grains with 300 nm exponential gaps and
+  45° scattering per gap: 45 % single-grain, 19 % with ≥ 3 grains, a third longer than
+  150 nm in projection. These parameters are not sourced; if real γ tracks in NIT are
+  sparser (lower dE/dx, wider gaps) they separate *better* than here, and toy γ is the
+  harder background.
+* Harder — carbon tracks keep only the information of the grains: 19.5 % of C100 (33 %
+  of C60, 53 % of C30) develop a single grain and are identical to fog by construction,
+  and half the track grains' plasmon response is randomly oriented
+  (``alignment_prob`` 0.5). Real tracks may carry more (grain size and colour along dE/dx,
+  depth); these cap the signal efficiency at which any rejection is reachable, not the
+  rejection at 30 %.
+
 Streaming: :func:`simulate` makes one vectorised chunk (seeded); :func:`iter_chunks`
 yields chunks with seeds from ``np.random.SeedSequence(seed, spawn_key=(chunk,))``, so
 10⁵+ events never sit in memory and any chunk can be regenerated alone.

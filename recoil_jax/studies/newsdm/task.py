@@ -29,11 +29,26 @@ per-event scores ``scores_<split>.npz`` and ``newsdm_analysis.json``. With
 ``analysis.average_last_checkpoints = k > 0`` a third score, ``nn_mean``, is the logit of
 the mean signal probability of the last k kept checkpoints (the authors' final model;
 ``ensemble.py``). Every number is labelled simulated.
+
+Each test event is simulated and predicted once, by the analysis: the trainer's closing
+evaluation covers ``validation`` only (``final_evaluation_splits``), and the analysis
+reports per test set what that evaluation would have (``test_metrics``: the
+``loss_terms`` loss, binary and 4-class accuracies over the events passing the cuts; also
+under ``analysis`` in ``final_metrics.json``), with the wall time, events/s and resident
+memory of its pass (``evaluation``; ``peak_rss_mib`` is the process's). The pass is
+memory-bounded: ``Trained.predict`` reads the ``StreamingSource`` batch by batch (a few
+chunks of images cached), and keeps per event only the 4 logits, the signal logit and
+four scalar fields — 10⁵ events hold ≈ 5 MB, whatever the image size. (With
+``average_last_checkpoints`` the checkpoint mean is a second pass that regenerates the
+events.)
 """
 
 from __future__ import annotations
 
+import math
 import os
+import sys
+import time
 from typing import Any, Mapping
 
 from absl import logging
@@ -65,6 +80,11 @@ def background_split(kind: str) -> str:
 class NewsdmTask(tasks.Task):
   """The NEWSdm study as a trainer task (see the module docstring)."""
 
+  #: The trainer's closing evaluation covers validation only: the streamed test sets (up to
+  #: 10⁵ events each) are predicted once, by ``analyse``, which also reports their loss and
+  #: accuracies (``test_metrics``) as the closing evaluation would have.
+  final_evaluation_splits = ("validation",)
+
   def __init__(self, config):
     super().__init__(config)
     self._builder = None
@@ -91,6 +111,8 @@ class NewsdmTask(tasks.Task):
     if m.augment not in newsdm_model.AUGMENTATIONS:
       raise ValueError(f"config.model.augment={m.augment!r}; known: "
                        f"{newsdm_model.AUGMENTATIONS}")
+    if not 0 <= m.bn_momentum < 1:
+      raise ValueError(f"config.model.bn_momentum={m.bn_momentum} must be in [0, 1)")
     if not self.config.loss.mu >= 0:
       raise ValueError(f"config.loss.mu={self.config.loss.mu} must be >= 0")
     k, keep = a.average_last_checkpoints, self.config.train.max_checkpoints_to_keep
@@ -161,7 +183,7 @@ class NewsdmTask(tasks.Task):
     return newsdm_model.build(
         m.architecture, width=m.width, identity_blocks=m.identity_blocks, d_mid=m.d_mid,
         d_end=m.d_end, block_dropout=m.block_dropout, max_norm=m.max_norm, augment=m.augment,
-        exact_only=m.exact_only)
+        exact_only=m.exact_only, bn_momentum=m.bn_momentum)
 
   def loss_terms(self, outputs: Mapping[str, Any], batch) -> tasks.LossTerms:
     """``μ · CCE₄ + BCE(p_sig)`` per event over the events passing the cuts (exact sums)."""
@@ -190,9 +212,10 @@ class NewsdmTask(tasks.Task):
       target = ensemble.abstract_state(self.config, self, trained.model, jax.local_devices()[0])
       members = ensemble.late_variables(ensemble.checkpoint_directory(workdir), target, k)
       logging.info("NEWSdm: averaging the checkpoints of steps %s", [s for s, _ in members])
+    test_metrics, evaluation = {}, {}
     for split, src in sources.items():
-      pred = trained.predict(split, outputs=("signal_logit",),
-                             fields=("bar_shift_nm", "passed_cuts"))
+      pred, evaluation[split] = self._predict_streamed(trained, split, src)
+      test_metrics[split] = self._split_metrics(pred)
       keep = pred["passed_cuts"] > 0.5
       scores[split] = {"nn": np.asarray(pred["outputs"]["signal_logit"], np.float64)[keep],
                        "bar_shift": np.asarray(pred["bar_shift_nm"], np.float64)[keep]}
@@ -214,6 +237,8 @@ class NewsdmTask(tasks.Task):
     effs = tuple(float(e) for e in a.signal_efficiencies)
     main_angle = float(a.test_beam_angles_deg[0])
     results: dict[str, Any] = {"data": label, "step": trained.step, "cut_counts": cut_counts,
+                               "test_metrics": test_metrics, "evaluation": evaluation,
+                               "peak_rss_mib": memory_mib()["peak"],
                                "pairs": {}, "signal_efficiencies": list(effs),
                                "checkpoint_mean_steps": [s for s, _ in members]}
     table_rows: dict[str, dict[str, Any]] = {}
@@ -273,7 +298,73 @@ class NewsdmTask(tasks.Task):
       if c:
         text.append(f"| {split} | {c['events']} | {c['saturated']} | {c['brightest']} | "
                     f"{c['not_isolated']} | {c['kept']} |")
+    text += ["", "## Test sets: loss, accuracy and streamed prediction", "",
+             "Over the events passing the cuts; the streamed sets are generated and predicted "
+             "chunk by chunk (only the scores are kept). Peak RSS: the whole process so far.",
+             "", "| test set | events kept | loss | binary accuracy | 4-class accuracy | "
+             "prediction [s] | events/s | CPU [s] | peak RSS [MiB] |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for split, m in test_metrics.items():
+      e = evaluation[split]
+      text.append(f"| {split} | {m['events']} | {m['loss']:.4f} | {m['accuracy']:.4f} | "
+                  f"{m['multiclass/accuracy']:.4f} | {e['seconds']:.1f} | "
+                  f"{e['events_per_second']:.1f} | {e.get('cpu_seconds', float('nan')):.0f} | "
+                  f"{e['peak_rss_mib']:.0f} |")
     io.write_text_atomic(os.path.join(workdir, "newsdm_rejection.md"), "\n".join(text) + "\n")
     io.write_json_atomic(os.path.join(workdir, "newsdm_analysis.json"), results)
     logging.info("NEWSdm analysis written to %s", workdir)
-    return {"auc": {k: {m: v[m]["auc"] for m in v} for k, v in results["pairs"].items()}}
+    return {"auc": {k: {m: v[m]["auc"] for m in v} for k, v in results["pairs"].items()},
+            "test_metrics": test_metrics}
+
+  def _predict_streamed(self, trained: tasks.Trained, split: str, source
+                        ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """One pass over a streamed test set: per event the signal logit, the 4 logits and the
+    example fields the analysis needs (a few scalars; images are dropped batch by batch),
+    and the pass's wall time and memory."""
+    before = memory_mib()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    pred = trained.predict(split, outputs=("signal_logit", "logits"),
+                           fields=("bar_shift_nm", "passed_cuts", "label", "signal"))
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    after = memory_mib()
+    n = len(source)
+    # CPU seconds (all threads) as well as wall time: on a shared machine the wall time
+    # says more about the other jobs than about this pass.
+    info = {"events": n, "seconds": seconds, "events_per_second": n / max(seconds, 1e-9),
+            "cpu_seconds": cpu, "events_per_cpu_second": n / max(cpu, 1e-9),
+            "rss_mib_before": before["rss"], "rss_mib_after": after["rss"],
+            "peak_rss_mib": after["peak"]}
+    logging.info("NEWSdm: %s: %d events predicted in %.1f s (%.1f events/s; %.1f CPU s), RSS "
+                 "%.0f -> %.0f MiB, peak %.0f MiB", split, n, seconds,
+                 info["events_per_second"], cpu, before["rss"], after["rss"], after["peak"])
+    return pred, info
+
+  def _split_metrics(self, pred: Mapping[str, Any]) -> dict[str, float]:
+    """The terms of ``loss_terms`` (as the trainer's closing evaluation reports them) over a
+    predicted split, plus ``events`` (those passing the cuts)."""
+    batch = {k: np.asarray(pred[k]) for k in ("label", "signal", "passed_cuts")}
+    batch["mask"] = np.ones_like(batch["passed_cuts"], np.float32)
+    outputs = {k: jnp.asarray(pred["outputs"][k]) for k in ("logits", "signal_logit")}
+    terms = self.loss_terms(outputs, batch)
+    out = {k: float(s) / max(float(c), 1.0) for k, (s, c) in terms.items()}
+    out["events"] = int(np.sum(batch["passed_cuts"] > 0.5))
+    return out
+
+
+def memory_mib() -> dict[str, float]:
+  """This process's resident memory now (``rss``) and its peak so far (``peak``), MiB
+  (``/proc/self/status`` VmRSS / VmHWM; the peak from ``getrusage`` elsewhere, rss nan)."""
+  out = {"rss": float("nan"), "peak": float("nan")}
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+          out["rss" if key == "VmRSS" else "peak"] = float(value.split()[0]) / 1024
+  except OSError:
+    pass
+  if math.isnan(out["peak"]):
+    import resource  # pylint: disable=g-import-not-at-top
+    scale = 1 / 1024 if sys.platform != "darwin" else 1 / 2 ** 20
+    out["peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+  return out
