@@ -12,27 +12,50 @@ Command (variants after the colon, combined with "+"):
   python -m recoil_jax.main --config=configs/kamland.py:cpu_hour --workdir=runs/kamland_hour
   python -m recoil_jax.main --config=configs/kamland.py:cpu_hour+planar --workdir=runs/kamland_planar
   python -m recoil_jax.main --config=configs/kamland.py:direction --workdir=runs/kamland_dir
+  python -m recoil_jax.main --config=configs/kamland.py:direction+tracks --workdir=runs/kamland_dir_tr
+  python scripts/kamland_compare.py --workdir=runs/kamland_compare   # every model, one table
 
 Variants:
   smoke      tiny (48 events per class for training): the code path in well under a minute.
-  cpu_hour   PROVISIONAL sizes for about an hour on a 2-core CPU; not yet run, so no
-             runtime or result is claimed for it.
+  cpu_hour   12 000 / 1 000 / 2 000 events per class, 15 epochs (11 250 steps of batch 32),
+             cosine schedule, early-stopping patience 4. Sized from measured rates, NOT run
+             to the end: the simulation costs 31 ms of CPU per matched event (a 500-event
+             chunk: 15.7 s), ≈ 15 min for the 30 000 events; 70 steps of this config (data
+             reused, ``--config.train.steps_per_epoch=70``) took 0.3–2.0 s per step (median
+             1.3 s) with the shared machine at load 7–8.5, and the default run (the same
+             model and batch) took 2 min 13 s for 625 steps and 5 evaluations on the quiet
+             machine (≤ 0.21 s per step): ≈ 40 min of training, ≈ 1 h in all on a quiet
+             2-core CPU — several times longer when the machine is shared.
   planar     the planar CNN baseline on KamNet's 38 × 38 map instead of the spherical CNN.
   no_early   only the "all" channel (the early-time ablation).
   graph      the jraph graph network on the k-nearest-PMT graph instead.
+  tracks     ``data.electron_tracks``: the ββ electrons as stepped tracks with Highland
+             multiple scattering, Cherenkov light along the scattered path (off by default;
+             a different dataset). With ``direction``: the harder direction toy.
   direction  task_mode="direction": Cherenkov-only 0νββ events (one class; the
              ``num_*_per_class`` sizes count events), spherical trunk + pooling + dense +
              vMF head; writes kamland_direction.{json,md}, calibration.png,
              angular_errors.png. Combine with smoke for a quick run.
 
-Expected runtime: smoke ≈ 1 min on a 2-core CPU (dataset simulation included). Expected
-result: none yet for the classification (the comparison runs are the next milestone).
-``direction`` (2000 / 500 / 1000 events, 5 epochs = 310 steps; measured with the earlier
-shared Adam constants β₁ 0.94, ε 1e-7, before they became 0.9, 1e-8) took 7 min on the shared
-2-core CPU, dataset included, and reached on its simulated test set 74 % within 30°, 95 %
-within 60°, median error 21°; the non-ML hit centroid reaches the same (73 % / 95 %): the toy's
-Cherenkov light (≈ 20 p.e., 20° smear, no electron scattering) is easier than the source
-study's simulation (50 % within 60°).
+Expected runtime: smoke ≈ 1 min on a 2-core CPU (dataset simulation included); the
+default classification 1.5–2.5 min per model on the quiet machine with the dataset
+reused (simulating it: ≈ 3.5 min), far longer when the machine is shared.
+
+Expected result (all simulated; 2 000 / 500 / 1 000 events per class, the same test
+events for every model; ``scripts/kamland_compare.py``, results/kamland/comparison/):
+¹⁰C rejection at 90 % 0νββ acceptance with 68 % bootstrap intervals — spherical
+95.4 [94.8, 96.2] % (AUC 0.984, 105 593 parameters), planar 93.2 [92.4, 94.3] % (AUC
+0.974), graph 55.9 [53.9, 58.4] % (AUC 0.809), spherical without the early channel
+(``no_early``) 24.7 [22.8, 26.4] % (AUC 0.620), planar without it 16.8 [15.2, 18.3] %
+(AUC 0.525). Paired on the same events, spherical − planar = +2.2 [+1.4, +2.9] points
+(95 %: [+0.5, +3.6]). The seed: 71 % vs 61 % (its own simulation). Almost all of the
+toy's separation is in the early-time channel.
+``direction`` (2000 / 500 / 1000 events, 5 epochs = 310 steps): 73.8 % within 30°, 94.1 %
+within 60°, median error 19.9° on the simulated test set, and the non-ML hit centroid as
+much (72.6 % / 94.7 % / 20.3°): point-like electrons with a 20° ring smear are easier than
+the seed's simulation (50 % within 60°). ``direction+tracks`` (multiple scattering):
+23.3 % within 30°, 61.0 % within 60°, median 49.3° (hit centroid 24.6 % / 63.5 % /
+47.7°; vMF cones well calibrated: 90 % nominal → 89.1 %); results/kamland/direction*/.
 """
 
 import ml_collections

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import statistics
@@ -135,7 +134,7 @@ def _fast_model(case: dict[str, Any]) -> dict[str, Any]:
   sys.path.insert(0, REPO_ROOT)
   from recoil_jax import sweeps  # pylint: disable=g-import-not-at-top
   from recoil_jax.ops.sphere import grids, layers  # pylint: disable=g-import-not-at-top
-  from recoil_jax.studies.kamland import model as kamland_model  # pylint: disable=g-import-not-at-top
+  from recoil_jax.studies.kamland import model as kamland_model  # pylint: disable=g-import-not-at-top,line-too-long
   config = sweeps.load_config_file(os.path.join(REPO_ROOT, "configs", "kamland.py")).get_config()
   m, d, b = config.model, config.data, config.train.global_batch_size
   module = kamland_model.SphericalClassifier(

@@ -34,11 +34,14 @@ plot and a ``PROVENANCE.md`` (checked by ``tests/test_results.py``) are copied t
 Commands:
   python scripts/kamland_compare.py --workdir=runs/kamland_compare \
       --results_dir=results/kamland/comparison              # default sizes, CPU
-  python scripts/kamland_compare.py --workdir=/tmp/kc --quick  # smoke sizes, ~3 min
+  python scripts/kamland_compare.py --workdir=/tmp/kc --quick  # smoke sizes, minutes
 
 Cost at the default sizes (2 000 / 500 / 1 000 events per class, 5 epochs with early
-stopping): see ``results/kamland/comparison/PROVENANCE.md`` (≈ 20 min for the five rows
-on the shared 2-core CPU, the dataset simulated once).
+stopping; the dataset simulated once, ≈ 3.5 min): 1.5–2.5 min per row on a quiet 2-core
+CPU (≈ 10–15 min for the five, estimated from the earlier quiet runs of two rows); the
+committed table took 140 min (70 / 28 / 25 / 9 / 7 min) on the same CPU shared with other
+jobs at load 5–16 (``results/kamland/comparison/PROVENANCE.md``). ``--quick``: smoke
+sizes.
 """
 
 from __future__ import annotations
@@ -68,10 +71,10 @@ ROWS = {
     "planar_no_early": ("planar+no_early", "planar CNN, all channel only"),
 }
 # Paired differences reported: (minuend, subtrahend, what it measures).
-DIFFERENCES = (("spherical", "planar", "spherical − planar (the seed's comparison)"),
-               ("spherical", "graph", "spherical − graph"),
-               ("spherical", "spherical_no_early", "early-time channel, spherical"),
-               ("planar", "planar_no_early", "early-time channel, planar"))
+DIFFERENCES = (("spherical", "planar", "the seed's comparison"),
+               ("spherical", "graph", "spherical vs graph network"),
+               ("spherical", "spherical_no_early", "the early-time channel, spherical"),
+               ("planar", "planar_no_early", "the early-time channel, planar"))
 SEED_QUOTE = ("\"Spherical CNN background rejection is 71% improved from 61% for normal CNN\" "
               "(seed 000; ¹⁰C rejection at 90 % 0νββ acceptance, the collaboration's "
               "simulation)")
@@ -188,7 +191,7 @@ def roc_plot(path: str, curves: dict[str, dict[str, np.ndarray]], efficiency: fl
   ax.set_ylabel("¹⁰C acceptance (background efficiency)")
   ax.set_title(f"KamLAND-Zen toy: 0νββ vs ¹⁰C ROC ({label}, same test events)")
   ax.grid(True, which="both", alpha=0.3)
-  ax.legend(fontsize=8, loc="upper left")
+  ax.legend(fontsize=8, loc="lower right")
   return io.save_figure_atomic(fig, path, dpi=120, bbox_inches="tight")
 
 
@@ -229,13 +232,14 @@ def write_tables(workdir: str, rows: Sequence[dict[str, Any]], diffs: Sequence[d
   md += ["", f"Seed: {SEED_QUOTE}.", "",
          f"Paired differences ({lab}; the same resampled test events for both models, "
          f"{setup['num_resamples']} resamples):", "",
-         "| difference | Δ rejection (pp) | 68 % interval | 95 % interval | Δ AUC | 68 % interval |",
-         "|---|---|---|---|---|---|"]
+         "| difference | Δ rejection (pp) | 68 % interval | 95 % interval | resamples with Δ > 0 | "
+         "Δ AUC | 68 % interval |", "|---|---|---|---|---|---|---|"]
   for d in diffs:
     md.append(f"| {d['a']} − {d['b']} ({d['what']}) | {100 * d['rejection']:+.1f} | "
               f"[{100 * d['rejection_68'][0]:+.1f}, {100 * d['rejection_68'][1]:+.1f}] | "
               f"[{100 * d['rejection_95'][0]:+.1f}, {100 * d['rejection_95'][1]:+.1f}] | "
-              f"{d['auc']:+.4f} | [{d['auc_68'][0]:+.4f}, {d['auc_68'][1]:+.4f}] |")
+              f"{100 * d['rejection_fraction_positive']:.1f} % | {d['auc']:+.4f} | "
+              f"[{d['auc_68'][0]:+.4f}, {d['auc_68'][1]:+.4f}] |")
   md += ["", "ms / step: median wall time per optimiser step between logged training records "
          "(batch 32, compilation and evaluations excluded); run wall time: the whole run "
          "(training, evaluations, analysis; dataset reused). Shared 2-core CPU: timings "
@@ -363,6 +367,12 @@ def publish(workdir: str, results_dir: str, args: argparse.Namespace, argv: Sequ
     commit = "not recorded (no git checkout)"
   base = args.base_variant
   data_dir = os.path.abspath(os.path.expanduser(args.data_dir))
+  timed = [(r["name"], r["seconds"]) for r in payload["rows"]]
+  rows_text = "Rows, as recorded when each was trained (dataset reused): " + ", ".join(
+      f"{n} {'not recorded' if t is None else f'{t / 60:.0f} min'}" for n, t in timed)
+  if all(t is not None for _, t in timed):
+    rows_text += f" (total {sum(t for _, t in timed) / 60:.0f} min)"
+  load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
   text = (f"# Provenance of `{os.path.basename(results_dir)}/`\n\n"
           "**All numbers in this folder are simulated** (Nhit-matched toy KamLAND-Zen 0νββ "
           "and ¹⁰C events of `recoil_jax/studies/kamland/sim.py`, the same events for every "
@@ -375,8 +385,8 @@ def publish(workdir: str, results_dir: str, args: argparse.Namespace, argv: Sequ
           f"## Command\n\n```bash\npython scripts/kamland_compare.py {' '.join(argv)}\n```\n\n"
           f"## Commit\n\n{commit}\n\n## Machine\n\n{platform.machine()}, "
           f"{os.cpu_count()} CPU cores, {platform.platform()}\n\n"
-          f"## Wall time\n\n{seconds / 60:.1f} min for this call (rows trained in it plus "
-          "the paired bootstrap); per-row run times are in `comparison.md`.\n")
+          f"## Wall time\n\n{rows_text}; {seconds / 60:.1f} min for the call that wrote "
+          f"this folder (load average at its end: {load}).\n")
   out.append(io.write_text_atomic(os.path.join(results_dir, "PROVENANCE.md"), text))
   return out
 

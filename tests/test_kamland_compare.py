@@ -55,6 +55,7 @@ def test_tables_label_everything_simulated_and_quote_the_seed(compare, tmp_path)
                                                             ("planar", "planar"))]
   diffs = [{"a": "spherical", "b": "planar", "what": "x", "rejection": 0.02,
             "rejection_68": [0.01, 0.03], "rejection_95": [0.0, 0.04], "auc": 0.01,
+            "rejection_fraction_positive": 0.99,
             "auc_68": [0.005, 0.015]}]
   setup = {"signal_efficiency": 0.9, "num_test_signal": 1000, "num_test_background": 1000,
            "num_train_per_class": 2000, "num_validation_per_class": 500, "base_variant": "",

@@ -130,3 +130,15 @@ def test_electron_tracks_keep_the_cherenkov_yield_and_blur_the_direction():
   assert centroid_error(track) > centroid_error(point) + 10
   full = sim.simulate(8, 16, "0vbb", electron_tracks=True)  # Scintillation along the tracks.
   np.testing.assert_allclose(full.visible_energy, sim.Q_BB_MEV, rtol=1e-6)
+
+
+def test_matching_retries_with_more_events_when_a_bin_is_short():
+  """Too little background for the quota (oversample 0.3) fails at once; the retry
+  simulates more from further seeds and still returns matched, deterministic classes."""
+  with pytest.raises(ValueError, match="simulate more"):
+    s = sim.simulate(np.random.SeedSequence(0).spawn(3)[0], 28, "0vbb")
+    sim.match_nhit(s, s.select(np.arange(5)), 25)
+  ev = sim.simulate_matched(0, 25, oversample_background=0.3)
+  again = sim.simulate_matched(0, 25, oversample_background=0.3)
+  assert (ev.label == 1).sum() == (ev.label == 0).sum() == 25
+  np.testing.assert_array_equal(ev.time, again.time)

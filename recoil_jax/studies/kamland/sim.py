@@ -557,21 +557,39 @@ def match_nhit(signal: Events, background: Events, num_per_class: int, *,
           background.select(np.sort(np.concatenate(pick_b))))
 
 
+MATCH_RETRIES = 4
+
+
 def simulate_matched(seed, num_per_class: int, *, oversample_signal: float = 1.3,
                      oversample_background: float = 8.0, **kwargs) -> Events:
   """Nhit-matched 0νββ and ¹⁰C events (``num_per_class`` each), shuffled together.
 
   ¹⁰C events outside a ±5σ visible-energy window around Q are cut before the light
-  simulation (they could never match), so oversampling costs little.
+  simulation (they could never match), so oversampling costs little. If an Nhit bin is
+  short of events (``match_nhit`` raises; it happens for a few seeds at the default
+  oversampling), as many events of both classes again are simulated from further seeds
+  of ``seed`` and the matching is redone, up to ``MATCH_RETRIES`` times; seeds that match
+  at once are unaffected.
   """
   ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
   s_seed, b_seed, m_seed = ss.spawn(3)
   n_s = int(np.ceil(oversample_signal * num_per_class)) + 20
+  n_b = int(np.ceil(oversample_background * num_per_class)) + 20
   sig = simulate(s_seed, n_s, "0vbb", **kwargs)
   window = 5 * RESOLUTION_AT_1MEV * np.sqrt(Q_BB_MEV)
-  bkg = simulate(b_seed, int(np.ceil(oversample_background * num_per_class)) + 20, "c10",
+  bkg = simulate(b_seed, n_b, "c10",
                  energy_window_mev=(Q_BB_MEV - window, Q_BB_MEV + window), **kwargs)
-  sig, bkg = match_nhit(sig, bkg, num_per_class, seed=m_seed)
-  both = concatenate([sig, bkg])
+  for attempt in range(MATCH_RETRIES + 1):
+    try:
+      sig_m, bkg_m = match_nhit(sig, bkg, num_per_class, seed=m_seed)
+      break
+    except ValueError:
+      if attempt == MATCH_RETRIES:
+        raise
+      more_s, more_b = ss.spawn(2)
+      sig = concatenate([sig, simulate(more_s, n_s, "0vbb", **kwargs)])
+      bkg = concatenate([bkg, simulate(more_b, n_b, "c10", energy_window_mev=(
+          Q_BB_MEV - window, Q_BB_MEV + window), **kwargs)])
+  both = concatenate([sig_m, bkg_m])
   order = np.random.default_rng(m_seed).permutation(len(both))
   return both.select(order)
