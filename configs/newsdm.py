@@ -10,6 +10,8 @@ Command (variants after the colon):
   python -m recoil_jax.main --config=configs/newsdm.py --workdir=runs/newsdm
   python -m recoil_jax.main --config=configs/newsdm.py:smoke --workdir=/tmp/newsdm_smoke
   python -m recoil_jax.main --config=configs/newsdm.py:cpu_hour --workdir=runs/newsdm_hour
+  python -m recoil_jax.main --config=configs/newsdm.py:eval1e5 --config.mode=evaluate \
+      --workdir=runs/newsdm        # 10⁵ fog + 10⁵ γ on a trained run's weights
 
 Variants (combine with "+"):
   (default)    small: 6 000 simulated training events × 2 epochs (174 steps of 64),
@@ -17,9 +19,10 @@ Variants (combine with "+"):
                has 6 927 044); test sets of 500 events per carbon energy and beam angle and
                10⁴ per background.
   smoke        tiny: the same code path in seconds (tests use it).
-  cpu_hour     ≈ 1 CPU-hour of training (18 000 events × 3 epochs ≈ 783 steps at the
-               measured 4.4 CPU-s per step; extrapolated, not run end to end) plus the
-               goal's test sets of `eval1e5` (10⁵ fog + 10⁵ γ, ≈ 55 CPU-min more).
+  cpu_hour     ≈ 1 h of training on the idle 2-core CPU (36 000 events × 3 epochs = 1 566
+               steps at the measured 2.3 s per step; extrapolated, not run end to end)
+               plus the goal's test sets of `eval1e5` at beams 0° and 90° (≈ 28 min idle);
+               on the shared machine at load ~10, ≈ 6 h + 1.5 h.
   eval1e5      the issue's measurement: 10⁵ fog and 10⁵ γ events, 2 000 per carbon energy
                at beam 0°; only analysis keys, so it re-evaluates a trained run
                (--config.mode=evaluate --workdir=<run>).
@@ -42,21 +45,30 @@ Every test event is simulated and predicted once, by the analysis (the trainer's
 evaluation covers validation only), chunk by chunk: memory does not grow with the number
 of test events.
 
-Expected runtime (measured on the project's 2-core CPU shared with 6–10 other jobs, load
-7–14; CPU-seconds are the load-independent numbers): a training step of 64 at width 0.25
-costs 4.4 CPU-s (13.3 s wall at load 8–11; 4.2 s wall by ``scripts/bench_newsdm.py`` on a
-lightly loaded machine); the streamed test prediction 62 events per CPU-second at width
-0.25 (≈ 30 events/s wall under that load), i.e. 10⁵ events ≈ 27 CPU-minutes
-(``eval1e5``: see below). smoke: 32–48 s end to end. Default: 58 min 35 s end to end
-under that load (1 447 CPU-s; training 38 min, test sets 17 min for 34 500 events; peak
-RSS 2.0 GB). One GPU: not measured (none lent to this work).
+Expected runtime (measured on the project's 2-core CPU; it was shared with 6–10 other jobs,
+load 7–14, for the runs, so CPU-seconds are given as the load-independent numbers):
+NEWSnet_3D width 0.25, a training step of 64 costs 4.4 CPU-s — 2.3 s wall on the idle
+machine (28 images/s, ``scripts/bench_newsdm.py``), 13.3 s at load 8–11; the streamed test
+prediction (simulation, cuts, barycentre and network) 62 events per CPU-second — 125
+events/s idle, 30–39 events/s at load 4–10; the simulator 800–1 400 cleaned events/s.
+smoke: 32–48 s end to end. Default: 58 min 35 s end to end at load 7–14 (1 447 CPU-s:
+training 38 min, the 34 500 test events 17 min; peak RSS 2.0 GB), ≈ 7 + 5 min on the idle
+machine (extrapolated from the rates above). ``eval1e5`` on the default's weights: 10⁵ fog
+events in 45 min at load 4–10 (1 598 CPU-s; ≈ 13 min idle), RSS 1.1–1.5 GB from the first
+to the last event (memory-bounded); 10⁵ γ the same. 10⁵ events per background would more
+than double the default's time on the shared machine, so it is in ``eval1e5`` /
+``cpu_hour`` / ``paper`` only. One GPU: not measured (none lent to this work).
 
-Expected result (simulated; default, step 174, results/newsdm/default): C100 (beam 0°) vs
-fog AUC 0.891 and no fog event of 9 565 passes at 30 % or 50 % C100 efficiency — 1/ε_B >
-5.2·10³ (68 % Clopper–Pearson); vs γ AUC 0.772, 1/ε_B = 58.6 [53.6, 64.1] at 30 % and
-9.7 [9.4, 10.1] at 50 %; the barycentre-shift cut on the same events: 3.66 (fog) and 2.57
-(γ) at 30 %. NEWSnet_3D trained on C + fog only ranks nanoparticles below the barycentre
-cut (AUC 0.54 vs 0.66 for C100): use `unphysical` for that background.
+Expected result (simulated; default, step 174; results/newsdm/default and eval1e5_*):
+C100 (beam 0°) vs fog: AUC 0.88–0.89; no fog event passes at 30 % or 50 % C100 efficiency,
+0 of 95 734 (10⁵ before the cuts) — 1/ε_B > 5.2·10⁴ (68 % Clopper–Pearson; > 2.6·10⁴ at
+95 %), the first fog event passing at 55 % efficiency: the goal's 10⁴ at ≥ 30 % is reached
+against (toy) fog. C100 vs γ: AUC 0.77, 1/ε_B = 79.9 [77.4, 82.5] at 30 % (978 of 78 145)
+and 9.6 at 50 %; 10⁴ against γ only at 14 % efficiency — not reached. The barycentre-shift
+cut on the same events: 3.64 (fog) and 2.55 (γ) at 30 %. NEWSnet_3D trained on C + fog
+ranks nanoparticles below the barycentre cut (AUC 0.54 vs 0.66 for C100): use
+``unphysical`` for that background. What makes the toy easier or harder than the real
+emulsion: the sim.py docstring.
 """
 
 import ml_collections
@@ -172,13 +184,13 @@ def _smoke(config):
 
 
 def _cpu_hour(config):
-  # ≈ 1 CPU-hour of training, sized from the default run's measured 4.4 CPU-s per step of
-  # 64 at width 0.25 (extrapolated; not run end to end): 18 000 events (≈ 16 700 after the
-  # cuts) × 3 epochs ≈ 783 steps ≈ 3 450 CPU-s — about an hour of one core, 35–60 min on
-  # both cores of an unshared machine, ~3 h at a load of 10. Then the goal's test sets
-  # (`eval1e5`, 2·10⁵ background + 12 000 carbon events at 62 per CPU-second ≈ 57 CPU-min).
-  config.data.num_train = 18000
-  config.data.num_validation = 3000
+  # ≈ 1 h of training on the idle 2-core CPU, sized from the measured step time (not run
+  # end to end): 2.3 s wall (4.4 CPU-s) per step of 64 at width 0.25 → 1 h ≈ 1 560 steps;
+  # 36 000 events (≈ 33 400 after the cuts) × 3 epochs = 1 566 steps. Then the goal's test
+  # sets (`eval1e5` at beams 0° and 90°: 2·10⁵ background + 12 000 carbon events at 125
+  # events/s ≈ 28 min idle). On the machine shared at load ~10: ~13 s/step, ≈ 6 h + 1.5 h.
+  config.data.num_train = 36000
+  config.data.num_validation = 4000
   config.train.num_epochs = 3
   config.train.log_every_steps = 50
   config.train.checkpoint_every_steps = 200
