@@ -12,10 +12,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import platform
+import shutil
+import subprocess
 import sys
 import time
 from types import ModuleType
-from typing import Any
+from typing import Any, Sequence
 
 import ml_collections
 
@@ -84,3 +87,44 @@ def run_or_reuse(config: ml_collections.ConfigDict, run_dir: str, *, name: str, 
     return result, None
   with open(timing, encoding="utf-8") as f:
     return result, json.load(f)["seconds"]
+
+
+def git_commit(repo_root: str) -> str:
+  """Short HEAD commit of ``repo_root``, marked when the working tree has uncommitted changes."""
+  try:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo_root,
+                            capture_output=True, text=True, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           cwd=repo_root, capture_output=True, text=True,
+                           check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "not recorded (no git checkout)"
+  return commit + (" (with uncommitted changes)" if dirty else "")
+
+
+def copy_atomic(src: str, dst: str) -> str:
+  """Copies ``src`` to ``dst`` through a temporary file, so a killed copy leaves no half file."""
+  with io.atomic_path(dst, suffix=os.path.splitext(dst)[1]) as tmp:
+    shutil.copyfile(src, tmp)
+  return dst
+
+
+def write_provenance(results_dir: str, *, what: str, config: str, overrides: str,
+                     command: str, repo_root: str, wall_time: str,
+                     checked_by: str = "`tests/test_results.py`") -> str:
+  """Writes ``results_dir/PROVENANCE.md`` for a published table; returns its path.
+
+  The machine-readable block (config, overrides, status, stale keys) is the one
+  ``tests/test_results.py`` parses; ``what`` says where the numbers come from (say
+  "simulated" there when they are).
+  """
+  load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+  text = (f"# Provenance of `{os.path.basename(os.path.normpath(results_dir))}/`\n\n"
+          f"{what}\n\nMachine-readable (checked by {checked_by}):\n\n```text\n"
+          f"config: {config}\noverrides: {overrides}\nstatus: current\nstale_keys: none\n"
+          f"```\n\n## Command\n\n```bash\n{command}\n```\n\n"
+          f"## Commit\n\n{git_commit(repo_root)}\n\n## Machine\n\n{platform.machine()}, "
+          f"{os.cpu_count()} CPU cores, {platform.platform()}\n\n"
+          f"## Wall time\n\n{wall_time} (load average when this was written: {load}).\n")
+  return io.write_text_atomic(os.path.join(results_dir, "PROVENANCE.md"), text)
+

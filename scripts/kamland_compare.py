@@ -50,9 +50,6 @@ import argparse
 import json
 import math
 import os
-import platform
-import shutil
-import subprocess
 import sys
 import time
 from typing import Any, Sequence
@@ -346,6 +343,7 @@ def publish(workdir: str, results_dir: str, args: argparse.Namespace, argv: Sequ
             seconds: float) -> list[str]:
   """Copies comparison.{md,json} and roc.png into ``results_dir`` with a PROVENANCE.md."""
   from recoil_jax import io  # pylint: disable=g-import-not-at-top
+  from recoil_jax import sweeps  # pylint: disable=g-import-not-at-top
   os.makedirs(results_dir, exist_ok=True)
   with open(os.path.join(workdir, "comparison.json"), encoding="utf-8") as f:
     payload = json.load(f)
@@ -353,18 +351,7 @@ def publish(workdir: str, results_dir: str, args: argparse.Namespace, argv: Sequ
     row["workdir"] = os.path.relpath(os.path.join(workdir, row["workdir"]), results_dir)
   out = [io.write_json_atomic(os.path.join(results_dir, "comparison.json"), payload)]
   for name in ("comparison.md", "roc.png"):
-    dst = os.path.join(results_dir, name)
-    with io.atomic_path(dst, suffix=os.path.splitext(name)[1]) as tmp:
-      shutil.copyfile(os.path.join(workdir, name), tmp)
-    out.append(dst)
-  try:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
-                            capture_output=True, text=True, check=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT,
-                           capture_output=True, text=True, check=True).stdout.strip()
-    commit += " (with uncommitted changes)" if dirty else ""
-  except (OSError, subprocess.CalledProcessError):
-    commit = "not recorded (no git checkout)"
+    out.append(sweeps.copy_atomic(os.path.join(workdir, name), os.path.join(results_dir, name)))
   base = args.base_variant
   data_dir = os.path.abspath(os.path.expanduser(args.data_dir))
   timed = [(r["name"], r["seconds"]) for r in payload["rows"]]
@@ -372,22 +359,17 @@ def publish(workdir: str, results_dir: str, args: argparse.Namespace, argv: Sequ
       f"{n} {'not recorded' if t is None else f'{t / 60:.0f} min'}" for n, t in timed)
   if all(t is not None for _, t in timed):
     rows_text += f" (total {sum(t for _, t in timed) / 60:.0f} min)"
-  load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-  text = (f"# Provenance of `{os.path.basename(results_dir)}/`\n\n"
-          "**All numbers in this folder are simulated** (Nhit-matched toy KamLAND-Zen 0νββ "
-          "and ¹⁰C events of `recoil_jax/studies/kamland/sim.py`, the same events for every "
-          "row); the seed's 71 % / 61 % come from the collaboration's simulation.\n\n"
-          "Machine-readable (checked by `tests/test_results.py` against every row's "
-          "recorded config in `comparison.json`):\n\n```text\n"
-          f"config: {CONFIG_REL}{':' + base if base else ''}\n"
-          f"overrides: --config.data.data_dir={data_dir}\n"
-          "status: current\nstale_keys: none\n```\n\n"
-          f"## Command\n\n```bash\npython scripts/kamland_compare.py {' '.join(argv)}\n```\n\n"
-          f"## Commit\n\n{commit}\n\n## Machine\n\n{platform.machine()}, "
-          f"{os.cpu_count()} CPU cores, {platform.platform()}\n\n"
-          f"## Wall time\n\n{rows_text}; {seconds / 60:.1f} min for the call that wrote "
-          f"this folder (load average at its end: {load}).\n")
-  out.append(io.write_text_atomic(os.path.join(results_dir, "PROVENANCE.md"), text))
+  out.append(sweeps.write_provenance(
+      results_dir,
+      what=("**All numbers in this folder are simulated** (Nhit-matched toy KamLAND-Zen 0νββ "
+            "and ¹⁰C events of `recoil_jax/studies/kamland/sim.py`, the same events for every "
+            "row); the seed's 71 % / 61 % come from the collaboration's simulation."),
+      config=f"{CONFIG_REL}{':' + base if base else ''}",
+      overrides=f"--config.data.data_dir={data_dir}",
+      command=f"python scripts/kamland_compare.py {' '.join(argv)}", repo_root=REPO_ROOT,
+      wall_time=f"{rows_text}; {seconds / 60:.1f} min for the call that wrote this folder",
+      checked_by=("`tests/test_results.py` against every row's recorded config in "
+                  "`comparison.json`")))
   return out
 
 

@@ -196,10 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def publish(workdir: str, results_dir: str, rows: Sequence[dict[str, Any]],
             argv: Sequence[str], seconds: float) -> list[str]:
   """Copies the tables and the baseline's figures into ``results_dir`` (atomic writes)."""
-  import platform  # pylint: disable=g-import-not-at-top
-  import shutil  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
   from recoil_jax import io  # pylint: disable=g-import-not-at-top
+  from recoil_jax import sweeps  # pylint: disable=g-import-not-at-top
 
   os.makedirs(results_dir, exist_ok=True)
   with open(os.path.join(workdir, "ablation.json"), encoding="utf-8") as f:
@@ -207,35 +205,22 @@ def publish(workdir: str, results_dir: str, rows: Sequence[dict[str, Any]],
   for row in payload["rows"]:  # Run folders relative to the published table.
     row["workdir"] = os.path.relpath(os.path.join(workdir, row["workdir"]), results_dir)
   out = [io.write_json_atomic(os.path.join(results_dir, "ablation.json"), payload)]
-  shutil.copyfile(os.path.join(workdir, "ablation.md"), os.path.join(results_dir, ".md.tmp"))
-  os.replace(os.path.join(results_dir, ".md.tmp"), os.path.join(results_dir, "ablation.md"))
-  out.append(os.path.join(results_dir, "ablation.md"))
+  out.append(sweeps.copy_atomic(os.path.join(workdir, "ablation.md"),
+                                os.path.join(results_dir, "ablation.md")))
   baseline = os.path.join(workdir, "baseline")
   for name in ("selection.md", "figure9.md", "figure9.png"):
     src = os.path.join(baseline, name)
     if os.path.exists(src) and any(r["variant"] == "baseline" for r in rows):
       stem, ext = os.path.splitext(name)
-      dst = os.path.join(results_dir, f"{stem}_baseline{ext}")
-      with io.atomic_path(dst, suffix=ext) as tmp:
-        shutil.copyfile(src, tmp)
-      out.append(dst)
-  try:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
-                            capture_output=True, text=True, check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    commit = "not recorded (no git checkout)"
+      out.append(sweeps.copy_atomic(src, os.path.join(results_dir, f"{stem}_baseline{ext}")))
   base = payload["setup"].get("base_variant") or ""
-  text = (f"# Provenance of `{os.path.basename(results_dir)}/`\n\n"
-          "**All numbers in this folder are simulated** (toy LArTPC simulation, reduced size "
-          "and budget); the \"(paper)\" columns are arXiv 2012.01301 Tables 2 and 3.\n\n"
-          "Machine-readable (checked by `tests/test_results.py`):\n\n```text\n"
-          f"config: configs/sbnd.py{':' + base if base else ''}\noverrides: none\n"
-          "status: current\nstale_keys: none\n```\n\n"
-          f"## Command\n\n```bash\npython scripts/sbnd_ablation.py {' '.join(argv)}\n```\n\n"
-          f"## Commit\n\n{commit}\n\n## Machine\n\n{platform.machine()}, "
-          f"{os.cpu_count()} CPU cores, {platform.platform()}\n\n"
-          f"## Wall time\n\n{seconds / 60:.1f} min for the rows trained in this call.\n")
-  out.append(io.write_text_atomic(os.path.join(results_dir, "PROVENANCE.md"), text))
+  out.append(sweeps.write_provenance(
+      results_dir,
+      what=("**All numbers in this folder are simulated** (toy LArTPC simulation, reduced "
+            "size and budget); the \"(paper)\" columns are arXiv 2012.01301 Tables 2 and 3."),
+      config=f"configs/sbnd.py{':' + base if base else ''}", overrides="none",
+      command=f"python scripts/sbnd_ablation.py {' '.join(argv)}", repo_root=REPO_ROOT,
+      wall_time=f"{seconds / 60:.1f} min for the rows trained in this call"))
   return out
 
 

@@ -64,3 +64,24 @@ def test_tables_label_everything_simulated_and_quote_the_seed(compare, tmp_path)
   md = open(md_path, encoding="utf-8").read()
   assert "simulated" in md and "71%" in md and "61%" in md and "+2.0" in md
   assert json.load(open(json_path, encoding="utf-8"))["data"] == "simulated"
+
+
+def test_publish_writes_tables_and_a_checked_provenance(compare, tmp_path):
+  import argparse  # pylint: disable=g-import-not-at-top
+  import test_results  # pylint: disable=g-import-not-at-top
+  work = tmp_path / "work"
+  (work / "spherical").mkdir(parents=True)
+  (work / "comparison.json").write_text(json.dumps(
+      {"rows": [{"name": "spherical", "seconds": 120.0, "workdir": "spherical"}]}))
+  (work / "comparison.md").write_text("| model |\n")
+  (work / "roc.png").write_bytes(b"png")
+  args = argparse.Namespace(base_variant="smoke", data_dir=str(tmp_path / "tfds"))
+  out = compare.publish(str(work), str(tmp_path / "pub"), args, ["--quick"], 90.0)
+  assert sorted(os.path.basename(p) for p in out) == [
+      "PROVENANCE.md", "comparison.json", "comparison.md", "roc.png"]
+  fields, text = test_results.read_provenance(str(tmp_path / "pub"))
+  assert fields["config"] == "configs/kamland.py:smoke"
+  assert fields["overrides"] == f"--config.data.data_dir={tmp_path / 'tfds'}"
+  assert "spherical 2 min (total 2 min); 1.5 min" in text and "simulated" in text
+  rows = json.loads((tmp_path / "pub" / "comparison.json").read_text())["rows"]
+  assert rows[0]["workdir"] == os.path.join("..", "work", "spherical")
