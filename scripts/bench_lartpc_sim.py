@@ -11,22 +11,51 @@ active, ~2.3k cosmic, ~250 neutrino pixels per plane).  Neutrino-pixel means
 are over events with a neutrino.  No peer simulator is available here
 (LArSoft/Wire-Cell are not installable), so there are no ratios.
 
+The simulator runs on one core (numpy, single-threaded): CPU/wall ≈ 1 on an
+idle machine, below 1 when other jobs share the cores.  ``--stages`` adds the
+CPU time per simulation stage (generators, transport, drift, the per-plane
+native images and their parts, pooling) of the timed events; stages nest, so
+their shares do not sum to 100 %.
+
 Usage:
   python scripts/bench_lartpc_sim.py                      # 640x1024 and 128x256
   python scripts/bench_lartpc_sim.py --resolutions 640x1024 --num-events 16
   python scripts/bench_lartpc_sim.py --signal raw           # bipolar induction
+  python scripts/bench_lartpc_sim.py --resolutions 640x1024 --num-events 16 --stages
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import functools
 import os
 import platform
 import time
 
 import numpy as np
 
+from recoil_jax.studies.sbnd import sim
+from recoil_jax.studies.sbnd import sim_generators
+from recoil_jax.studies.sbnd import sim_tracks
 from recoil_jax.studies.sbnd.sim import INTERACTIONS, PLANE_NAMES, SIGNALS, simulate_sbnd_events
+
+# (module, function, label) timed by --stages; indented labels are parts of the
+# label above them.
+_STAGES = (
+    (sim_generators, "cosmic_muons", "generators: cosmic muons"),
+    (sim_generators, "neutrino_interaction", "generators: neutrino"),
+    (sim, "_readout_pieces", "cosmic readout pieces"),
+    (sim_tracks, "transport", "transport (stepping, secondaries)"),
+    (sim_tracks, "step_tracks", "  step_tracks"),
+    (sim, "render_deposits", "render_deposits (3 planes)"),
+    (sim, "drift", "  drift: charge, diffusion, row taps"),
+    (sim, "_native_plane", "  native planes (deposit, noise, truth)"),
+    (sim, "wire_weights", "    wire weights"),
+    (sim, "_noise_tail", "    noise threshold crossings"),
+    (sim, "_grid_to_native", "    grid -> native indices"),
+    (sim, "_to_rendered", "  native -> rendered indices"),
+)
 
 PAPER_640X1024 = {"active": 11_000, "cosmic": 2_300, "neutrino": 250}
 
@@ -43,7 +72,31 @@ def _parse_args() -> argparse.Namespace:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--signal", choices=SIGNALS, default="deconvolved",
                  help="simulated wire signal (SbndPhysics.signal)")
+  p.add_argument("--stages", action="store_true",
+                 help="also print the CPU time per simulation stage")
   return p.parse_args()
+
+
+def _time_stages() -> dict[str, float]:
+  """Wraps the _STAGES functions to accumulate their process CPU time, s."""
+  totals = collections.defaultdict(float)
+  for module, name, label in _STAGES:
+    fn = getattr(module, name)
+
+    @functools.wraps(fn)
+    def timed(*args, _fn=fn, _label=label, **kwargs):
+      start = time.process_time()
+      try:
+        return _fn(*args, **kwargs)
+      finally:
+        totals[_label] += time.process_time() - start
+
+    setattr(module, name, timed)
+  return totals
+
+
+def _load() -> float:
+  return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
 def _resolution(text: str) -> tuple[int, int]:
@@ -62,21 +115,29 @@ def main() -> None:
     counts = counts * len(resolutions)
   if len(counts) != len(resolutions) or min(counts) < 1:
     raise SystemExit("--num-events: one value >= 1, or one per resolution.")
-  load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
   print(f"machine: {platform.machine()} {platform.processor() or ''}, "
-        f"{os.cpu_count()} CPUs, load average {load[0]:.1f}, numpy {np.__version__}")
+        f"{os.cpu_count()} CPUs, load average {_load():.1f}, numpy {np.__version__}")
+  stages = _time_stages() if args.stages else None
   print(f"interaction fractions {dict(zip(INTERACTIONS, args.fractions))}, "
         f"signal {args.signal!r}")
   for (h, w), n in zip(resolutions, counts):
     seed = args.seed + 1000 * h + w
     simulate_sbnd_events(seed + 1, 1, height=h, width=w, signal=args.signal,
                          interaction_fractions=args.fractions)  # warm-up
+    if stages is not None:
+      stages.clear()
+    load_before = _load()
     t_wall, t_cpu = time.perf_counter(), time.process_time()
     ev = simulate_sbnd_events(seed, n, height=h, width=w, signal=args.signal,
                               interaction_fractions=args.fractions)
     wall, cpu = time.perf_counter() - t_wall, time.process_time() - t_cpu
     print(f"\n{h}x{w}: {n} simulated events, {n / wall:.2f} events/s wall, "
-          f"{n / cpu:.2f} events/s CPU ({1e3 * cpu / n:.0f} ms CPU/event)")
+          f"{n / cpu:.2f} events/s CPU ({1e3 * cpu / n:.0f} ms CPU/event, "
+          f"CPU/wall {cpu / wall:.2f}, load average {load_before:.1f} -> {_load():.1f})")
+    if stages is not None:
+      for *_, label in _STAGES:
+        seconds = stages.get(label, 0.0)
+        print(f"  {label:<42}{1e3 * seconds / n:8.2f} ms CPU/event {100 * seconds / cpu:6.1f} %")
     active = (ev.images != 0).sum(axis=(2, 3))
     cosmic = (ev.labels == 1).sum(axis=(2, 3))
     neutrino = (ev.labels == 2).sum(axis=(2, 3))

@@ -207,6 +207,32 @@ def test_electron_shower_energy_and_extent():
   assert 2 * phys.LAR_RADIATION_LENGTH_MM < np.mean(lengths) < 1500
 
 
+def test_step_energies_follow_the_range_table():
+  # Step k's end energy is step k+1's start energy (one table look-up per
+  # boundary); check every step against T(R − s) directly, non-integer step too.
+  tables = phys.range_tables()
+  for step in (1.0, 0.7):
+    tracks = tr.Particles.make(np.array([phys.MUON, phys.PROTON, phys.ELECTRON]),
+                               [0.0, 0.0, 1000.0], [0.0, 0.0, 1.0],
+                               np.array([300.0, 150.0, 20.0]), 0.0, tr.ORIGIN_COSMIC)
+    opts = tr.TransportOptions(step_mm=step, fluctuations=False,
+                               multiple_scattering=False, delta_rays=False)
+    res = tr.step_tracks(tracks, np.random.default_rng(0), opts)
+    r0 = tables.range_of(tracks.species, tracks.kinetic_mev)
+    start = 0
+    for i, track_r0 in enumerate(r0):
+      n = int(math.ceil(track_r0 / step))
+      ds = res.deposits.step_mm[start:start + n]
+      s_edges = np.concatenate([[0.0], np.cumsum(ds)])
+      t_edges = tables.kinetic_of(np.full(n + 1, tracks.species[i]), track_r0 - s_edges)
+      t_edges[0] = tracks.kinetic_mev[i]
+      np.testing.assert_allclose(res.deposits.energy_mev[start:start + n],
+                                 np.maximum(-np.diff(t_edges), 0.0), rtol=1e-9, atol=1e-12)
+      assert res.end_kinetic[i] == pytest.approx(t_edges[-1], abs=1e-9)
+      start += n
+    assert start == len(res.deposits)
+
+
 def test_transport_is_seeded():
   mu = tr.Particles.make(phys.MUON, [0.0, 2000.0, 2500.0], [0.3, -1, 0.1], 3000.0,
                          0.0, tr.ORIGIN_COSMIC, charge=1)
@@ -248,6 +274,38 @@ def test_fast_render_matches_reference():
     np.testing.assert_array_equal(fast_lab, ref_lab)
     for plane in range(3):
       assert set(np.unique(fast_lab[plane])) == {0, 1, 2}
+
+
+def test_render_into_out_and_scratch_buffers_are_left_zero(monkeypatch):
+  # render_deposits sums into per-thread scratch grids that it re-zeroes where
+  # it wrote; a leak would add one event's charge to the next.
+  deps, _ = L.simulate_event_deposits(3, 0, "nue_cc")
+  kw = dict(height=128, width=256)
+  img, lab = L.render_deposits(deps, np.random.default_rng(1), **kw)
+  assert (img != 0).sum() > 1000 and (lab == 2).any()
+  for name in ("mask", "grid_sum", "pooled"):
+    assert not getattr(L._THREAD, name).any(), name
+  out = (np.zeros((2, 3, 128, 256), np.float32), np.zeros((2, 3, 128, 256), np.uint8))
+  for i in range(2):  # into a batch's slices, twice: same result
+    got = L.render_deposits(deps, np.random.default_rng(1), out=(out[0][i], out[1][i]), **kw)
+    assert np.shares_memory(got[0], out[0][i]) and np.shares_memory(got[1], out[1][i])
+    np.testing.assert_array_equal(out[0][i], img)
+    np.testing.assert_array_equal(out[1][i], lab)
+  with pytest.raises(ValueError, match="out"):
+    L.render_deposits(deps, np.random.default_rng(1), out=(img[:, :, :128], lab), **kw)
+  with pytest.raises(ValueError, match="out"):
+    L.render_deposits(deps, np.random.default_rng(1), out=(img.astype(np.float64), lab), **kw)
+
+  # An error half-way through (scratch grids set) leaves them zeroed.
+  def fail(*args, **kwargs):
+    raise RuntimeError("interrupted")
+  with monkeypatch.context() as m:
+    m.setattr(L, "_noise_tail", fail)
+    with pytest.raises(RuntimeError, match="interrupted"):
+      L.render_deposits(deps, np.random.default_rng(1), **kw)
+  again = L.render_deposits(deps, np.random.default_rng(1), **kw)
+  np.testing.assert_array_equal(again[0], img)
+  np.testing.assert_array_equal(again[1], lab)
 
 
 def test_rendering_is_block_average_of_native():

@@ -295,12 +295,18 @@ def step_tracks(tracks: Particles, rng: np.random.Generator,
   offsets = np.cumsum(nsteps) - nsteps
   k = np.arange(total) - np.repeat(offsets, nsteps)
   s_lo = k * step
-  s_hi = np.minimum(s_lo + step, length[tid])
+  s_hi = np.minimum((k + 1) * step, length[tid])  # = the next step's s_lo
   ds = s_hi - s_lo
   sp_p = sp[tid]
   r0_p = r0[tid]
   t_lo = tables.kinetic_of(sp_p, r0_p - s_lo)
-  t_hi = tables.kinetic_of(sp_p, r0_p - s_hi)
+  # A step ends where the next one of its track starts (s_hi = s_lo of the
+  # next step), so only each track's last step needs its own table look-up.
+  t_hi = np.empty_like(t_lo)
+  t_hi[:-1] = t_lo[1:]
+  has = nsteps > 0
+  last = (offsets + nsteps - 1)[has]
+  t_hi[last] = tables.kinetic_of(sp_p[last], r0_p[last] - s_hi[last])
   # The first step starts at the exact initial energy (table round-off).
   first = k == 0
   t_lo[first] = tracks.kinetic_mev[tid[first]]
@@ -368,8 +374,6 @@ def step_tracks(tracks: Particles, rng: np.random.Generator,
   end_position = tracks.position_mm.copy()
   end_direction = tracks.direction.copy()
   end_kinetic = tracks.kinetic_mev.copy()
-  has = nsteps > 0
-  last = (offsets + nsteps - 1)[has]
   end_position[has] = starts[last] + disp[last]
   end_direction[has] = dirs[last]
   end_kinetic[has] = t_hi[last]
