@@ -11,13 +11,21 @@ Usage:
   # With the optional physics (sim_physics): all of it, or a comma list of
   # delta_rays, straggling, electron_spread.
   python scripts/bench_simulator.py --energy-kev 50 --physics all
+  # Several settings, and the simulator of another git commit timed in the same
+  # run (calls alternate between the two, so both see the same machine load):
+  python scripts/bench_simulator.py --energy-kev 50 --physics none all \
+      --compare-with HEAD
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 
 import jax
@@ -37,10 +45,14 @@ def _parse_args() -> argparse.Namespace:
                  help="tracks simulated together")
   p.add_argument("--repeats", type=int, default=3, help="warm timed calls")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--physics", default="none",
+  p.add_argument("--physics", default=["none"], nargs="+",
                  help="optional physics switches of simulate_electron_recoils: "
                  "'none' (default, the baseline), 'all', or a comma list of "
-                 f"{', '.join(PHYSICS_SWITCHES)}")
+                 f"{', '.join(PHYSICS_SWITCHES)}; several settings are timed "
+                 "one after the other")
+  p.add_argument("--compare-with", default=None, metavar="GIT_REF",
+                 help="also time sim.py and sim_physics.py of this git commit "
+                 "(e.g. HEAD), alternating calls with the working tree's")
   p.add_argument("--delta-cut-kev", type=float, default=1.0,
                  help="δ-ray cut of the optional physics, keV")
   return p.parse_args()
@@ -63,6 +75,37 @@ def physics_kwargs(spec: str, delta_cut_kev: float) -> dict:
   return kw
 
 
+def load_simulator_at(ref: str):
+  """simulate_electron_recoils of ``recoil_jax/studies/tpc/{sim,sim_physics}.py``
+  at git commit ``ref``, loaded as standalone modules (the rest of the package
+  is the working tree's)."""
+  root = subprocess.run(["git", "rev-parse", "--show-toplevel"], check=True,
+                        capture_output=True, text=True).stdout.strip()
+  tmp = tempfile.mkdtemp(prefix="bench_sim_")
+  names = {"sim": "_ref_tpc_sim", "sim_physics": "_ref_tpc_sim_physics"}
+  for name, mod in names.items():
+    src = subprocess.run(
+        ["git", "show", f"{ref}:recoil_jax/studies/tpc/{name}.py"], cwd=root,
+        check=True, capture_output=True, text=True).stdout
+    src = src.replace("from recoil_jax.studies.tpc import sim_physics ",
+                      f"import {names['sim_physics']} as sim_physics ")
+    src = src.replace("from recoil_jax.studies.tpc import sim as sim_lib",
+                      f"import {names['sim']} as sim_lib")
+    with open(os.path.join(tmp, mod + ".py"), "w") as f:
+      f.write(src)
+  sys.path.insert(0, tmp)
+  spec = importlib.util.spec_from_file_location(
+      names["sim"], os.path.join(tmp, names["sim"] + ".py"))
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[names["sim"]] = module
+  spec.loader.exec_module(module)
+  return module.simulate_electron_recoils
+
+
+def _load() -> float:
+  return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
 def main() -> None:
   args = _parse_args()
   if len(args.energy_kev) not in (1, 2):
@@ -81,36 +124,50 @@ def main() -> None:
   print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, "
         f"jax {jax.__version__}, backend {jax.default_backend()}, "
         f"devices {jax.devices()}")
-  physics = physics_kwargs(args.physics, args.delta_cut_kev)
-  print(f"tracks {args.num_tracks} at {label}, chunk_size {args.chunk_size}, "
-        f"physics {physics or 'none (baseline)'}")
-
-  t0 = time.perf_counter()
-  out = simulate_electron_recoils(args.seed, energies,
-                                  chunk_size=args.chunk_size, **physics)
-  first = time.perf_counter() - t0
-  times, cpu = [], []
-  for r in range(args.repeats):
-    t0, c0 = time.perf_counter(), time.process_time()
-    out = simulate_electron_recoils(args.seed + 1 + r, energies,
-                                    chunk_size=args.chunk_size, **physics)
-    times.append(time.perf_counter() - t0)
-    cpu.append(time.process_time() - c0)
-  warm = float(np.median(times))
-  load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-  print(f"first call (compile + run): {first:.2f} s; "
-        f"compile ≈ {max(first - warm, 0.0):.2f} s")
-  print(f"warm: median {warm:.3f} s over {args.repeats} calls "
-        f"(min {min(times):.3f} s) -> {args.num_tracks / warm:.0f} tracks/s "
-        f"(best {args.num_tracks / min(times):.0f})")
-  print(f"process CPU time: median {np.median(cpu):.3f} s -> "
-        f"{args.num_tracks / np.median(cpu):.0f} tracks per CPU-second; "
-        f"1-min load average {load:.1f} (other processes slow the wall time)")
-  print(f"check: mean path {out.path_length_mm.mean():.1f} mm, "
-        f"mean electrons {out.num_electrons.mean():.0f}, "
-        f"output {out.positions_mm.nbytes / 1e6:.0f} MB"
-        + (f", mean δ-rays {out.num_delta_rays.mean():.2f}"
-           if out.num_delta_rays is not None else ""))
+  sims = {"current": simulate_electron_recoils}
+  if args.compare_with:
+    sims = {args.compare_with: load_simulator_at(args.compare_with), **sims}
+  summary = []
+  for spec in args.physics:
+    physics = physics_kwargs(spec, args.delta_cut_kev)
+    print(f"\ntracks {args.num_tracks} at {label}, chunk_size {args.chunk_size}, "
+          f"physics {physics or 'none (baseline)'}")
+    times = {k: [] for k in sims}
+    cpu = {k: [] for k in sims}
+    loads = []
+    for name, sim in sims.items():
+      t0 = time.perf_counter()
+      out = sim(args.seed, energies, chunk_size=args.chunk_size, **physics)
+      first = time.perf_counter() - t0
+      print(f"[{name}] first call (compile + run): {first:.2f} s")
+    for r in range(args.repeats):
+      for name, sim in sims.items():
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = sim(args.seed + 1 + r, energies, chunk_size=args.chunk_size,
+                  **physics)
+        times[name].append(time.perf_counter() - t0)
+        cpu[name].append(time.process_time() - c0)
+        loads.append(_load())
+    for name in sims:
+      warm = float(np.median(times[name]))
+      c = float(np.median(cpu[name]))
+      print(f"[{name}] warm: median {warm:.3f} s over {args.repeats} calls "
+            f"(min {min(times[name]):.3f} s) -> {args.num_tracks / warm:.0f} "
+            f"tracks/s (best {args.num_tracks / min(times[name]):.0f}); process "
+            f"CPU time: median {c:.3f} s -> {args.num_tracks / c:.0f} tracks per "
+            f"CPU-second (CPU/wall {c / warm:.2f})")
+      summary.append((spec, name, args.num_tracks / warm, args.num_tracks / c))
+    print(f"1-min load average during the timed calls: {min(loads):.1f}-"
+          f"{max(loads):.1f} (other processes slow the wall time)")
+    print(f"check: mean path {out.path_length_mm.mean():.1f} mm, "
+          f"mean electrons {out.num_electrons.mean():.0f}, "
+          f"output {out.positions_mm.nbytes / 1e6:.0f} MB"
+          + (f", mean δ-rays {out.num_delta_rays.mean():.2f}"
+             if out.num_delta_rays is not None else ""))
+  if len(summary) > 1:
+    print("\nphysics | simulator | tracks/s (wall) | tracks per CPU-second")
+    for spec, name, wall, per_cpu in summary:
+      print(f"{spec} | {name} | {wall:.0f} | {per_cpu:.0f}")
 
 
 if __name__ == "__main__":

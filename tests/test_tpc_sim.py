@@ -141,6 +141,11 @@ def test_count_le_matches_searchsorted():
   q = q.at[:, 0].set(rows[:, 10])  # a query exactly at a tie
   ref = jax.vmap(lambda a, v: jnp.searchsorted(a, v, side="right"))(rows, q)
   np.testing.assert_array_equal(er._count_le(rows, q), ref)
+  # The variant for sorted queries (used for the electron placement), with ties
+  # between queries and row entries and repeated queries.
+  qs = jnp.sort(q.at[:, 1].set(rows[:, 12]).at[:, 2].set(rows[:, 12]), axis=1)
+  ref = jax.vmap(lambda a, v: jnp.searchsorted(a, v, side="right"))(rows, qs)
+  np.testing.assert_array_equal(er._count_le_sorted(rows, qs), ref)
 
 
 def test_interpolation_tables_match_gas_functions():

@@ -191,7 +191,7 @@ def test_spread_model_moments():
   t = er._build_tables(GAS, 1.0, CUT)
   n = 200_000
   k1, k2 = jax.random.split(jax.random.key(4))
-  v = jax.random.uniform(k1, (n, 5))
+  v = jax.random.uniform(k1, (n, 4))
   normals = jax.random.normal(k2, (n, 3))
   energy = 40.0
   disp = np.asarray(phys.spread_displacements(

@@ -298,6 +298,41 @@ def _count_le(rows: jax.Array, queries: jax.Array) -> jax.Array:
   return lo
 
 
+def _count_le_sorted(rows: jax.Array, queries: jax.Array) -> jax.Array:
+  """``_count_le`` for queries sorted ascending along each row (same result).
+
+  Searches the S row entries among the M queries instead of the reverse:
+  entry j is <= query i iff i >= #(queries < entry j), so the count is a
+  cumulative histogram of those S positions; O(S log M + M) instead of
+  O(M log S) per row (~2x faster for M ~ 3 S).
+
+  Args:
+    rows: [C, S] float, each row sorted ascending.
+    queries: [C, M] float, each row sorted ascending (NaN-free).
+
+  Returns:
+    [C, M] int32 in [0, S].
+  """
+  c, s = rows.shape
+  m = queries.shape[1]
+  flat = queries.reshape(-1)
+  base = (jnp.arange(c, dtype=jnp.int32) * m)[:, None]
+  lo = jnp.zeros(rows.shape, jnp.int32)
+  hi = jnp.full(rows.shape, m, jnp.int32)
+
+  def body(_, bounds):
+    lo, hi = bounds
+    mid = (lo + hi) // 2
+    go = (flat[base + jnp.minimum(mid, m - 1)] < rows) & (mid < hi)
+    return jnp.where(go, mid + 1, lo), jnp.where(go, hi, mid)
+
+  first, _ = jax.lax.fori_loop(0, max(1, math.ceil(math.log2(m + 1))), body,
+                               (lo, hi))  # [C, S]: #(queries < entry)
+  hist = jnp.zeros((c, m + 1), jnp.int32).at[
+      jnp.arange(c)[:, None], first].add(1)
+  return jnp.cumsum(hist, axis=1, dtype=jnp.int32)[:, :m]
+
+
 def _transport_step(carry, u, *, tabs, cutoff, max_steps):
   """One masked transport step for a chunk of tracks.
 
@@ -375,11 +410,15 @@ def _blocked_draws(key: jax.Array, *, sampler, n: int,
     [n] or [n, width] float32.
   """
   nb = -(-n // _ELECTRON_BLOCK)
-  shape = (_ELECTRON_BLOCK,) if width is None else (_ELECTRON_BLOCK, width)
+  # Drawn flat and reshaped: jax's samplers fill a shape from the flat stream, so
+  # this is bit for bit sampler(key, (_ELECTRON_BLOCK, width)), but XLA runs the
+  # 1-D draw ~1.7x faster on CPU than the [256, 3] one.
+  size = _ELECTRON_BLOCK * (1 if width is None else width)
   draws = jax.vmap(
-      lambda b: sampler(jax.random.fold_in(key, b), shape, jnp.float32))(
+      lambda b: sampler(jax.random.fold_in(key, b), (size,), jnp.float32))(
       jnp.arange(nb, dtype=jnp.uint32))
-  return draws.reshape((nb * _ELECTRON_BLOCK,) + shape[1:])[:n]
+  tail = () if width is None else (width,)
+  return draws.reshape((nb * _ELECTRON_BLOCK,) + tail)[:n]
 
 
 @functools.partial(
@@ -439,9 +478,38 @@ def _simulate_chunk(track_keys, e0, tabs, cutoff, w_kev, fano, jitter_mm, *,
   pts = jnp.concatenate([pos0[None], ends_buf, pos_end[None]], axis=0)
   pts = jnp.swapaxes(pts, 0, 1)  # [C, S + 2, 3]
   deps = jnp.concatenate([dep_buf, e_end[None]], axis=0).T  # [C, S + 1]
+  ion = place_ionisation(k_ion, e0, pts, deps, w_kev, fano, capacity)
+  xyz = ion["xyz"] + jitter_mm * ion["normals"]
+  xyz = jnp.where(ion["valid"][..., None], xyz, 0.0)
+  return dict(positions=xyz, num_raw=ion["num_raw"], path=path, alive=alive,
+              deposited=ion["total"])
+
+
+def place_ionisation(k_ion: jax.Array, e0: jax.Array, pts: jax.Array,
+                     deps: jax.Array, w_kev, fano, capacity: int) -> dict:
+  """Ion-pair count and ionisation-electron points on the path (traced).
+
+  N = round(Normal(E₀/W, √(F E₀/W))); the N electrons are placed by inverse-CDF
+  sampling of N ordered uniforms (normalised cumulative sums of N + 1
+  exponentials) over the cumulative deposit, uniformly within a segment.
+  Shared by the baseline chunk and ``sim_physics`` (same random streams).
+
+  Args:
+    k_ion: [C] keys of the ionisation streams.
+    e0: [C] initial energies, keV.
+    pts: [C, S + 2, 3] path points, mm; segment k runs from pts[k] to pts[k+1].
+    deps: [C, S + 1] deposit per segment, keV.
+    w_kev, fano: W (keV) and the Fano factor.
+    capacity: electron slots M per track.
+
+  Returns:
+    dict with xyz [C, M, 3] mm (points on the path, not displaced), normals
+    [C, M, 3] (the jitter stream's standard normals), valid [C, M] bool, seg
+    [C, M] int32 (segment of each electron), num_raw [C] int32 (before the
+    capacity cap), total [C] keV (deposit).
+  """
   cum = jnp.cumsum(deps, axis=1)
   total = cum[:, -1]
-
   k_num, k_pos, k_jit = jax.vmap(lambda k: tuple(jax.random.split(k, 3)))(k_ion)
   mean_n = e0 / w_kev
   n_raw = jnp.round(mean_n + jnp.sqrt(fano * mean_n) *
@@ -449,13 +517,14 @@ def _simulate_chunk(track_keys, e0, tabs, cutoff, w_kev, fano, jitter_mm, *,
                         k_num))
   n_raw = jnp.maximum(n_raw, 0.0).astype(jnp.int32)
   n = jnp.minimum(n_raw, capacity)
-  # Ordered uniforms: cumulative sums of N + 1 exponentials, normalised.
+  # Ordered uniforms: cumulative sums of N + 1 exponentials, normalised (sorted
+  # along each row, so `_count_le_sorted` applies).
   expo = jax.vmap(functools.partial(
       _blocked_draws, sampler=jax.random.exponential, n=capacity + 1))(k_pos)
   csum = jnp.cumsum(expo, axis=1)
   norm = jnp.take_along_axis(csum, n[:, None], axis=1)
   q = csum[:, :capacity] / norm * total[:, None]  # [C, M] keV
-  seg = _count_le(cum, q)
+  seg = _count_le_sorted(cum, q)
   seg = jnp.minimum(seg, deps.shape[1] - 1)
   d_seg = jnp.take_along_axis(deps, seg, axis=1)
   c_seg = jnp.take_along_axis(cum, seg, axis=1)
@@ -465,12 +534,11 @@ def _simulate_chunk(track_keys, e0, tabs, cutoff, w_kev, fano, jitter_mm, *,
   p_a = jnp.take_along_axis(pts, seg[..., None], axis=1)
   p_b = jnp.take_along_axis(pts, seg[..., None] + 1, axis=1)
   xyz = p_a + frac[..., None] * (p_b - p_a)
-  xyz = xyz + jitter_mm * jax.vmap(functools.partial(
+  normals = jax.vmap(functools.partial(
       _blocked_draws, sampler=jax.random.normal, n=capacity, width=3))(k_jit)
   valid = jnp.arange(capacity)[None, :] < n[:, None]
-  xyz = jnp.where(valid[..., None], xyz, 0.0)
-  return dict(positions=xyz, num_raw=n_raw, path=path, alive=alive,
-              deposited=total)
+  return dict(xyz=xyz, normals=normals, valid=valid, seg=seg, num_raw=n_raw,
+              total=total)
 
 
 def _energies(energies_kev, num_tracks: int | None) -> np.ndarray:

@@ -92,10 +92,18 @@ Left out, with the reason:
 
 Randomness.  The baseline streams (steps, ion-pair count, placement, jitter normals)
 are drawn exactly as in ``sim``; the new physics draws from separate keys
-(``fold_in(track_key, _PHYSICS_KEY)``), 8 uniforms per step and 5 per electron
-(16-bit, from 4 and 3 random 32-bit words).  So a
-track with a switch on shares the baseline's random numbers, and the ablation rows are
-correlated (smaller differences between rows than between independent samples).
+(``fold_in(track_key, _PHYSICS_KEY)``), 8 uniforms per step and 4 per electron
+(16-bit, from 4 and 2 random 32-bit words).  So a track with a switch on shares the
+baseline's random numbers, and the ablation rows are correlated (smaller differences
+between rows than between independent samples).
+
+Implementation notes (speed, CPU).  The samplers are those of the study-agnostic
+``recoil_jax.physics.electron_transport``.  In the transport step the straggling
+sampler and the δ-ray emission (Møller energy and the two rotations) each run inside
+a ``lax.cond``: its result is materialised once per step, whereas inlined XLA
+duplicated the ~400-op sampler into every fusion that consumes the new energy (4-5x
+the work).  The δ queue is one packed [C, Q, 9] array (one scatter and one gather per
+step instead of five and four).
 """
 
 from __future__ import annotations
@@ -108,9 +116,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from recoil_jax.physics import electron_transport as et
 from recoil_jax.physics import gas as gas_lib
 from recoil_jax.physics.gas import GasMixture
 from recoil_jax.studies.tpc import sim as sim_lib
+
+# The samplers, under the names this module has always exported.
+sample_moller_fraction = et.sample_moller_fraction
+moller_angles = et.moller_angles
+sample_poisson = et.sample_poisson
+sample_energy_loss = et.sample_energy_loss
+energy_loss_moments = et.energy_loss_moments
+_words_to_uniforms = et.words_to_uniforms
 
 # Lower edge of the close (quasi-free, 1/W²) collisions, keV: ~6-10x the valence
 # binding energies (He 24.6 eV, CO2 13.8 eV) and the table limit T_MIN_KEV.
@@ -128,16 +145,14 @@ WATER_ELECTRON_DENSITY_PER_CM3 = 3.3428e23  # 10 electrons x 1.0 g/cm3 / 18.0153
 # electrons below): enough resolution for all of them (e.g. a δ free path is
 # cut at 11.8 mean free paths, probability 1.5e-5), at half the cost.
 _NUM_STEP_UNIFORMS = 8
-_EXPLICIT_CLOSE = 3
-# Uniforms per ionisation electron for the spread (close?, W, distance, cos, phi),
-# 16-bit each, two per 32-bit random word (halves the cost of the draws).
-_NUM_ELECTRON_UNIFORMS = 5
-_NUM_ELECTRON_WORDS = 3
+# Uniforms per ionisation electron for the spread (close? and distance, W, cos θ,
+# φ), 16-bit each, two per 32-bit random word.
+_NUM_ELECTRON_WORDS = 2
 # Key of the new physics' random streams, folded into each track's key.
 _PHYSICS_KEY = 0x5E1F
-# Newton iterations of the Møller inverse CDF (converged to float32 precision
-# after 3 for 2 < E/T_c < 100: |CDF(x) - u| < 1e-5).
-_MOLLER_NEWTON_STEPS = 4
+# Columns of the packed δ-ray queue: origin (3), direction (3), energy, parent
+# energy (keV), generation (as float32: exact for small integers).
+_QUEUE_COLUMNS = 9
 
 
 def thermalisation_sigma_mm(gas: GasMixture) -> float:
@@ -169,26 +184,12 @@ def build_physics_tables(gas: GasMixture, delta_cut_kev: float,
                          delta_rays: bool) -> PhysicsTables:
   """Tables of the optional physics on ``sim``'s log-E grid (float64 -> float32)."""
   e = np.geomspace(gas_lib.T_MIN_KEV, gas_lib.T_MAX_KEV, sim_lib._TABLE_POINTS)
-  above = gas_lib.moller_loss_above_cut_kev_per_mm(gas, e, delta_cut_kev)
-  if delta_rays:
-    rate = gas_lib.delta_ray_rate_per_mm(gas, e, delta_cut_kev)
-    continuous = gas_lib.dedx_kev_per_mm(gas, e) - above
-    above_col = np.zeros_like(e)
-  else:
-    rate = np.zeros_like(e)
-    continuous = gas_lib.dedx_kev_per_mm(gas, e)
-    above_col = above
-  k0 = (2.0 * math.pi * gas_lib.CLASSICAL_ELECTRON_RADIUS_CM**2 *
-        gas_lib.ELECTRON_MASS_KEV * gas_lib.electron_density_per_cm3(gas) * 0.1)
-  m = gas_lib.ELECTRON_MASS_KEV
-  beta2 = e * (e + 2 * m) / (e + m)**2
-  eps_hi = np.minimum(delta_cut_kev, 0.5 * e)
-  close = k0 / beta2 * np.log(np.maximum(eps_hi / CLOSE_MIN_KEV, 1.0))
-  frac = np.clip(close / continuous, 0.0, 1.0)
+  cols = et.loss_table_columns(gas, e, delta_cut_kev, delta_rays=delta_rays,
+                               close_min_kev=CLOSE_MIN_KEV)
   return PhysicsTables(
-      by_energy=np.stack([rate, above_col, frac], axis=1).astype(np.float32),
+      by_energy=cols.astype(np.float32),
       delta_cut_kev=float(delta_cut_kev),
-      k0_kev_per_mm=float(k0),
+      k0_kev_per_mm=et.close_collision_constant_kev_per_mm(gas),
       close_min_kev=CLOSE_MIN_KEV,
       quantum_kev=gas_lib.mean_excitation_energy_ev(gas) * 1e-3,
       core_sigma_mm=thermalisation_sigma_mm(gas),
@@ -196,150 +197,14 @@ def build_physics_tables(gas: GasMixture, delta_cut_kev: float,
 
 
 # ---------------------------------------------------------------------------
-# Samplers (jax, float32, elementwise; tested against their formulas)
+# Electron spread (the samplers of δ-rays and straggling are in
+# recoil_jax.physics.electron_transport)
 # ---------------------------------------------------------------------------
-
-
-def _moller_terms(e):
-  gam = 1.0 + e / gas_lib.ELECTRON_MASS_KEV
-  g = (2.0 * gam - 1.0) / (gam * gam)
-  return g, 1.0 - g
-
-
-def _moller_cdf(x, x_cut, g, a):
-  return (a * (x - x_cut) + (1.0 / x_cut - 1.0 / x) +
-          (1.0 / (1.0 - x) - 1.0 / (1.0 - x_cut)) -
-          g * jnp.log(x * (1.0 - x_cut) / (x_cut * (1.0 - x))))
-
-
-def sample_moller_fraction(e: jax.Array, cut: jax.Array, u: jax.Array) -> jax.Array:
-  """x = W/E of a Møller δ-ray with W in [cut, E/2], by inverse CDF.
-
-  Newton iterations on the closed-form CDF (``gas.moller_cdf_shape``) from the
-  inverse of its dominant 1/x² term, clipped to [cut/E, ½].  Where E ≤ 2 cut the
-  result is ½ (not used: no δ-ray is produced there).
-
-  Args:
-    e: primary kinetic energy, keV.
-    cut: δ-ray cut T_c, keV (broadcastable).
-    u: uniform(s) in [0, 1).
-  """
-  ok = e > 2.0 * cut
-  x_cut = jnp.where(ok, cut / jnp.where(ok, e, 1.0), 0.25)
-  g, a = _moller_terms(e)
-  target = u * _moller_cdf(jnp.float32(0.5), x_cut, g, a)
-  x = 1.0 / (1.0 / x_cut - u * (1.0 / x_cut - 2.0))
-  for _ in range(_MOLLER_NEWTON_STEPS):
-    dens = a + 1.0 / (x * x) + 1.0 / ((1.0 - x) * (1.0 - x)) - g / (x * (1.0 - x))
-    x = jnp.clip(x - (_moller_cdf(x, x_cut, g, a) - target) / dens, x_cut, 0.5)
-  return jnp.where(ok, x, 0.5)
-
-
-def moller_angles(e: jax.Array, w: jax.Array):
-  """(cos θ_p, sin θ_p, cos θ_δ, sin θ_δ) after a Møller collision, two-body.
-
-  cos²θ_δ = W(E+2m)/(E(W+2m)), sin²θ_δ = 2m(E−W)/(E(W+2m));
-  cos²θ_p = (E−W)(E+2m)/(E(E−W+2m)), sin²θ_p = 2mW/(E(E−W+2m)) (the sines in
-  closed form keep float32 precision at small angles).
-  """
-  m2 = 2.0 * gas_lib.ELECTRON_MASS_KEV
-  ep = e - w
-  cos_d = jnp.sqrt(w * (e + m2) / (e * (w + m2)))
-  sin_d = jnp.sqrt(m2 * ep / (e * (w + m2)))
-  cos_p = jnp.sqrt(ep * (e + m2) / (e * (ep + m2)))
-  sin_p = jnp.sqrt(m2 * w / (e * (ep + m2)))
-  return cos_p, sin_p, cos_d, sin_d
-
-
-def sample_poisson(lam: jax.Array, u: jax.Array, *, terms: int = 20,
-                   gauss_above: float = 6.0) -> jax.Array:
-  """Poisson(λ) from one uniform: inverse CDF up to ``terms`` (λ < gauss_above),
-  else round(λ + √λ Φ⁻¹(u)) ≥ 0.  The truncation loses < 1e-5 of the
-  probability for λ < 6 with 20 terms (< 2e-5 for λ < 3 with 10 terms).
-
-  Returns float32 counts.
-  """
-  lam_s = jnp.minimum(lam, gauss_above)
-  p = jnp.exp(-lam_s)
-  cdf = p
-  n = jnp.zeros_like(lam)
-  for k in range(terms):
-    n = n + (u > cdf)
-    p = p * lam_s / (k + 1.0)
-    cdf = cdf + p
-  z = jax.scipy.special.ndtri(jnp.clip(u, 1e-7, 1.0 - 1e-7))
-  gauss = jnp.maximum(jnp.round(lam + jnp.sqrt(jnp.maximum(lam, 0.0)) * z), 0.0)
-  return jnp.where(lam < gauss_above, n, gauss)
-
-
-def _loss_parts(loss_mean, s, e, above_rate, *, k0, eps_c, cut):
-  """Mean parts of a step's loss: (deterministic, close mean, λ_close, ⟨W⟩, ε_hi,
-  distant mean); see the module docstring."""
-  m = gas_lib.ELECTRON_MASS_KEV
-  beta2 = e * (e + 2.0 * m) / ((e + m) * (e + m))
-  k = k0 / beta2
-  eps_hi = jnp.minimum(cut, 0.5 * e)
-  has = eps_hi > eps_c
-  log_ratio = jnp.where(has, jnp.log(jnp.where(has, eps_hi / eps_c, 1.0)), 0.0)
-  det = jnp.minimum(s * above_rate, loss_mean)
-  rest = loss_mean - det
-  close_mean = jnp.minimum(s * k * log_ratio, rest)
-  w_mean = jnp.where(has, eps_c * eps_hi * log_ratio /
-                     jnp.where(has, eps_hi - eps_c, 1.0), 1.0)
-  lam_c = jnp.where(has, close_mean / w_mean, 0.0)
-  return det, close_mean, lam_c, w_mean, eps_hi, rest - close_mean
-
-
-def sample_energy_loss(loss_mean, s, e, above_rate, u, *, k0, eps_c, cut, quantum):
-  """Fluctuated energy loss of a step (close + distant collisions), keV.
-
-  Args:
-    loss_mean: [C] mean (restricted) CSDA loss of the step, keV.
-    s: [C] step length, mm.
-    e: [C] energy at the step start, keV (rates are taken there).
-    above_rate: [C] continuous loss per mm to transfers above the cut (0 when
-      δ-rays are explicit), kept deterministic.
-    u: [C, 5] uniforms: close count, 3 close energies, distant count.
-    k0: 2π r_e² mc² n_e, keV/mm; eps_c: close-collision threshold, keV;
-    cut: δ-ray cut, keV; quantum: distant-collision energy (mean excitation
-      energy), keV.
-
-  Returns:
-    [C] loss ≥ 0 with mean ``loss_mean`` (``energy_loss_moments``).
-  """
-  det, close_mean, lam_c, w_mean, eps_hi, dist_mean = _loss_parts(
-      loss_mean, s, e, above_rate, k0=k0, eps_c=eps_c, cut=cut)
-  # λ_close is ~0.1 on a typical step (≤ 1 on the longest): 10 terms.
-  n_c = sample_poisson(lam_c, u[:, 0], terms=10, gauss_above=3.0)
-  close = jnp.maximum(n_c - _EXPLICIT_CLOSE, 0.0) * w_mean
-  for i in range(_EXPLICIT_CLOSE):
-    w = eps_c * eps_hi / (eps_hi - u[:, 1 + i] * (eps_hi - eps_c))
-    close = close + jnp.where(n_c > i, w, 0.0)
-  n_d = sample_poisson(dist_mean / quantum, u[:, 4])
-  return det + close + n_d * quantum
-
-
-def energy_loss_moments(loss_mean, s, e, above_rate, *, k0, eps_c, cut, quantum):
-  """(mean, variance) of ``sample_energy_loss`` for the same arguments, numpy."""
-  det, close_mean, lam_c, _, eps_hi, dist_mean = (
-      np.asarray(a, np.float64) for a in _loss_parts(
-          jnp.asarray(loss_mean, jnp.float32), jnp.asarray(s, jnp.float32),
-          jnp.asarray(e, jnp.float32), jnp.asarray(above_rate, jnp.float32),
-          k0=k0, eps_c=eps_c, cut=cut))
-  var = lam_c * eps_c * eps_hi + dist_mean * quantum
-  return det + close_mean + dist_mean, var
 
 
 def _bits_sampler(key, shape, dtype):
   del dtype
   return jax.random.bits(key, shape, jnp.uint32)
-
-
-def _words_to_uniforms(words: jax.Array) -> jax.Array:
-  """[..., W] uint32 -> [..., 2W] float32 uniforms in (0, 1), 16 bits each."""
-  halves = jnp.stack([words >> 16, words & 0xFFFF], axis=-1)
-  halves = halves.reshape(words.shape[:-1] + (2 * words.shape[-1],))
-  return (halves.astype(jnp.float32) + 0.5) * (1.0 / 65536.0)
 
 
 def spread_displacements(e_seg, v, normals, *, log_range, frac_close, log_e0, dlog_e,
@@ -350,11 +215,13 @@ def spread_displacements(e_seg, v, normals, *, log_range, frac_close, log_e0, dl
   probability f(E) (``frac_close``, the close-collision share of the local loss at
   the segment's energy E) a secondary of energy W, log-uniform on
   [ε_c, min(T_c, E/2)], displaces the electron isotropically by
-  ξ · ``SPREAD_REACH_FRACTION`` · R_CSDA(W), ξ ~ U(0, 1).
+  ξ · ``SPREAD_REACH_FRACTION`` · R_CSDA(W), ξ ~ U(0, 1).  The decision and ξ
+  share one uniform v₀: given v₀ < f, ξ = v₀/f is U(0, 1) and independent of the
+  decision (16-bit v₀ leaves ξ ≥ 0.19 × 65536 ≈ 12 000 levels).
 
   Args:
     e_seg: [...] energy of the particle on the electron's segment, keV.
-    v: [..., 5] uniforms (close?, W, ξ, cos θ, φ).
+    v: [..., 4] uniforms (close? and ξ, W, cos θ, φ).
     normals: [..., 3] standard normals.
     log_range, frac_close: [P] tables (log R_CSDA in mm, f) on the log-E grid
       (log_e0, dlog_e).
@@ -364,17 +231,25 @@ def spread_displacements(e_seg, v, normals, *, log_range, frac_close, log_e0, dl
   Returns:
     [..., 3] displacements, mm.
   """
-  e_seg = jnp.maximum(e_seg, gas_lib.T_MIN_KEV)
-  f_close = sim_lib._interp(frac_close, log_e0, dlog_e, jnp.log(e_seg))
-  eps_hi = jnp.minimum(delta_cut, 0.5 * e_seg)
-  close = (v[..., 0] < f_close) & (eps_hi > eps_c)
-  w = eps_c * jnp.exp(v[..., 1] * jnp.log(jnp.maximum(eps_hi / eps_c, 1.0)))
-  reach = SPREAD_REACH_FRACTION * jnp.exp(
-      sim_lib._interp(log_range, log_e0, dlog_e, jnp.log(w)))
-  r = jnp.where(close, v[..., 2] * reach, 0.0)
-  cos_t = 2.0 * v[..., 3] - 1.0
+  def tail_distance(e_seg, v):
+    e_seg = jnp.maximum(e_seg, gas_lib.T_MIN_KEV)
+    f_close = sim_lib._interp(frac_close, log_e0, dlog_e, jnp.log(e_seg))
+    eps_hi = jnp.minimum(delta_cut, 0.5 * e_seg)
+    close = (v[..., 0] < f_close) & (eps_hi > eps_c)
+    xi = v[..., 0] / jnp.where(close, f_close, 1.0)
+    # log W directly (W = ε_c (ε_hi/ε_c)^v₁): the range table is in log E.
+    log_w = jnp.log(eps_c) + v[..., 1] * jnp.log(jnp.maximum(eps_hi / eps_c, 1.0))
+    reach = SPREAD_REACH_FRACTION * jnp.exp(
+        sim_lib._interp(log_range, log_e0, dlog_e, log_w))
+    return jnp.where(close, xi * reach, 0.0)
+
+  # A cond (its predicate is always true) so that XLA computes the distance once
+  # per electron, not once per coordinate (~25 % less time).
+  r = jax.lax.cond(jnp.any(e_seg > -1.0), tail_distance,
+                   lambda e_seg, v: jnp.zeros_like(e_seg), e_seg, v)
+  cos_t = 2.0 * v[..., 2] - 1.0
   sin_t = jnp.sqrt(jnp.maximum(1.0 - cos_t * cos_t, 0.0))
-  phi = 2.0 * math.pi * v[..., 4]
+  phi = 2.0 * math.pi * v[..., 3]
   disp = jnp.stack([sin_t * jnp.cos(phi), sin_t * jnp.sin(phi), cos_t], -1)
   return core_sigma_mm * normals + r[..., None] * disp
 
@@ -393,13 +268,18 @@ def _physics_step(carry, inputs, *, tabs, ptabs, cutoff, max_steps, delta, strag
   its end point (a zero-length segment) and loads the δ; 2 this step moves to the δ's
   origin (a segment with no deposit).  Outputs per step: end point, deposit, and the
   energy at the step start (for the spread).
+
+  Carry: (pos [C,3] mm, dir [C,3], E [C] keV, table row [C, 2 + K - 1], alive [C],
+  primary path [C] mm, step, phase [C], generation [C], queue [C, Q, 9] (origin,
+  direction, energy, parent energy, generation), pushed [C], popped [C],
+  overflow [C]).  Inputs: u [C, 4] (as ``sim``), x [C, 8] uniforms.
   """
   u, x = inputs
   (by_energy, log_e0, dlog_e, log_e_of_log_r, log_r0, dlog_r, eta_coef,
    eta_z2, range_cut) = tabs
   phys, delta_cut, k0, eps_c, quantum = ptabs
-  (pos, d, e, row, alive, path, step, phase, gen, q_pos, q_dir, q_e, q_parent,
-   q_gen, n_push, n_pop, overflow) = carry
+  (pos, d, e, row, alive, path, step, phase, gen, queue, n_push, n_pop,
+   overflow) = carry
   active = alive & (step < max_steps)
   moving = active & (phase == 0)
   popping = active & (phase == 1)
@@ -431,8 +311,14 @@ def _physics_step(carry, inputs, *, tabs, ptabs, cutoff, max_steps, delta, strag
   e_mean = jnp.where(collide, jnp.minimum(e_coll, e), e_tgt)
   last = ~collide & tgt_is_cut
   if straggle:
-    loss = sample_energy_loss(e - e_mean, s, e, p_row[:, 1], x[:, 3:8], k0=k0,
-                              eps_c=eps_c, cut=delta_cut, quantum=quantum)
+    # In a cond so that XLA materialises the loss once (see the module docstring);
+    # with no walker moving the loss is unused.
+    loss = jax.lax.cond(
+        jnp.any(moving),
+        lambda a: et.sample_energy_loss(*a, k0=k0, eps_c=eps_c, cut=delta_cut,
+                                        quantum=quantum),
+        lambda a: jnp.zeros_like(a[0]),
+        (e - e_mean, s, e, p_row[:, 1], x[:, 3:8]))
     e_new = jnp.where(last, e_mean, e - loss)
   else:
     e_new = e_mean
@@ -447,29 +333,32 @@ def _physics_step(carry, inputs, *, tabs, ptabs, cutoff, max_steps, delta, strag
   rows = jnp.arange(e.shape[0])
   if delta:
     emit = moving & is_delta & ~end & (e_new > 2.0 * delta_cut)
-    w = sample_moller_fraction(e_new, delta_cut, x[:, 1]) * e_new
-    w = jnp.where(emit, w, 0.0)
-    cos_p, sin_p, cos_d, sin_d = moller_angles(jnp.where(emit, e_new, 2.0),
-                                               jnp.where(emit, w, 1.0))
-    phi = 2.0 * math.pi * x[:, 2]
-    d_prim = sim_lib._rotate(d, cos_p, sin_p, phi)
-    d_delta = sim_lib._rotate(d, cos_d, sin_d, phi + math.pi)
+
+    def emission(a):
+      e_new, d, x1, x2 = a
+      w = et.sample_moller_fraction(e_new, delta_cut, x1) * e_new
+      w = jnp.where(emit, w, 0.0)
+      cos_p, sin_p, cos_d, sin_d = et.moller_angles(jnp.where(emit, e_new, 2.0),
+                                                    jnp.where(emit, w, 1.0))
+      phi = 2.0 * math.pi * x2
+      return (w, sim_lib._rotate(d, cos_p, sin_p, phi),
+              sim_lib._rotate(d, cos_d, sin_d, phi + math.pi))
+
+    # Emission is rare (~6 of 1024 walkers per step): a cond materialises it once.
+    w, d_prim, d_delta = jax.lax.cond(
+        jnp.any(emit), emission,
+        lambda a: (jnp.zeros_like(a[0]), a[1], a[1]), (e_new, d, x[:, 1], x[:, 2]))
     e_fin = jnp.where(emit, e_new - w, e_new)
     slot = jnp.where(emit, n_push, num_queue)  # out of range: dropped
-    q_pos = q_pos.at[rows, slot].set(pos_out, mode="drop")
-    q_dir = q_dir.at[rows, slot].set(d_delta, mode="drop")
-    q_e = q_e.at[rows, slot].set(w, mode="drop")
-    q_parent = q_parent.at[rows, slot].set(e_new, mode="drop")
-    q_gen = q_gen.at[rows, slot].set(gen + 1, mode="drop")
+    entry = jnp.concatenate(
+        [pos_out, d_delta, w[:, None], e_new[:, None],
+         (gen + 1).astype(jnp.float32)[:, None]], axis=1)
+    queue = queue.at[rows, slot].set(entry, mode="drop")
     overflow = overflow | (emit & (n_push >= num_queue))
     n_push = n_push + emit.astype(jnp.int32)
     # The next queued particle, loaded by walkers in phase 1.
-    nxt = jnp.minimum(n_pop, num_queue - 1)
-    nxt_pos = q_pos[rows, nxt]
-    nxt_dir = q_dir[rows, nxt]
-    nxt_e = q_e[rows, nxt]
-    nxt_gen = q_gen[rows, nxt]
-    e_fin = jnp.where(popping, nxt_e, e_fin)
+    nxt = queue[rows, jnp.minimum(n_pop, num_queue - 1)]
+    e_fin = jnp.where(popping, nxt[:, 6], e_fin)
 
   row_new = sim_lib._interp(by_energy, log_e0, dlog_e, jnp.log(e_fin))
   p_cum = row_new[:, 2:]
@@ -494,9 +383,9 @@ def _physics_step(carry, inputs, *, tabs, ptabs, cutoff, max_steps, delta, strag
     d = jnp.where(emit[:, None], d_prim, d)
     has_next = n_pop < n_push
     out_dep = jnp.where(popping, e, out_dep)  # residual at the end point
-    pos = jnp.where(popping[:, None], nxt_pos, pos_out)
-    d = jnp.where(popping[:, None], nxt_dir, d)
-    gen = jnp.where(popping, nxt_gen, gen)
+    pos = jnp.where(popping[:, None], nxt[:, 0:3], pos_out)
+    d = jnp.where(popping[:, None], nxt[:, 3:6], d)
+    gen = jnp.where(popping, nxt[:, 8].astype(jnp.int32), gen)
     n_pop = n_pop + popping.astype(jnp.int32)
     e = jnp.where(moving | popping, e_fin, e)
     row = jnp.where((moving | popping)[:, None], row_new, row)
@@ -509,8 +398,8 @@ def _physics_step(carry, inputs, *, tabs, ptabs, cutoff, max_steps, delta, strag
     e = jnp.where(moving, e_fin, e)
     row = jnp.where(moving[:, None], row_new, row)
     alive = alive & ~ended
-  new_carry = (pos, d, e, row, alive, path, step + 1, phase, gen, q_pos, q_dir, q_e,
-               q_parent, q_gen, n_push, n_pop, overflow)
+  new_carry = (pos, d, e, row, alive, path, step + 1, phase, gen, queue, n_push,
+               n_pop, overflow)
   return new_carry, (pos_out, out_dep, e_start)
 
 
@@ -540,7 +429,7 @@ def simulate_chunk(track_keys, e0, tabs, ptabs, cutoff, w_kev, fano, jitter_mm,
     u = jax.vmap(lambda k: jax.random.uniform(
         k, (sim_lib._BLOCK_STEPS, 4), jnp.float32))(keys)
     pkeys = jax.vmap(lambda k: jax.random.fold_in(k, b))(k_phys_steps)
-    x = _words_to_uniforms(jax.vmap(lambda k: jax.random.bits(
+    x = et.words_to_uniforms(jax.vmap(lambda k: jax.random.bits(
         k, (sim_lib._BLOCK_STEPS, _NUM_STEP_UNIFORMS // 2), jnp.uint32))(pkeys))
     carry, (ends, deps, es) = jax.lax.scan(
         step_fn, carry, (jnp.swapaxes(u, 0, 1), jnp.swapaxes(x, 0, 1)))
@@ -562,69 +451,39 @@ def simulate_chunk(track_keys, e0, tabs, ptabs, cutoff, w_kev, fano, jitter_mm,
   zi = jnp.zeros((c,), jnp.int32)
   carry0 = (pos0, dir0, e0, row0, e0 > cutoff, jnp.zeros((c,), jnp.float32),
             jnp.int32(0), zi, zi,
-            jnp.zeros((c, num_queue, 3), jnp.float32),
-            jnp.zeros((c, num_queue, 3), jnp.float32),
-            jnp.zeros((c, num_queue), jnp.float32),
-            jnp.zeros((c, num_queue), jnp.float32),
-            jnp.zeros((c, num_queue), jnp.int32), zi, zi,
+            jnp.zeros((c, num_queue, _QUEUE_COLUMNS), jnp.float32), zi, zi,
             jnp.zeros((c,), bool))
   ends0 = jnp.zeros((num_slots, c, 3), jnp.float32)
   dep0 = jnp.zeros((num_slots, c), jnp.float32)
   e_buf0 = jnp.zeros((num_slots, c), jnp.float32)
   carry, ends_buf, dep_buf, e_buf, _ = jax.lax.while_loop(
       block_cond, block_body, (carry0, ends0, dep0, e_buf0, jnp.int32(0)))
-  (pos_end, _, e_end, _, alive, path, steps_run, _, _, _, _, q_e, q_parent, q_gen,
-   n_push, _, overflow) = carry
+  (pos_end, _, e_end, _, alive, path, steps_run, _, _, queue, n_push, _,
+   overflow) = carry
   run = jnp.arange(num_slots) < steps_run
   ends_buf = jnp.where(run[:, None, None], ends_buf, pos_end[None])
 
   pts = jnp.concatenate([pos0[None], ends_buf, pos_end[None]], axis=0)
   pts = jnp.swapaxes(pts, 0, 1)  # [C, S + 2, 3]
   deps = jnp.concatenate([dep_buf, e_end[None]], axis=0).T  # [C, S + 1]
-  e_seg_all = jnp.concatenate([e_buf, e_end[None]], axis=0).T  # [C, S + 1]
-  cum = jnp.cumsum(deps, axis=1)
-  total = cum[:, -1]
-
-  k_num, k_pos, k_jit = jax.vmap(lambda k: tuple(jax.random.split(k, 3)))(k_ion)
-  mean_n = e0 / w_kev
-  n_raw = jnp.round(mean_n + jnp.sqrt(fano * mean_n) *
-                    jax.vmap(lambda k: jax.random.normal(k, (), jnp.float32))(
-                        k_num))
-  n_raw = jnp.maximum(n_raw, 0.0).astype(jnp.int32)
-  n = jnp.minimum(n_raw, capacity)
-  expo = jax.vmap(functools.partial(
-      sim_lib._blocked_draws, sampler=jax.random.exponential, n=capacity + 1))(k_pos)
-  csum = jnp.cumsum(expo, axis=1)
-  norm = jnp.take_along_axis(csum, n[:, None], axis=1)
-  q = csum[:, :capacity] / norm * total[:, None]
-  seg = sim_lib._count_le(cum, q)
-  seg = jnp.minimum(seg, deps.shape[1] - 1)
-  d_seg = jnp.take_along_axis(deps, seg, axis=1)
-  c_seg = jnp.take_along_axis(cum, seg, axis=1)
-  frac = jnp.where(d_seg > 0, (q - (c_seg - d_seg)) / jnp.where(
-      d_seg > 0, d_seg, 1.0), 0.0)
-  frac = jnp.clip(frac, 0.0, 1.0)
-  p_a = jnp.take_along_axis(pts, seg[..., None], axis=1)
-  p_b = jnp.take_along_axis(pts, seg[..., None] + 1, axis=1)
-  xyz = p_a + frac[..., None] * (p_b - p_a)
-  normals = jax.vmap(functools.partial(
-      sim_lib._blocked_draws, sampler=jax.random.normal, n=capacity, width=3))(k_jit)
+  ion = sim_lib.place_ionisation(k_ion, e0, pts, deps, w_kev, fano, capacity)
+  xyz = ion["xyz"]
   if spread:
     phys, delta_cut, _, eps_c, _ = ptabs
     words = jax.vmap(functools.partial(
         sim_lib._blocked_draws, sampler=_bits_sampler, n=capacity,
         width=_NUM_ELECTRON_WORDS))(k_phys_ion)
-    v = _words_to_uniforms(words)[..., :_NUM_ELECTRON_UNIFORMS]
-    e_seg = jnp.take_along_axis(e_seg_all, seg, axis=1)
+    v = et.words_to_uniforms(words)
+    e_seg_all = jnp.concatenate([e_buf, e_end[None]], axis=0).T  # [C, S + 1]
+    e_seg = jnp.take_along_axis(e_seg_all, ion["seg"], axis=1)
     xyz = xyz + spread_displacements(
-        e_seg, v, normals, log_range=tabs[0][:, 0], frac_close=phys[:, 2],
+        e_seg, v, ion["normals"], log_range=tabs[0][:, 0], frac_close=phys[:, 2],
         log_e0=tabs[1], dlog_e=tabs[2], delta_cut=delta_cut, eps_c=eps_c,
         core_sigma_mm=core_sigma_mm)
   else:
-    xyz = xyz + jitter_mm * normals
-  valid = jnp.arange(capacity)[None, :] < n[:, None]
-  xyz = jnp.where(valid[..., None], xyz, 0.0)
-  return dict(positions=xyz, num_raw=n_raw, path=path, alive=alive,
-              deposited=total, num_delta=n_push, delta_kev=q_e,
-              delta_parent_kev=q_parent, delta_generation=q_gen,
-              overflow=overflow)
+    xyz = xyz + jitter_mm * ion["normals"]
+  xyz = jnp.where(ion["valid"][..., None], xyz, 0.0)
+  return dict(positions=xyz, num_raw=ion["num_raw"], path=path, alive=alive,
+              deposited=ion["total"], num_delta=n_push, delta_kev=queue[..., 6],
+              delta_parent_kev=queue[..., 7],
+              delta_generation=queue[..., 8].astype(jnp.int32), overflow=overflow)
