@@ -53,14 +53,17 @@ Variants:
 
 Expected runtime (2-core CPU): smoke < 60 s (tested); the others as above. One GPU: not
 measured (the DNN is tiny; the table build and the forests are CPU work).
-Expected result (simulated, default, measured once; 200 NR / 200 ER test clusters, so
-±1 % CP intervals): ER rejection at 50 % NR efficiency DNN 99.0 %, RF 99.5 %, GBC 99.5 %
-(All), best single-variable cut (eta) 95.5 %: the thesis' ordering ML > cuts, with cuts
-far better than its 83 % (the toy has no δ-rays: studies/cygno/sim.py). Per
-energy bin the rejection falls to 33–67 % at 2–5 keV (12 / 9 test clusters).
+Expected result (simulated, default, measured once with the ER δ-rays and the GEM3
+saturation on, results/cygno/classification; 200 NR / 200 ER test clusters, so ±1–2 % CP
+intervals): ER rejection at 40 % / 50 % NR efficiency DNN 99.5 / 98.5 %, RF 99.5 / 97.5 %,
+GBC 98.5 / 97.5 % (All), best single-variable cut (η) 94.5 / 90.5 % (thesis 83 % at 40 %):
+the thesis' ordering ML > cuts. Per energy bin at 50 % the rejection falls to 60–78 % at
+2–10 keV (12 / 9 and 32 / 40 test clusters). Without the ER δ-rays and saturation (before
+issue 11's realism work) the ML rows were 100 % and the cut 98.5 %.
 Segmentation, measured once each (simulated; ``attresunet`` with data.num_images=240,
 data.image_size=64, model.filters=(8, 16, 32), 10 epochs: 1.5–2 min; 48 test frames, so
-a few tracks per keV bin): at the default light yield (≈ 1 850 counts/keV, noise σ ≈ 2
+a few tracks per keV bin; measured before the GEM3 saturation became the simulator's
+default, issue 11): at the then-default light yield (≈ 1 850 counts/keV, noise σ ≈ 2
 counts) both the network and the classical chain reconstruct 100 % of the NRs in every
 bin from 1 keV (pixel IoU 0.65 vs 0.72); with ``data.acceptance=1.17e-5`` (10× less
 light) NR efficiency at 1–2 keV is 75 % (3/4) vs 25 % (1/4) classical, 100 % vs 29 % at
@@ -105,7 +108,20 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   data.w_ev = 46.2  # W of He:CF4 used by the CYGNO digitiser (34-54 eV in the literature).
   # Lens acceptance Ω; the light yield (counts per keV) is proportional to it, so lowering it
   # scans the signal-to-noise ratio (the segmentation comparison depends on it strongly).
+  # At 1.17e-4 the nominal GEM chain gives ≈ 1 840 counts/keV; with the default GEM3
+  # saturation (fitted to LIME's ⁵⁵Fe data) a 5.9 keV spot gives ≈ 820-1 450 counts/keV at
+  # 50-450 mm of drift (simulated; scripts/cygno_light_yield.py, studies/cygno/sim.py).
   data.acceptance = 1.17e-4
+  # GEM3 saturation (the CYGNO digitiser's A·n·G₃/(1 + β·G₃·n) per voxel, fitted with a
+  # 1400 mm absorption length on LIME's ⁵⁵Fe images; studies/cygno/sim.py). False with
+  # absorption_length_mm=1000 gives the simulator before issue 11's light-yield check.
+  data.saturation = True
+  data.absorption_length_mm = 1400.0  # Primary-electron absorption length; 0 = none.
+  # The ER transport's δ-rays above delta_cut_kev, straggling below it and the ionisation
+  # electrons' spread (recoil_jax/studies/tpc/sim_physics.py); all False gives the ERs of
+  # before issue 11's realism work (cleaner tracks, easier to cut).
+  data.er_physics = ml_collections.ConfigDict(dict(
+      delta_rays=True, straggling=True, electron_spread=True, delta_cut_kev=1.0))
   data.variables = "All"  # The DNN's inputs: "All", "Variable_5" or "Variable_9".
   # Where CYGNO's 2-D code and the paper differ: "paper" (default) or "cygno_code".
   data.definitions = ml_collections.ConfigDict(

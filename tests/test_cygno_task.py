@@ -111,7 +111,8 @@ def test_config_and_validation(tmp_path):
   with pytest.raises(ValueError, match="Unknown variant"):
     load_config("configs/cygno.py", "nope")
   for key, value, match in (("variables", "Variable_7", "config.data.variables"),
-                            ("multiplicity", "binomial", "multiplicity")):
+                            ("multiplicity", "binomial", "multiplicity"),
+                            ("absorption_length_mm", -5.0, "absorption_length_mm")):
     config = load_config("configs/cygno.py", "smoke")
     setattr(config.data, key, value)
     with pytest.raises(ValueError, match=match):

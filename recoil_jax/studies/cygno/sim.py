@@ -11,7 +11,10 @@ GEM plane seen through the demagnifying lens; default 256 × 256 for CPU work):
   transported by the shared single-scattering electron random walk
   (``recoil_jax.studies.tpc.sim``: ESTAR-style stopping, screened-Rutherford scattering;
   here in He:CF₄ 60:40 at 1 atm, 20 °C, cutoff 0.5 keV), which also draws the ionisation
-  electrons (N ≈ E/W with Fano 0.2) along the path.
+  electrons (N ≈ E/W with Fano 0.2) along the path; by default with its Møller δ-rays
+  above 1 keV (each transported like the primary), energy-loss straggling below that and
+  the ionisation electrons' thermalisation spread (``er_delta_rays``, ``er_straggling``,
+  ``er_electron_spread``; ``recoil_jax.studies.tpc.sim_physics``).
 * **NRs**: He, C or F recoils (``nr_species_probs``) whose *ionisation* energy
   E_ion = QF(E)·E is uniform like the ERs' (so energy alone does not separate the
   classes; the recoil energy E follows from the Lindhard factor, ``physics.ions``). The
@@ -21,17 +24,32 @@ GEM plane seen through the demagnifying lens; default 256 × 256 for CPU work):
   electrons are placed along it in proportion to the ion's electronic energy loss
   (denser at the start: S_e ∝ √E).
 * **Drift and amplification**, per primary electron: absorption exp(−z/λ)
-  (``absorption_length_mm``), transverse diffusion σ_T(z) = √(σ₀² + D_T² z) (σ₀ = 0.35 mm,
-  D_T = 0.115 mm/√cm at 1 kV/cm), a GEM1 gain drawn from an exponential (the first stage
-  dominates the fluctuations; the later stages are taken at their means), then photons
-  per avalanche electron × the lens acceptance: the mean photons at the sensor per primary
-  electron is G₁ε₁·G₂ε₂·G₃ · 0.07 · Ω (G = 342 per GEM, ε = 0.36 extraction into GEM2 and
-  GEM3, Ω = 1.17 × 10⁻⁴) ≈ 42 photons, spread on the GEM plane by a Gaussian of
-  ``avalanche_sigma_mm`` (0.15 mm, assumed: GEM holes, transfer-gap diffusion and optics
-  together, sampled by ``avalanche_spots`` points); the photons of a pixel are Poisson,
-  × 2 counts.
-  W = 46.2 eV (the CYGNO digitiser's), so ≈ 1 850 counts/keV and ≈ 1.1 × 10⁴ counts for a
-  5.9 keV spot (simulated).
+  (``absorption_length_mm``, 1400 mm), transverse diffusion σ_T(z) = √(σ₀² + D_T² z)
+  (σ₀ = 0.35 mm, D_T = 0.115 mm/√cm at 1 kV/cm), a GEM1 gain drawn from an exponential (the
+  first stage dominates the fluctuations; the later stages are taken at their means: their
+  per-primary spread, ~1/√(G₁ε₁) ≈ 9 %, adds < 1 % to the exponential's 100 %), then
+  photons per avalanche electron × the lens acceptance: unsaturated, the mean photons at
+  the sensor per primary electron is G₁ε₁·G₂ε₂·G₃ · 0.07 · Ω (G = 342 per GEM, ε = 0.36
+  extraction into GEM2 and GEM3, Ω = 1.17 × 10⁻⁴) ≈ 42 photons, spread on the GEM plane by
+  a Gaussian of ``avalanche_sigma_mm`` (0.15 mm, assumed: GEM holes, transfer-gap diffusion
+  and optics together, sampled by ``avalanche_spots`` points); the photons of a pixel are
+  Poisson, × 2 counts. With W = 46.2 eV (the CYGNO digitiser's) that is the nominal
+  ``counts_per_kev`` ≈ 1 840 counts/keV.
+* **GEM3 saturation** (``saturation``, on by default): the CYGNO digitiser's model,
+  A·n·G₃/(1 + β·G₃·n) for the n electrons entering GEM3 in each pixel × 0.1 mm (along the
+  drift) voxel, with its parameters fitted to LIME's overground ⁵⁵Fe images at several
+  drift distances (β = 10⁻⁵, A = 1.52, λ = 1400 mm;
+  ``pietro14/digitization:ConfigFile_Fe55_best_parameters.txt``, LNF runs 5867-5911). As
+  there, it acts on the expected charge density (each primary's G₁ε₁G₂ε₂ electrons spread
+  by the diffusion, σ_L(z) = √(0.26² + 0.0989² z[cm]) mm along the drift); we take each
+  pixel column's charge Gaussian along the drift (:func:`saturation_factor`), within ~5 %
+  of the voxel-by-voxel computation. Dense charge saturates: short drifts (little
+  diffusion), NRs and the slow end of ERs. Noiseless ⁵⁵Fe light (simulated,
+  ``scripts/cygno_light_yield.py``): ≈ 820 / 1 310 / 1 450 counts per keV at z = 50 / 250
+  / 450 mm (≈ 4 800 / 7 700 / 8 500 counts per 5.9 keV spot, rising with drift distance as
+  diffusion dilutes the charge), σ/E ≈ 8.5 % at fixed z; ≈ 1 200 counts/keV and σ/E ≈ 20 %
+  over the default uniform z range. The classical reconstruction (``reco.py``) recovers
+  ≈ 90 % of that light.
 * **Camera**: a fixed pedestal map (≈ 99 counts, per-pixel spread) and a per-pixel noise
   map (σ ≈ 2 counts, log-normal spread and a small fraction of noisy pixels), both drawn
   from ``detector_seed`` (the same for every image, as a pedestal run measures them);
@@ -43,11 +61,13 @@ class (0 noise, 1 ER, 2 NR) and track of the brightest track when it gives at le
 ``truth_threshold_counts``, and per track its class, species, energies, position, box and
 mask (:meth:`CygnoImages.track_mask`).
 
-What it leaves out: δ-rays, straggling of the ER path and every other limitation of the
-shared ER transport (see ``studies/tpc/sim.py``); the NR recoil cascade (secondary
-recoils are folded into the Lindhard factor, not tracked) and NR channelling; longitudinal
-diffusion and the time structure (the camera integrates); any avalanche-size dependence of
-the light spread, GEM3 saturation, vignetting, a measured optical PSF,
+What it leaves out: the shared ER transport's own limitations (its elastic-scattering
+model; no Auger electrons or fluorescence: ``studies/tpc/sim.py``); the NR recoil cascade (secondary
+recoils are folded into the Lindhard factor, not tracked) and NR channelling; the time
+structure (the camera integrates; longitudinal diffusion enters only the saturation); the
+space-charge dynamics behind the saturation beyond its fitted formula (arXiv 2505.06362
+models it); any avalanche-size dependence of the light spread, gain non-uniformity over the
+GEM area, vignetting, a measured optical PSF,
 the non-Gaussian per-pixel noise tails of the real camera beyond the noisy-pixel fraction,
 radioactive and cosmic backgrounds. Everything it makes is a simulation, not data.
 
@@ -63,6 +83,7 @@ import math
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from recoil_jax.physics import gas as gas_lib
 from recoil_jax.physics import ions
@@ -98,14 +119,36 @@ class SimConfig:
   w_ev: float = 46.2
   fano: float = 0.2
   er_cutoff_kev: float = 0.5
-  absorption_length_mm: float = 1000.0  # 0 = no absorption.
+  # The shared ER transport's optional physics (studies/tpc/sim_physics.py): Møller δ-rays
+  # above er_delta_cut_kev (2.6 per 40 keV track in He:CO₂), energy-loss straggling below it,
+  # the ionisation electrons' thermalisation spread. On: without them the toy ERs are
+  # cleaner than real ones and the cut-based ER/NR discrimination too good (issue 11).
+  er_delta_rays: bool = True
+  er_straggling: bool = True
+  er_electron_spread: bool = True
+  er_delta_cut_kev: float = 1.0
+  # Primary-electron absorption length: 1400 mm in the CYGNO digitiser's parameter set tuned
+  # on LIME's overground ⁵⁵Fe runs (fitted together with the saturation below).
+  absorption_length_mm: float = 1400.0  # 0 = no absorption.
   diffusion_sigma0_mm: float = 0.35
   diffusion_mm_per_sqrt_cm: float = 0.115
+  # Longitudinal diffusion σ_L(z) = √(σ0L² + D_L² z) (arXiv 2007.00608 via the digitiser:
+  # σ0L² = 0.0676 mm², D_L² = 0.00978 mm²/cm); only the GEM3 saturation uses it.
+  diffusion_long_sigma0_mm: float = 0.26
+  diffusion_long_mm_per_sqrt_cm: float = 0.0989
   avalanche_sigma_mm: float = 0.15  # Spread of one electron's light on the GEM plane.
   avalanche_spots: int = 8  # Points sampling that spread (1 = all light at one point).
   gem_gain: float = 342.0
   gem_extraction: float = 0.36
   photons_per_avalanche_electron: float = 0.07
+  # GEM3 saturation per voxel (pixel × ``saturation_voxel_z_mm`` along the drift): n
+  # electrons entering GEM3 give A·n·G₃/(1 + β·G₃·n) (the CYGNO digitiser's model and its
+  # parameters fitted on LIME's ⁵⁵Fe data at several drift distances, LNF runs 5867-5911:
+  # β = 1e-5, A = 1.52, 0.1 mm; ``pietro14/digitization:ConfigFile_Fe55_best_parameters.txt``).
+  saturation: bool = True
+  saturation_beta: float = 1e-5
+  saturation_scale: float = 1.52  # A (MC/data light scale fitted with β); 1 without saturation.
+  saturation_voxel_z_mm: float = 0.1
   acceptance: float = 1.17e-4
   counts_per_photon: float = 2.0
   pedestal_counts: float = 99.0
@@ -131,6 +174,14 @@ class SimConfig:
     if not self.er_cutoff_kev < lo <= hi <= 200.0:
       raise ValueError(f"SimConfig.er_energy_kev={self.er_energy_kev} must be above "
                        f"er_cutoff_kev={self.er_cutoff_kev} and <= 200 keV")
+    if self.er_delta_cut_kev < self.er_cutoff_kev:
+      raise ValueError(f"SimConfig.er_delta_cut_kev={self.er_delta_cut_kev} must be >= "
+                       f"er_cutoff_kev={self.er_cutoff_kev}")
+    if self.absorption_length_mm < 0 or self.saturation_beta < 0 or self.saturation_scale <= 0:
+      raise ValueError(
+          f"SimConfig: absorption_length_mm={self.absorption_length_mm} (>= 0, 0 = none), "
+          f"saturation_beta={self.saturation_beta} (>= 0) and saturation_scale="
+          f"{self.saturation_scale} (> 0) are out of range")
     if abs(sum(self.nr_species_probs) - 1.0) > 1e-6:
       raise ValueError(f"SimConfig.nr_species_probs={self.nr_species_probs} must sum to 1")
 
@@ -148,8 +199,21 @@ class SimConfig:
 
   @property
   def counts_per_kev(self) -> float:
-    """Mean camera counts per keV of ionisation energy (no absorption)."""
+    """Nominal camera counts per keV of ionisation energy: the unsaturated GEM chain, no
+    absorption, without the saturation model's scale A (the light of a track is this ×
+    A·R, R ≤ 1 the saturation factor of :func:`saturation_factor`)."""
     return 1e3 / self.w_ev * self.photons_per_electron * self.counts_per_photon
+
+  @property
+  def gem3_input_per_electron(self) -> float:
+    """Mean electrons entering GEM3 per primary electron, G₁ε₁·G₂ε₂ (≈ 1.5 × 10⁴)."""
+    return (self.gem_gain * self.gem_extraction)**2
+
+  def diffusion_long_sigma_mm(self, z_mm) -> np.ndarray:
+    """Longitudinal diffusion σ_L(z) = √(σ0L² + D_L² z[cm]), mm."""
+    z_cm = np.maximum(np.asarray(z_mm, np.float64), 0.0) / 10.0
+    return np.sqrt(self.diffusion_long_sigma0_mm**2 +
+                   self.diffusion_long_mm_per_sqrt_cm**2 * z_cm)
 
   def diffusion_sigma_mm(self, z_mm) -> np.ndarray:
     """Transverse diffusion σ_T(z) = √(σ₀² + D_T² z[cm]), mm."""
@@ -231,6 +295,66 @@ def detector_maps(cfg: SimConfig) -> tuple[np.ndarray, np.ndarray]:
   return pedestal.astype(np.float32), sigma.astype(np.float32)
 
 
+# Gauss–Hermite nodes for ∫ φ(t) f(t) dt ≈ Σ w f(t) / √(2π) (weight e^{−t²/2}).
+_GH_T, _GH_W = np.polynomial.hermite_e.hermegauss(64)
+
+
+def saturation_factor(u) -> np.ndarray:
+  """Mean GEM3 gain fraction R(u) = ∫ φ(t) dt / (1 + u·e^{−t²/2}) of a pixel column whose
+  charge has a Gaussian profile along the drift with β·G₃·n = ``u`` in its peak voxel
+  (``n·G₃/(1 + β·G₃·n)`` per voxel, summed over the column's voxels, over n·G₃)."""
+  u = np.asarray(u, np.float64)
+  den = 1.0 + u[..., None] * np.exp(-0.5 * _GH_T**2)
+  return (_GH_W / den).sum(-1) / math.sqrt(2.0 * math.pi)
+
+
+def _saturation_gain(cfg: SimConfig, owner: np.ndarray, x0: np.ndarray, y0: np.ndarray,
+                     z0: np.ndarray, q: np.ndarray, spot_owner: np.ndarray,
+                     spot_row: np.ndarray, spot_col: np.ndarray, num_tracks: int
+                     ) -> np.ndarray:
+  """A·R per light spot: the GEM3 saturation of its track's charge at its pixel.
+
+  As in the CYGNO digitiser (which diffuses every electron leaving GEM2 independently),
+  the saturation acts on the *expected* GEM3 input of the track: the charge ``q`` [e⁻]
+  of each primary at its undiffused position (``x0``, ``y0`` [mm], drift ``z0`` [mm]),
+  spread by the transverse diffusion at the track's mean drift. Per pixel column the
+  charge is taken Gaussian along the drift, with the charge-weighted variance of the
+  primaries' z plus σ_L², and sliced into ``saturation_voxel_z_mm`` voxels
+  (:func:`saturation_factor`). ``owner`` and ``spot_owner`` must be sorted (track order).
+  """
+  px = cfg.pixel_mm
+  g3_beta = cfg.saturation_beta * cfg.gem_gain
+  out = np.full(len(spot_owner), cfg.saturation_scale, np.float64)
+  p_lo = np.searchsorted(owner, np.arange(num_tracks + 1))
+  s_lo = np.searchsorted(spot_owner, np.arange(num_tracks + 1))
+  for t in range(num_tracks):
+    a, b, c, d = p_lo[t], p_lo[t + 1], s_lo[t], s_lo[t + 1]
+    if b == a or d == c:
+      continue
+    qt = q[a:b]
+    zbar = float(np.average(z0[a:b], weights=qt))
+    dz = z0[a:b] - zbar
+    sig = float(cfg.diffusion_sigma_mm(zbar)) / px  # Pixels.
+    margin = int(math.ceil(5.0 * sig + 3.0 * cfg.avalanche_sigma_mm / px)) + 1
+    col = np.floor(x0[a:b] / px).astype(np.int64)
+    row = np.floor(y0[a:b] / px).astype(np.int64)
+    c0, r0 = col.min() - margin, row.min() - margin
+    shape = (row.max() + margin + 1 - r0, col.max() + margin + 1 - c0)
+    flat = (row - r0) * shape[1] + (col - c0)
+    grids = [ndimage.gaussian_filter(
+        np.bincount(flat, weights=qt * dz**k, minlength=shape[0] * shape[1]).reshape(shape),
+        sig, mode="constant", truncate=4.0) for k in (0, 1, 2)]
+    n_col = grids[0]
+    safe = np.maximum(n_col, 1e-12)
+    var_z = np.maximum(grids[2] / safe - (grids[1] / safe)**2, 0.0) + \
+        float(cfg.diffusion_long_sigma_mm(zbar))**2
+    peak = n_col * cfg.saturation_voxel_z_mm / np.sqrt(2.0 * math.pi * var_z)
+    sr, sc = spot_row[c:d] - r0, spot_col[c:d] - c0
+    ok = (sr >= 0) & (sr < shape[0]) & (sc >= 0) & (sc < shape[1])
+    out[c:d][ok] *= saturation_factor(g3_beta * peak[sr[ok], sc[ok]])
+  return out
+
+
 def _isotropic(rng: np.random.Generator, n: int) -> np.ndarray:
   d = rng.standard_normal((n, 3))
   return d / np.linalg.norm(d, axis=1, keepdims=True)
@@ -259,7 +383,9 @@ def _electron_recoils(energies: np.ndarray, cfg: SimConfig, seed: int) -> list[n
     pad[0] = max(cfg.er_energy_kev[1], FE55_KEV)
     r = electron_sim.simulate_electron_recoils(
         int(seed) * 7919 + c, np.concatenate([e, pad]), gas=cfg.gas,
-        cutoff_kev=cfg.er_cutoff_kev, max_steps=2048, chunk_size=chunk)
+        cutoff_kev=cfg.er_cutoff_kev, max_steps=2048, chunk_size=chunk,
+        delta_rays=cfg.er_delta_rays, straggling=cfg.er_straggling,
+        electron_spread=cfg.er_electron_spread, delta_cut_kev=cfg.er_delta_cut_kev)
     out.extend(r.track(i).astype(np.float64) for i in range(len(e)))
   return out
 
@@ -364,10 +490,12 @@ def simulate_images(seed: int, num_images: int, cfg: SimConfig = SimConfig()) ->
   if cfg.absorption_length_mm > 0:
     keep = rng.random(len(z)) < np.exp(-z / cfg.absorption_length_mm)
     owner, x, y, z = owner[keep], x[keep], y[keep], z[keep]
+  prim_owner, x0, y0 = owner, x, y  # Undiffused, for the GEM3 saturation.
   sig = cfg.diffusion_sigma_mm(z)
   x = x + sig * rng.standard_normal(len(x))
   y = y + sig * rng.standard_normal(len(y))
-  photons = cfg.photons_per_electron * rng.exponential(1.0, len(x))
+  gain1 = rng.exponential(1.0, len(x))  # GEM1 gain / its mean.
+  photons = cfg.photons_per_electron * gain1
   if cfg.avalanche_spots > 1:
     # Each avalanche's light spreads over ~a pixel (GEM holes, transfer gaps, optics).
     m = int(cfg.avalanche_spots)
@@ -376,6 +504,10 @@ def simulate_images(seed: int, num_images: int, cfg: SimConfig = SimConfig()) ->
     y = np.repeat(y, m) + cfg.avalanche_sigma_mm * rng.standard_normal(len(owner))
   col = np.floor(x / cfg.pixel_mm).astype(np.int64)
   row = np.floor(y / cfg.pixel_mm).astype(np.int64)
+  if cfg.saturation:
+    # Deterministic given the draws above: the random stream is the same either way.
+    photons = photons * _saturation_gain(
+        cfg, prim_owner, x0, y0, z, cfg.gem3_input_per_electron * gain1, owner, row, col, t)
   inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
   owner, photons, pix = owner[inside], photons[inside], (row * w + col)[inside]
 

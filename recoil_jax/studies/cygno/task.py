@@ -143,7 +143,11 @@ def sim_config(d) -> sim.SimConfig:
       multiplicity=d.multiplicity, nr_fraction=d.nr_fraction,
       er_energy_kev=tuple(d.er_energy_kev), fe55_fraction=d.fe55_fraction,
       nr_ionisation_kev=tuple(d.nr_ionisation_kev), z_range_mm=tuple(d.z_range_mm),
-      w_ev=d.w_ev, acceptance=d.acceptance)
+      w_ev=d.w_ev, acceptance=d.acceptance, saturation=d.saturation,
+      absorption_length_mm=d.absorption_length_mm,
+      er_delta_rays=bool(d.er_physics.delta_rays), er_straggling=bool(d.er_physics.straggling),
+      er_electron_spread=bool(d.er_physics.electron_spread),
+      er_delta_cut_kev=float(d.er_physics.delta_cut_kev))
 
 
 def reco_config(r) -> reco.RecoConfig:
