@@ -15,11 +15,16 @@ Usage:
   # run (calls alternate between the two, so both see the same machine load):
   python scripts/bench_simulator.py --energy-kev 50 --physics none all \
       --compare-with HEAD
+  # Chunks run on 1 and on 2 threads (``workers``), alternating: CPU/wall near
+  # 2 means both cores were busy with the simulation.
+  python scripts/bench_simulator.py --energy-kev 50 --physics none all \
+      --workers 1 2
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import os
 import platform
@@ -53,6 +58,10 @@ def _parse_args() -> argparse.Namespace:
   p.add_argument("--compare-with", default=None, metavar="GIT_REF",
                  help="also time sim.py and sim_physics.py of this git commit "
                  "(e.g. HEAD), alternating calls with the working tree's")
+  p.add_argument("--workers", type=int, nargs="+", default=None,
+                 help="`workers` of simulate_electron_recoils (chunks run at "
+                 "once on threads); several values are timed alternately; "
+                 "default: the function's default")
   p.add_argument("--delta-cut-kev", type=float, default=1.0,
                  help="δ-ray cut of the optional physics, keV")
   return p.parse_args()
@@ -124,9 +133,17 @@ def main() -> None:
   print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, "
         f"jax {jax.__version__}, backend {jax.default_backend()}, "
         f"devices {jax.devices()}")
-  sims = {"current": simulate_electron_recoils}
+  if args.workers is not None and min(args.workers) < 1:
+    raise SystemExit("--workers must be >= 1.")
+  # name -> simulator with its `workers` bound (the --compare-with commit's
+  # simulator runs with its own defaults: it may predate `workers`).
+  sims = {}
   if args.compare_with:
-    sims = {args.compare_with: load_simulator_at(args.compare_with), **sims}
+    sims[args.compare_with] = load_simulator_at(args.compare_with)
+  for w in args.workers or [None]:
+    sims["current" if w is None else f"current workers={w}"] = (
+        simulate_electron_recoils if w is None else
+        functools.partial(simulate_electron_recoils, workers=w))
   summary = []
   for spec in args.physics:
     physics = physics_kwargs(spec, args.delta_cut_kev)
@@ -148,6 +165,7 @@ def main() -> None:
         times[name].append(time.perf_counter() - t0)
         cpu[name].append(time.process_time() - c0)
         loads.append(_load())
+    load_range = f"{min(loads):.1f}-{max(loads):.1f}"
     for name in sims:
       warm = float(np.median(times[name]))
       c = float(np.median(cpu[name]))
@@ -156,18 +174,21 @@ def main() -> None:
             f"tracks/s (best {args.num_tracks / min(times[name]):.0f}); process "
             f"CPU time: median {c:.3f} s -> {args.num_tracks / c:.0f} tracks per "
             f"CPU-second (CPU/wall {c / warm:.2f})")
-      summary.append((spec, name, args.num_tracks / warm, args.num_tracks / c))
-    print(f"1-min load average during the timed calls: {min(loads):.1f}-"
-          f"{max(loads):.1f} (other processes slow the wall time)")
+      summary.append((spec, name, args.num_tracks / warm, args.num_tracks / c,
+                      c / warm, load_range))
+    print(f"1-min load average during the timed calls: {load_range} (other "
+          "processes slow the wall time)")
     print(f"check: mean path {out.path_length_mm.mean():.1f} mm, "
           f"mean electrons {out.num_electrons.mean():.0f}, "
           f"output {out.positions_mm.nbytes / 1e6:.0f} MB"
           + (f", mean δ-rays {out.num_delta_rays.mean():.2f}"
              if out.num_delta_rays is not None else ""))
   if len(summary) > 1:
-    print("\nphysics | simulator | tracks/s (wall) | tracks per CPU-second")
-    for spec, name, wall, per_cpu in summary:
-      print(f"{spec} | {name} | {wall:.0f} | {per_cpu:.0f}")
+    print("\nphysics | simulator | tracks/s (wall) | tracks per CPU-second | "
+          "CPU/wall | 1-min load")
+    for spec, name, wall, per_cpu, ratio, load in summary:
+      print(f"{spec} | {name} | {wall:.0f} | {per_cpu:.0f} | {ratio:.2f} | "
+            f"{load}")
 
 
 if __name__ == "__main__":

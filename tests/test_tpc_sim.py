@@ -183,7 +183,7 @@ def test_blocked_draws_prefix_does_not_depend_on_length():
 
 N_TRACKS = 200
 ENERGIES = (10, 40, 50)
-# One call for all energies: one compiled shape (chunk 1024) shared by tests.
+# One call for all energies: one compiled chunk shape shared by tests.
 ALL_ENERGIES = np.repeat(np.array(ENERGIES, np.float64), N_TRACKS)
 
 
@@ -326,6 +326,63 @@ def test_output_independent_of_chunk_size_and_other_tracks(combined, tracks):
   alone = simulate_electron_recoils(7, 10.0, N_TRACKS, chunk_size=256)
   np.testing.assert_array_equal(alone.num_electrons, tracks[10].num_electrons)
   np.testing.assert_array_equal(alone.positions_mm, tracks[10].positions_mm)
+
+
+_PHYSICS_FIELDS = ("num_delta_rays", "delta_kev", "delta_parent_kev", "delta_generation",
+                   "deposited_kev")
+_OUTPUT_FIELDS = ("positions_mm", "num_electrons", "energy_kev",
+                  "path_length_mm") + _PHYSICS_FIELDS
+
+
+# Switches off is slow-marked: the golden digest (600 tracks = 2 chunks of 512 on two
+# workers by default) already pins that path to the sequential output of before.
+@pytest.mark.parametrize("physics", [pytest.param(False, marks=pytest.mark.slow), True],
+                         ids=["switches_off", "all_on"])
+def test_output_independent_of_workers(physics, monkeypatch):
+  # 260 tracks: workers=1 runs one chunk of 512 in this thread; workers=2 splits
+  # them into 2 chunks of 256 and workers=3 into 3 of 128 (the smallest split),
+  # run on threads.  Every field is the same bit for bit.
+  import threading  # pylint: disable=g-import-not-at-top
+  from recoil_jax.studies.tpc import sim_physics  # pylint: disable=g-import-not-at-top
+  module, name = (sim_physics, "simulate_chunk") if physics else (er, "_simulate_chunk")
+  jitted, calls = getattr(module, name), []
+
+  def recorded(keys, *args, **kwargs):
+    calls.append((threading.current_thread().name, keys.shape[0]))
+    return jitted(keys, *args, **kwargs)
+
+  monkeypatch.setattr(module, name, recorded)
+  kw = dict(delta_rays=True, straggling=True, electron_spread=True) if physics else {}
+  energies = np.linspace(5.0, 15.0, 260)
+  runs, chunks = {}, {}
+  for w in (1, 2, 3):
+    calls.clear()
+    runs[w] = simulate_electron_recoils(11, energies, workers=w, **kw)
+    chunks[w] = sorted(calls)
+  main = threading.current_thread().name
+  assert chunks[1] == [(main, 512)]
+  for w, size in ((2, 256), (3, 128)):
+    assert [c[1] for c in chunks[w]] == [size] * w
+    assert all(c[0].startswith("simulate_electron_recoils") for c in chunks[w])
+  for w in (2, 3):
+    for name in _OUTPUT_FIELDS:
+      a, b = getattr(runs[1], name), getattr(runs[w], name)
+      expect_none = not physics and name in _PHYSICS_FIELDS
+      assert (a is None) == expect_none and (b is None) == expect_none, (w, name)
+      if a is not None:
+        assert a.dtype == b.dtype, (w, name)
+        np.testing.assert_array_equal(a, b, err_msg=f"workers={w}: {name}")
+
+
+def test_workers_validate_and_errors_come_in_chunk_order():
+  with pytest.raises(ValueError, match="workers"):
+    simulate_electron_recoils(0, 40.0, 4, workers=0)
+  with pytest.raises(ValueError, match="workers"):
+    simulate_electron_recoils(0, 40.0, 4, workers=1.5)
+  # Both chunks (2 x 128 tracks, on threads) fail; the first one's error is raised,
+  # as in the sequential loop.
+  with pytest.raises(RuntimeError, match="chunk starting at track 0 "):
+    simulate_electron_recoils(0, 40.0, 256, max_steps=10, workers=2)
 
 
 def test_too_few_electron_slots_raises():
