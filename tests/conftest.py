@@ -24,12 +24,19 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 
-def load_config(path: str, variant: str | None = None) -> ml_collections.ConfigDict:
-  """``get_config(variant)`` of a config file given relative to the repository root."""
-  spec = importlib.util.spec_from_file_location("_test_config", os.path.join(REPO_ROOT, path))
+def load_module(path: str, name: str | None = None):
+  """The module of a file given relative to the repository root (a script or a config),
+  loaded afresh (scripts/ and configs/ are not packages)."""
+  name = name or "_under_test_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_ROOT, path))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return module
+
+
+def load_config(path: str, variant: str | None = None) -> ml_collections.ConfigDict:
+  """``get_config(variant)`` of a config file given relative to the repository root."""
+  return load_module(path, "_test_config").get_config(variant)
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

@@ -5,24 +5,18 @@ loops: the check (agreement with the project's N = 1 layer, use_s2fft vs default
 equivariance) and one jitted forward + backward of the route, at L = 4.
 """
 
-import importlib.util
-import os
 
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import load_module
 
 pytest.importorskip("e3nn_jax")
 
 
 @pytest.fixture(scope="module")
 def bench():
-  path = os.path.join(REPO_ROOT, "scripts", "bench_spherical.py")
-  spec = importlib.util.spec_from_file_location("bench_spherical", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_module("scripts/bench_spherical.py")
 
 
 def test_e3nn_route_matches_project_n1_and_is_equivariant(bench):

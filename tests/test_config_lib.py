@@ -1,6 +1,5 @@
 """Tests of recoil_jax.config_lib's variant parser and of every config file's variants."""
 
-import importlib.util
 import os
 
 import ml_collections
@@ -8,17 +7,13 @@ import pytest
 
 from recoil_jax import config_lib
 
-from conftest import REPO_ROOT, load_config
+from conftest import load_config, load_module
 
 CONFIG_FILES = ("configs/toy.py", "configs/tpc.py", "configs/sbnd.py")
 
 
 def _module(path):
-  spec = importlib.util.spec_from_file_location("_config_under_test",
-                                                os.path.join(REPO_ROOT, path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_module(path, "_config_under_test")
 
 
 def _recording_table(log):

@@ -1,22 +1,17 @@
 """scripts/kamland_compare.py: paired bootstrap, step timing, tables (no training)."""
 
-import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import load_module
 
 
 @pytest.fixture(scope="module")
 def compare():
-  path = os.path.join(REPO_ROOT, "scripts", "kamland_compare.py")
-  spec = importlib.util.spec_from_file_location("kamland_compare", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_module("scripts/kamland_compare.py")
 
 
 def test_paired_bootstrap_differences(compare):

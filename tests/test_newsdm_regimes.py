@@ -4,7 +4,6 @@ table is built from the analysis output, and the script runs end to end (--quick
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,17 +12,14 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, subprocess_env
+from conftest import REPO_ROOT, load_module, subprocess_env
 from recoil_jax.analysis import classification as cls_analysis
 
 SCRIPT = os.path.join(REPO_ROOT, "scripts", "newsdm_regimes.py")
 
 
 def _script():
-  spec = importlib.util.spec_from_file_location("newsdm_regimes", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_module(os.path.relpath(SCRIPT, REPO_ROOT), "newsdm_regimes")
 
 
 def _args(module, tmp_path, **overrides):

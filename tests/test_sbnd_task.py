@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, load_config, subprocess_env
+from conftest import REPO_ROOT, load_config, load_module, subprocess_env
 from recoil_jax import train
 from recoil_jax.studies.sbnd import analysis as seg
 from recoil_jax.studies.sbnd import task as sbnd
@@ -24,11 +24,7 @@ CONFIG = "configs/sbnd.py"
 
 
 def _config_module():
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location("_sbnd_cfg", os.path.join(REPO_ROOT, CONFIG))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_module(CONFIG, "_sbnd_cfg")
 
 
 def _launch(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
