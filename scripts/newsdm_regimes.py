@@ -26,17 +26,17 @@ Writes ``regimes.md`` and ``regimes.json`` into ``--workdir`` (through ``recoil_
 Resumable: a regime whose workdir holds a finished run of the same config is skipped.
 
 Commands:
-  python scripts/newsdm_regimes.py --workdir=runs/newsdm_regimes            # CPU, 10-14 min
+  python scripts/newsdm_regimes.py --workdir=runs/newsdm_regimes            # CPU, ~25 min idle
   python scripts/newsdm_regimes.py --workdir=/tmp/regimes --quick           # ~1 min
   python scripts/newsdm_regimes.py --workdir=runs/regimes_gpu --base_variant=paper \
       --architecture=newsnet3d --num_train=0 --epochs=0                     # one GPU
 
-Defaults (``--architecture plain3d``, width 0.125: the plain 3D CNN, so that the three
-regimes fit in about ten minutes of a shared 2-core CPU; NEWSnet_3D trains ≈ 4× slower
-per image): 2 400 training events × 2 epochs of batch 32, 480 validation, 200 signal
-events per carbon energy and beam angle, 600 per background. Measured on a 2-core CPU
-shared with other jobs (load 4–6): 229 / 389 / 195 s for physical / unphysical /
-rotational, datasets included; --quick: 53–85 s.
+Defaults: NEWSnet_3D at width 0.125, 4 800 training events × 3 epochs of batch 32 (417
+steps), 480 validation, 200 signal events per carbon energy and beam angle, 2 000 per
+background; ``--regimes`` defaults to all four (the talk's three + ``cycled``). Measured
+on the 2-core CPU shared with 4–8 other jobs (load 4–8): 1 271 / 1 480 / 972 s for
+physical / unphysical / rotational, training and test sets included
+(``results/newsdm/regimes``); --quick (plain 3D CNN): 53–85 s.
 """
 
 from __future__ import annotations
@@ -51,9 +51,9 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_PATH = os.path.join(REPO_ROOT, "configs", "newsdm.py")
 TALK_REGIMES = ("physical", "unphysical", "rotational")
 REGIMES = TALK_REGIMES + ("cycled",)
-DEFAULTS = dict(base_variant="", architecture="newsnet3d", width=0.125, num_train=2400,
-                num_validation=480, epochs=2, batch=32, num_test_signal=200,
-                num_test_background=600, beam_angles="0,90")
+DEFAULTS = dict(base_variant="", architecture="newsnet3d", width=0.125, num_train=4800,
+                num_validation=480, epochs=3, batch=32, num_test_signal=200,
+                num_test_background=2000, beam_angles="0,90")
 QUICK = dict(base_variant="smoke", architecture="plain3d", width=0.125, num_train=96,
              num_validation=48, epochs=1, batch=16, num_test_signal=24,
              num_test_background=48, beam_angles="0,90")
