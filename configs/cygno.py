@@ -37,8 +37,9 @@ Variants:
   (default)   2 000 simulated frames (table 99 s on the 2-core CPU), up to 30 epochs of
               the DNN (early stopping), 400-tree forests: 2 min in total (measured).
   smoke       120 frames, 2 epochs, 10 trees: the same code path in well under a minute.
-  cpu_hour    provisional: 20 000 frames (table ~20 min), 60 epochs, 400 trees on the
-              three datasets; not yet run end to end.
+  cpu_hour    20 000 frames, up to 60 epochs of the DNN (early stopping), 400 trees on
+              the three datasets: 19 min 43 s on the shared 2-core CPU (measured;
+              results/cygno/cpu_hour; see below).
   unet, resunet, attresunet
               segmentation: 600 frames of 128², filters (8, 16, 32, 64), up to 20 epochs
               of batch 8; not yet run at this size (see the measured result below).
@@ -60,6 +61,10 @@ GBC 98.5 / 97.5 % (All), best single-variable cut (η) 94.5 / 90.5 % (thesis 83 
 the thesis' ordering ML > cuts. Per energy bin at 50 % the rejection falls to 60–78 % at
 2–10 keV (12 / 9 and 32 / 40 test clusters). Without the ER δ-rays and saturation (before
 issue 11's realism work) the ML rows were 100 % and the cut 98.5 %.
+``cpu_hour`` (simulated, 1 979 NR / 2 021 ER test clusters, results/cygno/cpu_hour), at 40 % /
+50 % NR efficiency: DNN 99.65 / 99.21 %, RF 99.11 / 98.07 %, GBC 99.41 / 98.47 %, η cut
+92.2 / 89.2 % (thesis 99.43 / 98.50, 99.54 / 98.78, 99.38 / 98.55, 83.13 / –); per energy at
+50 %: DNN 44 / 69 / 93 / 99.9 % at 2–5 / 5–10 / 10–20 / 20–40 keV.
 Segmentation, measured once each (simulated; ``attresunet`` with data.num_images=240,
 data.image_size=64, model.filters=(8, 16, 32), 10 epochs: 1.5–2 min; 48 test frames, so
 a few tracks per keV bin; measured before the GEM3 saturation became the simulator's

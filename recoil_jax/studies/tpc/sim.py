@@ -45,10 +45,11 @@ downstream) and any detector response.  Without ``straggling`` and
 E₀ to the cutoff.  The output is a simulation, not data.
 
 Implementation: JAX, float32, jit-compiled.  Tracks are processed in chunks,
-each one jitted XLA call that runs on one core (XLA's CPU code for these small
-sequential loops does not parallelise), ``workers`` chunks at a time on a
-thread pool (a running XLA call releases the GIL; see
-``simulate_electron_recoils``).  Inside a chunk all tracks advance together
+each one jitted XLA call, ``workers`` chunks at a time on a thread pool (a
+running XLA call releases the GIL; see ``simulate_electron_recoils``): XLA
+spreads one chunk over both cores of an idle 2-core machine only partly
+(CPU/wall 1.77), two chunks fill them (1.94; 18 % more tracks/s with δ-rays,
+straggling and spread on).  Inside a chunk all tracks advance together
 through masked steps: a ``lax.scan`` over blocks of ``_BLOCK_STEPS`` steps
 inside a ``lax.while_loop`` that stops as soon as every track of the chunk has
 reached the cutoff (or ``max_steps`` is reached).  Interpolation tables
@@ -633,8 +634,9 @@ def simulate_electron_recoils(seed: int,
       track with more raises ``RuntimeError``, nothing is dropped); used with
       ``delta_rays`` only.  ~2.5 per 40 keV track above 1 keV.
     workers: chunks simulated at the same time, each by one thread calling
-      the jitted chunk and waiting for it (an XLA call on CPU uses one core
-      and releases the GIL, so two chunks use two cores).  None (default):
+      the jitted chunk and waiting for it (a running XLA call releases the
+      GIL, so the chunks overlap and fill the cores that one chunk leaves
+      partly idle).  None (default):
       ``min(2, CPUs available to the process)`` on the CPU backend, 1 on
       others (one accelerator gains nothing from it).  1: the sequential loop
       in the calling thread, as before this option.  When the tracks fit in
