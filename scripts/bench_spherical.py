@@ -72,6 +72,26 @@ def _rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB.
 
 
+def _jit_and_time(apply, params, x, mode: str, t0: float):
+  """(jitted fn, setup seconds since ``t0`` incl. its first call, warm call times [s]).
+
+  ``mode``: "fwd" times ``apply(params, x)``; otherwise the value and gradient of
+  Σ apply(params, x)² with respect to ``params``.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  if mode == "fwd":
+    fn = jax.jit(apply)
+  else:
+    fn = jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(jnp.square(apply(p, x)))))
+  jax.block_until_ready(fn(params, x))
+  setup = time.perf_counter() - t0
+  jax.block_until_ready(fn(params, x))  # Warm-up.
+  times = _timed(lambda: jax.block_until_ready(fn(params, x)), min_seconds=2.0,
+                 min_repeats=5, max_repeats=200)
+  return fn, setup, times
+
+
 def _timed(fn, *, min_seconds: float, min_repeats: int, max_repeats: int) -> list[float]:
   times = []
   start = time.perf_counter()
@@ -107,15 +127,7 @@ def _fast_layer(case: dict[str, Any]) -> dict[str, Any]:
     module = layers.SO3ToSO3Conv(c_out, L_out=L, N_out=N_DIR)
   x = jnp.asarray(x, jnp.float32)
   params = module.init(jax.random.PRNGKey(0), x)  # Builds the s2fft kernels (cached).
-  if mode == "fwd":
-    fn = jax.jit(module.apply)
-  else:
-    fn = jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(jnp.square(module.apply(p, x)))))
-  jax.block_until_ready(fn(params, x))
-  setup = time.perf_counter() - t0
-  jax.block_until_ready(fn(params, x))  # Warm-up.
-  times = _timed(lambda: jax.block_until_ready(fn(params, x)), min_seconds=2.0,
-                 min_repeats=5, max_repeats=200)
+  fn, setup, times = _jit_and_time(module.apply, params, x, mode, t0)
   return {"median_s": statistics.median(times), "repeats": len(times), "setup_s": setup,
           "params": layers.param_count(params["params"]), "flops": _xla_flops(fn, params, x),
           "ideal_direct_flops": _ideal_direct_flops(kind, L, c_in, N),
@@ -242,15 +254,7 @@ def _e3nn_layer(case: dict[str, Any]) -> dict[str, Any]:
                   jnp.float32)
   init, apply, _, _ = _e3nn_route(L, c_out, use_s2fft=case.get("use_s2fft", False))
   params = jax.jit(init)(jax.random.PRNGKey(0), x)  # Eager e3nn runs op by op: slow.
-  if mode == "fwd":
-    fn = jax.jit(apply)
-  else:
-    fn = jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(jnp.square(apply(p, x)))))
-  jax.block_until_ready(fn(params, x))
-  setup = time.perf_counter() - t0
-  jax.block_until_ready(fn(params, x))  # Warm-up.
-  times = _timed(lambda: jax.block_until_ready(fn(params, x)), min_seconds=2.0,
-                 min_repeats=5, max_repeats=200)
+  fn, setup, times = _jit_and_time(apply, params, x, mode, t0)
   return {"median_s": statistics.median(times), "repeats": len(times), "setup_s": setup,
           "params": layers.param_count(params["params"]), "flops": _xla_flops(fn, params, x),
           "rss_after_case_imports_mb": rss_imports}

@@ -108,8 +108,11 @@ def test_bad_config_values_are_clear_errors():
     tasks.get_task(config).validate()
 
 
-@pytest.mark.parametrize("variant", ["smoke", "smoke+planar", "smoke+no_early", "smoke+graph",
-                                     "smoke+direction"])
+# no_early only drops an input channel of the smoke model: slow-marked to keep the default
+# suite short (the launcher test and the comparison script cover the variant).
+@pytest.mark.parametrize("variant", ["smoke", "smoke+planar",
+                                     pytest.param("smoke+no_early", marks=pytest.mark.slow),
+                                     "smoke+graph", "smoke+direction"])
 def test_models_run_on_source_examples_and_give_loss_terms(variant):
   config = load_config("configs/kamland.py", variant)
   task = tasks.get_task(config)
