@@ -74,14 +74,15 @@ bin from 1 keV (pixel IoU 0.65 vs 0.72); with ``data.acceptance=1.17e-5`` (10× 
 light) NR efficiency at 1–2 keV is 75 % (3/4) vs 25 % (1/4) classical, 100 % vs 29 % at
 2–3 keV (7 tracks), the thesis' picture (~70 % vs ~10 % at 1 keV), with the network's
 pixel precision 0.50 vs 0.83.
-Instance segmentation, measured once before the ER δ-rays and GEM3 saturation became the
-defaults (simulated; ``instance``, 120 test frames, 251 truth
-tracks; 12.5 min on the shared 2-core CPU at load ~10): class-agnostic mask / box AP50
-0.71 / 0.91 vs 0.41 / 0.51 for the iDBSCAN clusters; per class ER 0.39 / 0.50, NR 0.00 /
+Instance segmentation, measured once with the ER δ-rays and GEM3 saturation (simulated;
+``instance``, 120 test frames, 251 truth tracks; 4 min 47 s on the idle 2-core CPU):
+class-agnostic mask / box AP50 0.70 / 0.88 vs 0.35 / 0.41 for the iDBSCAN clusters (before
+them 0.71 / 0.91 vs 0.41 / 0.51); per class ER 0.39 / 0.53, NR 0.00 /
 0.00: at 1–10 keV the toy's ER and NR blobs are diffusion-dominated and not separable
-(the ER/NR head's AUC is 0.51, as are simple density / size / elongation variables), so
+(the ER/NR head's AUC was 0.51 before the new defaults, as are simple density / size /
+elongation variables), so
 every instance is called ER. With ``data.er_energy_kev`` and ``data.nr_ionisation_kev``
-= (2, 40) (the classification range): NR mask AP50 0.44 (precision 0.93), ER 0.16 — long
+= (2, 40) (the classification range; before the δ-rays and saturation): NR mask AP50 0.44 (precision 0.93), ER 0.16 — long
 20–40 keV ERs are mostly missed (8 %) by the centre voting.
 """
 
