@@ -37,7 +37,7 @@ memory, belongs to that configuration alone):
 Prints markdown tables with the ratios direct / fast. Timings depend on the machine's
 load: record ``uptime`` beside them.
 
-Command (the table in /work/notes/kamland_benchmarks.md):
+Commands (the tables in BENCHMARKS.md, "Spherical CNN layers"):
   nice -n 0 python scripts/bench_spherical.py                 # L = 16, 32, 64; ~40 min
   python scripts/bench_spherical.py --L 8 --L_check 4 --quick # ~8 min (JAX start-up
                                                               # and compilation per case)
