@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from typing import Any, Iterator, Mapping
 
@@ -77,6 +78,14 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> str:
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> str:
   """``json_safe(obj)`` as indented, key-sorted JSON (NaN → null), written atomically."""
   return write_text_atomic(path, json.dumps(json_safe(obj), indent=2, sort_keys=True) + "\n")
+
+
+def copy_file_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> str:
+  """Copies ``src`` to ``dst`` atomically (a killed copy leaves no half file); returns the
+  absolute destination path."""
+  with atomic_path(dst, suffix=os.path.splitext(os.fspath(dst))[1]) as tmp:
+    shutil.copyfile(src, tmp)
+  return os.path.abspath(os.fspath(dst))
 
 
 def write_npz_atomic(path: str | os.PathLike, *, compressed: bool = False,

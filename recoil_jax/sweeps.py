@@ -13,12 +13,11 @@ import importlib.util
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any
 
 import ml_collections
 
@@ -100,13 +99,6 @@ def git_commit(repo_root: str) -> str:
   except (OSError, subprocess.CalledProcessError):
     return "not recorded (no git checkout)"
   return commit + (" (with uncommitted changes)" if dirty else "")
-
-
-def copy_atomic(src: str, dst: str) -> str:
-  """Copies ``src`` to ``dst`` through a temporary file, so a killed copy leaves no half file."""
-  with io.atomic_path(dst, suffix=os.path.splitext(dst)[1]) as tmp:
-    shutil.copyfile(src, tmp)
-  return dst
 
 
 def write_provenance(results_dir: str, *, what: str, config: str, overrides: str,

@@ -351,7 +351,7 @@ def publish(workdir: str, results_dir: str, args: argparse.Namespace, argv: Sequ
     row["workdir"] = os.path.relpath(os.path.join(workdir, row["workdir"]), results_dir)
   out = [io.write_json_atomic(os.path.join(results_dir, "comparison.json"), payload)]
   for name in ("comparison.md", "roc.png"):
-    out.append(sweeps.copy_atomic(os.path.join(workdir, name), os.path.join(results_dir, name)))
+    out.append(io.copy_file_atomic(os.path.join(workdir, name), os.path.join(results_dir, name)))
   base = args.base_variant
   data_dir = os.path.abspath(os.path.expanduser(args.data_dir))
   timed = [(r["name"], r["seconds"]) for r in payload["rows"]]

@@ -205,14 +205,14 @@ def publish(workdir: str, results_dir: str, rows: Sequence[dict[str, Any]],
   for row in payload["rows"]:  # Run folders relative to the published table.
     row["workdir"] = os.path.relpath(os.path.join(workdir, row["workdir"]), results_dir)
   out = [io.write_json_atomic(os.path.join(results_dir, "ablation.json"), payload)]
-  out.append(sweeps.copy_atomic(os.path.join(workdir, "ablation.md"),
+  out.append(io.copy_file_atomic(os.path.join(workdir, "ablation.md"),
                                 os.path.join(results_dir, "ablation.md")))
   baseline = os.path.join(workdir, "baseline")
   for name in ("selection.md", "figure9.md", "figure9.png"):
     src = os.path.join(baseline, name)
     if os.path.exists(src) and any(r["variant"] == "baseline" for r in rows):
       stem, ext = os.path.splitext(name)
-      out.append(sweeps.copy_atomic(src, os.path.join(results_dir, f"{stem}_baseline{ext}")))
+      out.append(io.copy_file_atomic(src, os.path.join(results_dir, f"{stem}_baseline{ext}")))
   base = payload["setup"].get("base_variant") or ""
   out.append(sweeps.write_provenance(
       results_dir,

@@ -124,3 +124,10 @@ def test_save_figure_atomic_format_from_the_name(tmp_path, name, magic):
     assert f.read(4) == magic
   assert _files(tmp_path) == [name]
   assert os.path.getsize(out) > 100
+
+
+def test_copy_file_atomic(tmp_path):
+  (tmp_path / "a.md").write_text("table")
+  dst = io.copy_file_atomic(tmp_path / "a.md", tmp_path / "out" / "b.md")
+  assert open(dst, encoding="utf-8").read() == "table"
+  assert sorted(os.listdir(tmp_path / "out")) == ["b.md"]  # No temporary left.

@@ -33,10 +33,3 @@ def test_git_commit_marks_uncommitted_changes(tmp_path):
   assert len(clean) >= 7 and "uncommitted" not in clean
   (tmp_path / "f.txt").write_text("b")
   assert sweeps.git_commit(str(tmp_path)) == clean + " (with uncommitted changes)"
-
-
-def test_copy_atomic(tmp_path):
-  (tmp_path / "a.md").write_text("table")
-  dst = sweeps.copy_atomic(str(tmp_path / "a.md"), str(tmp_path / "b.md"))
-  assert open(dst, encoding="utf-8").read() == "table"
-  assert sorted(os.listdir(tmp_path)) == ["a.md", "b.md"]
