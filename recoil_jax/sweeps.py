@@ -39,6 +39,26 @@ def load_config_file(path: str) -> ModuleType:
   return module
 
 
+def selected_names(text: str, known, what: str) -> list[str]:
+  """The comma-separated names of ``text`` (a script's row/variant flag), checked.
+
+  Raises:
+    ValueError: a name is not in ``known``, or none is given; the message lists ``known``.
+  """
+  names = [n.strip() for n in text.split(",") if n.strip()]
+  unknown = [n for n in names if n not in known]
+  if unknown or not names:
+    raise ValueError(f"unknown {what}(s) {unknown or names}; known: {list(known)}")
+  return names
+
+
+def prepare_workdir(workdir: str, data_dir: str) -> tuple[str, str]:
+  """(absolute ``workdir``, created; ``data_dir`` or ``workdir/tfds`` when empty)."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  os.makedirs(workdir, exist_ok=True)
+  return workdir, data_dir or os.path.join(workdir, "tfds")
+
+
 def finished_result(run_dir: str, config: ml_collections.ConfigDict,
                     result_file: str = "final_metrics.json") -> dict[str, Any] | None:
   """``run_dir/result_file`` of a finished run of ``config``; None if not (yet) finished.

@@ -263,16 +263,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   if args.quick:
     args.base_variant, args.resamples = "smoke", 100
-  names = [n.strip() for n in args.rows.split(",") if n.strip()]
-  unknown = [n for n in names if n not in ROWS]
-  if unknown:
-    parser.error(f"unknown row(s) {unknown}; known: {list(ROWS)}")
-  workdir = os.path.abspath(os.path.expanduser(args.workdir))
-  args.data_dir = args.data_dir or os.path.join(workdir, "tfds")
-  os.makedirs(workdir, exist_ok=True)
   if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
   from recoil_jax import sweeps  # pylint: disable=g-import-not-at-top
+  try:
+    names = sweeps.selected_names(args.rows, ROWS, "row")
+  except ValueError as e:
+    parser.error(str(e))
+  workdir, args.data_dir = sweeps.prepare_workdir(args.workdir, args.data_dir)
 
   start = time.time()
   rows, scores, curves, label_ref, setup = [], {}, {}, None, None

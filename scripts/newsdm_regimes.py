@@ -223,18 +223,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.quick:
     for k, v in QUICK.items():
       setattr(args, k, v)
-  regimes = [r.strip() for r in args.regimes.split(",") if r.strip()]
-  unknown = [r for r in regimes if r not in REGIMES]
-  if unknown or not regimes:
-    parser.error(f"unknown regime(s) {unknown or regimes}; known: {list(REGIMES)}")
-  workdir = os.path.abspath(os.path.expanduser(args.workdir))
-  args.data_dir = args.data_dir or os.path.join(workdir, "tfds")
-  os.makedirs(workdir, exist_ok=True)
-
   if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
   from recoil_jax import main as launcher  # pylint: disable=g-import-not-at-top
   from recoil_jax import sweeps  # pylint: disable=g-import-not-at-top
+  try:
+    regimes = sweeps.selected_names(args.regimes, REGIMES, "regime")
+  except ValueError as e:
+    parser.error(str(e))
+  workdir, args.data_dir = sweeps.prepare_workdir(args.workdir, args.data_dir)
   launcher.set_quiet_logging()  # As the launcher: no TFDS bars or library INFO lines.
 
   rows, setup = [], None

@@ -147,17 +147,14 @@ def main(argv: Sequence[str] | None = None) -> int:
       setattr(args, k, v)
   if args.steps < 1:
     parser.error(f"--steps must be >= 1, got {args.steps}")
-  variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-  unknown = [v for v in variants if v not in ABLATION_VARIANTS]
-  if unknown:
-    parser.error(f"unknown variant(s) {unknown}; known: {list(ABLATION_VARIANTS)}")
-  workdir = os.path.abspath(os.path.expanduser(args.workdir))
-  args.data_dir = args.data_dir or os.path.join(workdir, "tfds")
-  os.makedirs(workdir, exist_ok=True)
-
   if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
   from recoil_jax import sweeps  # pylint: disable=g-import-not-at-top
+  try:
+    variants = sweeps.selected_names(args.variants, ABLATION_VARIANTS, "variant")
+  except ValueError as e:
+    parser.error(str(e))
+  workdir, args.data_dir = sweeps.prepare_workdir(args.workdir, args.data_dir)
   from recoil_jax.studies.sbnd import analysis as sbnd_analysis  # pylint: disable=g-import-not-at-top
 
   rows, setup = [], None

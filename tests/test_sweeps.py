@@ -3,6 +3,8 @@
 import os
 import subprocess
 
+import pytest
+
 from recoil_jax import sweeps
 import test_results
 
@@ -33,3 +35,14 @@ def test_git_commit_marks_uncommitted_changes(tmp_path):
   assert len(clean) >= 7 and "uncommitted" not in clean
   (tmp_path / "f.txt").write_text("b")
   assert sweeps.git_commit(str(tmp_path)) == clean + " (with uncommitted changes)"
+
+
+def test_selected_names_and_prepare_workdir(tmp_path):
+  assert sweeps.selected_names(" a, c ,", ("a", "b", "c"), "row") == ["a", "c"]
+  with pytest.raises(ValueError, match=r"unknown row\(s\) \['d'\]; known: \['a', 'b'\]"):
+    sweeps.selected_names("a,d", ("a", "b"), "row")
+  with pytest.raises(ValueError, match="unknown variant"):
+    sweeps.selected_names(" , ", ("a",), "variant")
+  work, data = sweeps.prepare_workdir(str(tmp_path / "w"), "")
+  assert os.path.isdir(work) and data == os.path.join(work, "tfds")
+  assert sweeps.prepare_workdir(str(tmp_path / "w"), "/d")[1] == "/d"
