@@ -54,7 +54,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   data.seed = 0  # Simulation seed (independent of the training seed).
   data.energies_kev = (40.0, 45.0, 50.0)  # Training energies (paper: 40, 45, 50 keV).
   data.sigma_range_um = (160.0, 466.0)  # Training smearing σ ~ U(lo, hi) µm.
-  # Optional simulator physics (recoil_jax/studies/tpc/sim_physics.py), off by default
+  # Optional simulator physics (recoil_jax/physics/electron_recoil_physics.py), off by default
   # so that the datasets and results made without them stay reproducible (with all off
   # the dataset's name and hash are those of before these keys existed). Møller δ-rays
   # above delta_cut_kev, energy-loss straggling below it, and the thermalisation and

@@ -1,4 +1,4 @@
-"""Throughput of the toy electron-recoil simulator (recoil_jax.studies.tpc.sim).
+"""Throughput of the toy electron-recoil simulator (recoil_jax.physics.electron_recoils).
 
 Times one call to compile (the first, reported separately) and then warm calls
 of ``simulate_electron_recoils`` with a fresh seed each, and prints tracks/s
@@ -36,7 +36,7 @@ import time
 import jax
 import numpy as np
 
-from recoil_jax.studies.tpc.sim import simulate_electron_recoils
+from recoil_jax.physics.electron_recoils import simulate_electron_recoils
 
 
 def _parse_args() -> argparse.Namespace:
@@ -56,7 +56,7 @@ def _parse_args() -> argparse.Namespace:
                  f"{', '.join(PHYSICS_SWITCHES)}; several settings are timed "
                  "one after the other")
   p.add_argument("--compare-with", default=None, metavar="GIT_REF",
-                 help="also time sim.py and sim_physics.py of this git commit "
+                 help="also time the simulator (and its optional physics) of this git commit "
                  "(e.g. HEAD), alternating calls with the working tree's")
   p.add_argument("--workers", type=int, nargs="+", default=None,
                  help="`workers` of simulate_electron_recoils (chunks run at "
@@ -84,22 +84,48 @@ def physics_kwargs(spec: str, delta_cut_kev: float) -> dict:
   return kw
 
 
+# Where the simulator lived: recoil_jax/physics/ since the move out of the TPC study, before
+# that recoil_jax/studies/tpc/ (sim.py, sim_physics.py); a --compare-with ref may be either.
+_LAYOUTS = (
+    {"sim": "recoil_jax/physics/electron_recoils.py",
+     "sim_physics": "recoil_jax/physics/electron_recoil_physics.py",
+     "imports": {"from recoil_jax.physics import electron_recoil_physics ":
+                     "import _ref_tpc_sim_physics as electron_recoil_physics ",
+                 "from recoil_jax.physics import electron_recoils as sim_lib":
+                     "import _ref_tpc_sim as sim_lib"}},
+    {"sim": "recoil_jax/studies/tpc/sim.py",
+     "sim_physics": "recoil_jax/studies/tpc/sim_physics.py",
+     "imports": {"from recoil_jax.studies.tpc import sim_physics ":
+                     "import _ref_tpc_sim_physics as sim_physics ",
+                 "from recoil_jax.studies.tpc import sim as sim_lib":
+                     "import _ref_tpc_sim as sim_lib"}},
+)
+
+
+def _git_show(root: str, ref: str, path: str) -> str | None:
+  out = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=root, capture_output=True,
+                       text=True)
+  return out.stdout if out.returncode == 0 else None
+
+
 def load_simulator_at(ref: str):
-  """simulate_electron_recoils of ``recoil_jax/studies/tpc/{sim,sim_physics}.py``
-  at git commit ``ref``, loaded as standalone modules (the rest of the package
-  is the working tree's)."""
+  """simulate_electron_recoils of the simulator (and its optional physics) at git commit
+  ``ref``, loaded as standalone modules (the rest of the package is the working tree's)."""
   root = subprocess.run(["git", "rev-parse", "--show-toplevel"], check=True,
                         capture_output=True, text=True).stdout.strip()
   tmp = tempfile.mkdtemp(prefix="bench_sim_")
   names = {"sim": "_ref_tpc_sim", "sim_physics": "_ref_tpc_sim_physics"}
+  for layout in _LAYOUTS:
+    sources = {name: _git_show(root, ref, layout[name]) for name in names}
+    if all(sources.values()):
+      break
+  else:
+    raise SystemExit(f"--compare-with {ref}: no electron-recoil simulator at "
+                     f"{[layout['sim'] for layout in _LAYOUTS]}")
   for name, mod in names.items():
-    src = subprocess.run(
-        ["git", "show", f"{ref}:recoil_jax/studies/tpc/{name}.py"], cwd=root,
-        check=True, capture_output=True, text=True).stdout
-    src = src.replace("from recoil_jax.studies.tpc import sim_physics ",
-                      f"import {names['sim_physics']} as sim_physics ")
-    src = src.replace("from recoil_jax.studies.tpc import sim as sim_lib",
-                      f"import {names['sim']} as sim_lib")
+    src = sources[name]
+    for old, new in layout["imports"].items():
+      src = src.replace(old, new)
     with open(os.path.join(tmp, mod + ".py"), "w") as f:
       f.write(src)
   sys.path.insert(0, tmp)

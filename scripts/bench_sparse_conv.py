@@ -41,7 +41,7 @@ GRID = 120
 def make_batch(batch: int, seed: int, max_voxels: int):
   """Simulated 50 keV tracks, σ = 443 µm, preprocessed as the paper → padded voxel arrays."""
   from recoil_jax.studies.tpc import preprocess as tpc_preprocess
-  from recoil_jax.studies.tpc import sim as electron_recoil
+  from recoil_jax.physics import electron_recoils as electron_recoil
 
   t0 = time.perf_counter()
   tracks = electron_recoil.simulate_electron_recoils(seed, 50.0, num_tracks=4 * batch)
@@ -276,7 +276,7 @@ def main() -> None:
   import tempfile
   impls = args.impls.split(",")
   coords, charges, nvox, labels, sim_info = make_batch(args.batch, args.seed, args.max_voxels)
-  from recoil_jax.studies.tpc import sim as electron_recoil
+  from recoil_jax.physics import electron_recoils as electron_recoil
   n_sim = 2048
   electron_recoil.simulate_electron_recoils(1, 50.0, num_tracks=n_sim)  # compile this shape
   t0 = time.perf_counter()

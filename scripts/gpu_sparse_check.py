@@ -105,7 +105,7 @@ def make_tracks(batch: int, seed: int, max_voxels: int, voxel_cap: int | None):
   """Simulated 50 keV tracks (σ 443 µm), the paper's preprocessing; padded arrays trimmed to the
   batch's largest event. ``voxel_cap`` keeps only the first voxels of each event (dry run)."""
   from recoil_jax.studies.tpc import preprocess as tpc_preprocess
-  from recoil_jax.studies.tpc import sim as electron_recoil
+  from recoil_jax.physics import electron_recoils as electron_recoil
   tracks = electron_recoil.simulate_electron_recoils(seed, 50.0, num_tracks=2 * batch + 8)
   vox, counts = tpc_preprocess.preprocess_tracks(
       tracks.positions_mm, tracks.num_electrons, tracks.energy_kev,

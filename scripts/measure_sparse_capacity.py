@@ -19,7 +19,7 @@ import numpy as np
 
 from recoil_jax.studies.tpc import preprocess as tpc_preprocess
 from recoil_jax.ops import sparse
-from recoil_jax.studies.tpc import sim as electron_recoil
+from recoil_jax.physics import electron_recoils as electron_recoil
 
 LAYERS = ("conv k6 s2", "pool 2", "conv k4", "conv k3", "pool 2")
 

@@ -46,7 +46,7 @@ from recoil_jax import sweeps  # pylint: disable=g-import-not-at-top,wrong-impor
 from recoil_jax.studies.tpc import dataset as tpc_dataset  # pylint: disable=g-import-not-at-top,wrong-import-position
 from recoil_jax.studies.tpc import moments  # pylint: disable=g-import-not-at-top,wrong-import-position
 from recoil_jax.studies.tpc import preprocess as tpc_preprocess  # pylint: disable=g-import-not-at-top,wrong-import-position
-from recoil_jax.studies.tpc import sim  # pylint: disable=g-import-not-at-top,wrong-import-position
+from recoil_jax.physics import electron_recoils as sim  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SPLIT = "test_40keV_200um"
 CHUNK = 1000  # The dataset builder's default chunk_size (seeds are per chunk).

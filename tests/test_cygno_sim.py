@@ -193,7 +193,7 @@ def test_config_errors():
 def test_er_transport_physics_switches_reach_the_shared_transport():
   """The ER δ-rays / straggling / spread (on by default) change the electrons' positions,
   not their number (the Fano draw comes first); the physics itself is tested with the
-  transport (tests/test_tpc_sim_physics.py)."""
+  transport (tests/test_electron_recoil_physics.py)."""
   e = np.full(8, 30.0)
   on = sim.SimConfig()
   off = dataclasses.replace(on, er_delta_rays=False, er_straggling=False,

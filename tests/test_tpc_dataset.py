@@ -293,7 +293,7 @@ def test_killed_build_does_not_look_complete(tmp_path, caplog):
 
 @pytest.mark.slow
 def test_with_the_electron_recoil_simulator(tmp_path):
-  pytest.importorskip("recoil_jax.studies.tpc.sim")
+  pytest.importorskip("recoil_jax.physics.electron_recoils")
   builder = tpc_dataset.build_tpc_dataset(os.fspath(tmp_path), num_train_val=10, num_test=4,
                                        max_voxels=1536, seed=0)
   counts = tpc_dataset.discard_counts(builder)

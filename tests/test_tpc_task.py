@@ -11,7 +11,7 @@ import pytest
 from conftest import load_config
 from recoil_jax import train
 from recoil_jax.studies.tpc import degrad
-from recoil_jax.studies.tpc import sim as electron_recoil
+from recoil_jax.physics import electron_recoils as electron_recoil
 from recoil_jax.studies.tpc import task as tpc
 
 

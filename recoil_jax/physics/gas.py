@@ -34,7 +34,7 @@ at 1 keV for low-Z media and becomes meaningless near ~0.1 keV.  Energies below
 (0.15 keV), where the formula is still positive for every component; the part
 below 1 keV is physically ill-defined and contributes a near-constant
 ~0.085 mm (He:CO₂ 70:30), which reproduces independently computed ESTAR-method
-ranges (the tables in ``tests/test_tpc_sim.py``) to their quoted precision.
+ranges (the tables in ``tests/test_electron_recoils.py``) to their quoted precision.
 """
 
 from __future__ import annotations

@@ -9,12 +9,13 @@ GEM plane seen through the demagnifying lens; default 256 × 256 for CPU work):
   z ~ U(``z_range_mm``).
 * **ERs**: 1–40 keV (uniform) plus a ``fe55_fraction`` of ⁵⁵Fe-like 5.9 keV ones,
   transported by the shared single-scattering electron random walk
-  (``recoil_jax.studies.tpc.sim``: ESTAR-style stopping, screened-Rutherford scattering;
+  (``recoil_jax.physics.electron_recoils``: ESTAR-style stopping, screened-Rutherford
+  scattering;
   here in He:CF₄ 60:40 at 1 atm, 20 °C, cutoff 0.5 keV), which also draws the ionisation
   electrons (N ≈ E/W with Fano 0.2) along the path; by default with its Møller δ-rays
   above 1 keV (each transported like the primary), energy-loss straggling below that and
   the ionisation electrons' thermalisation spread (``er_delta_rays``, ``er_straggling``,
-  ``er_electron_spread``; ``recoil_jax.studies.tpc.sim_physics``).
+  ``er_electron_spread``; ``recoil_jax.physics.electron_recoil_physics``).
 * **NRs**: He, C or F recoils (``nr_species_probs``) whose *ionisation* energy
   E_ion = QF(E)·E is uniform like the ERs' (so energy alone does not separate the
   classes; the recoil energy E follows from the Lindhard factor, ``physics.ions``). The
@@ -62,8 +63,9 @@ class (0 noise, 1 ER, 2 NR) and track of the brightest track when it gives at le
 mask (:meth:`CygnoImages.track_mask`).
 
 What it leaves out: the shared ER transport's own limitations (its elastic-scattering
-model; no Auger electrons or fluorescence: ``studies/tpc/sim.py``); the NR recoil cascade (secondary
-recoils are folded into the Lindhard factor, not tracked) and NR channelling; the time
+model; no Auger electrons or fluorescence: ``physics/electron_recoils.py``); the NR recoil
+cascade (secondary recoils are folded into the Lindhard factor, not tracked) and NR
+channelling; the time
 structure (the camera integrates; longitudinal diffusion enters only the saturation); the
 space-charge dynamics behind the saturation beyond its fitted formula (arXiv 2505.06362
 models it); any avalanche-size dependence of the light spread, gain non-uniformity over the
@@ -87,7 +89,7 @@ from scipy import ndimage
 
 from recoil_jax.physics import gas as gas_lib
 from recoil_jax.physics import ions
-from recoil_jax.studies.tpc import sim as electron_sim
+from recoil_jax.physics import electron_recoils as electron_sim
 
 PIXEL_MM = 0.152  # LIME: 350 mm of GEM plane on 2304 pixels.
 CLASS_NAMES = ("noise", "ER", "NR")  # Pixel classes; track classes are 1 (ER) and 2 (NR).
@@ -119,7 +121,7 @@ class SimConfig:
   w_ev: float = 46.2
   fano: float = 0.2
   er_cutoff_kev: float = 0.5
-  # The shared ER transport's optional physics (studies/tpc/sim_physics.py): Møller δ-rays
+  # The shared ER transport's optional physics (physics/electron_recoil_physics.py): Møller δ-rays
   # above er_delta_cut_kev (2.6 per 40 keV track in He:CO₂), energy-loss straggling below it,
   # the ionisation electrons' thermalisation spread. On: without them the toy ERs are
   # cleaner than real ones and the cut-based ER/NR discrimination too good (issue 11).

@@ -15,7 +15,7 @@ hold the kept ones.
 
 Sources of tracks:
 
-* Simulation (default): ``recoil_jax.studies.tpc.sim.simulate_electron_recoils`` in
+* Simulation (default): ``recoil_jax.physics.electron_recoils.simulate_electron_recoils`` in
   chunks of ``chunk_size`` events, then vectorised preprocessing per chunk. Train and
   validation are simulated as two disjoint seeded streams (the pool's first 80 % and last
   20 %; events are i.i.d., so this is a random 80/20 split). Every chunk has its own seeds
@@ -67,10 +67,11 @@ _ENERGY_IN_NAME = re.compile(r"(\d+(?:\.\d+)?)\s*_?kev", re.IGNORECASE)
 def _electron_recoil_simulator(seed: int, energies_kev: np.ndarray, **physics):
   """``sim.simulate_electron_recoils``; ``physics``: its optional switches (SIM_PHYSICS_KEYS)."""
   try:
-    from recoil_jax.studies.tpc import sim as electron_recoil  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from recoil_jax.physics import electron_recoils as electron_recoil
   except ImportError as e:
     raise ImportError("tpc_tfds: simulator 'electron_recoil' needs "
-                      "recoil_jax.studies.tpc.sim, which failed to import") from e
+                      "recoil_jax.physics.electron_recoils, which failed to import") from e
   recoils = electron_recoil.simulate_electron_recoils(
       seed, np.asarray(energies_kev, np.float64), **physics)
   return np.asarray(recoils.positions_mm), np.asarray(recoils.num_electrons)

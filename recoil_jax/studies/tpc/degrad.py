@@ -3,7 +3,7 @@
 Every reader returns one float64 array [n_i, 3] per event, positions in **mm**, axis order
 (x, y, z), in the file's own frame (DEGRAD: the primary starts at the origin along +z).
 :func:`stack_tracks` pads such a list into the batch layout of
-``recoil_jax.studies.tpc.sim`` so it feeds ``tpc_preprocess.preprocess_tracks``.
+``recoil_jax.physics.electron_recoils`` so it feeds ``tpc_preprocess.preprocess_tracks``.
 
 Formats:
 

@@ -1,7 +1,7 @@
 """Electron-recoil track preprocessing of the TPC study: smear, rotate, mean-centre, voxelise.
 
 Input is a batch of padded ionisation-electron lists, as written by DEGRAD (and by
-``recoil_jax.studies.tpc.sim``): every track starts at the origin along +z, positions
+``recoil_jax.physics.electron_recoils``): every track starts at the origin along +z, positions
 in mm. Per track, exactly as the authors of the source study and of arXiv 2403.15949
 (``mghrear/3D_Heteroscedastic_Convnet:process_data.py``, ``make_spares_tensors.py``):
 

@@ -3,10 +3,11 @@
 The source study is a report on 3D direction + uncertainty of electron recoils in a gas TPC;
 its authors' paper is arXiv 2403.15949 (the "deep" trunk, the vMF head).
 
-Data: simulated electron recoils in He:CO₂ 70:30 at 760 torr (``recoil_jax.studies.tpc.sim``), or
-DEGRAD-format files (``config.data.degrad_files``), preprocessed exactly as the source study
-(smear → rotate → mean-centre → 120³ voxels of 0.5 mm) and stored as a TFDS array_record
-dataset. Splits: train / validation (80/20), test_40keV_200um, test_50keV_443um.
+Data: simulated electron recoils in He:CO₂ 70:30 at 760 torr
+(``recoil_jax.physics.electron_recoils``), or DEGRAD-format files
+(``config.data.degrad_files``), preprocessed exactly as the source study (smear → rotate
+→ mean-centre → 120³ voxels of 0.5 mm) and stored as a TFDS array_record dataset.
+Splits: train / validation (80/20), test_40keV_200um, test_50keV_443um.
 
 Model: ``studies.tpc.model.TpcDirectionNet``; its head is a name in
 ``nn.direction_heads.HEADS`` (the one table that interprets it, module and loss): "cosine"

@@ -1,4 +1,4 @@
-"""Tests of the TPC simulator's optional physics (``recoil_jax.studies.tpc.sim_physics``).
+"""Tests of the TPC simulator's optional physics (``recoil_jax.physics.electron_recoil_physics``).
 
 δ-rays, straggling and electron spread are checked against their own formulas (the
 Møller cross section, the Berger–Seltzer restricted stopping power, the straggling model's
@@ -19,8 +19,8 @@ from scipy import stats
 
 from recoil_jax.physics import gas as gas_lib
 from recoil_jax.physics.gas import HE_CO2_70_30
-from recoil_jax.studies.tpc import sim as er
-from recoil_jax.studies.tpc import sim_physics as phys
+from recoil_jax.physics import electron_recoils as er
+from recoil_jax.physics import electron_recoil_physics as phys
 
 GAS = HE_CO2_70_30
 CUT = 1.0  # δ-ray cut, keV

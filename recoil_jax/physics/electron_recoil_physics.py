@@ -1,7 +1,7 @@
-"""Optional physics of the TPC electron-recoil simulator: δ-rays, straggling, spread.
+"""Optional physics of the electron-recoil simulator: δ-rays, straggling, spread.
 
-``recoil_jax.studies.tpc.sim.simulate_electron_recoils`` calls this module when any of
-its switches ``delta_rays``, ``straggling`` or ``electron_spread`` is on; with all three
+``recoil_jax.physics.electron_recoils.simulate_electron_recoils`` calls this module when
+any of its switches ``delta_rays``, ``straggling`` or ``electron_spread`` is on; with all three
 off this module is not used and the simulator is bit for bit what it was before them.
 Each switch is independent (the ablation ``scripts/tpc_physics_ablation.py`` adds them
 one at a time); they share the δ-ray cut T_c (``delta_cut_kev``, default 1 keV).
@@ -119,7 +119,7 @@ import numpy as np
 from recoil_jax.physics import electron_transport as et
 from recoil_jax.physics import gas as gas_lib
 from recoil_jax.physics.gas import GasMixture
-from recoil_jax.studies.tpc import sim as sim_lib
+from recoil_jax.physics import electron_recoils as sim_lib
 
 # The samplers, under the names this module has always exported.
 sample_moller_fraction = et.sample_moller_fraction

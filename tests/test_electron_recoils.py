@@ -13,10 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recoil_jax.studies.tpc import sim as er
+from recoil_jax.physics import electron_recoils as er
 from recoil_jax.physics import gas as gas_lib
 from recoil_jax.physics.gas import HE_CF4_60_40, HE_CO2_70_30
-from recoil_jax.studies.tpc.sim import simulate_electron_recoils
+from recoil_jax.physics.electron_recoils import simulate_electron_recoils
 
 # --------------------------------------------------------------------------
 # gas.py
@@ -295,7 +295,7 @@ def test_same_seed_same_output_different_seed_differs(combined):
 
 # sha256 of (positions_mm, num_electrons, path_length_mm) of `combined` (seed 7, 200
 # tracks each at 10/40/50 keV), recorded with the simulator as it was before its
-# optional physics (sim_physics) existed, with jax 0.10.2 on x86_64 CPU.  With the
+# optional physics (electron_recoil_physics) existed, with jax 0.10.2 on x86_64 CPU.  With the
 # switches off (the default) the output must stay bit for bit the same.  Float results
 # can legitimately differ on another jax/XLA version or CPU, so the check is skipped
 # there (the reference sim.py of that commit can be rerun to record a new digest).
@@ -344,8 +344,8 @@ def test_output_independent_of_workers(physics, monkeypatch):
   # in the slow case only: one more compiled shape), run on threads.  Every field
   # is the same bit for bit.
   import threading  # pylint: disable=g-import-not-at-top
-  from recoil_jax.studies.tpc import sim_physics  # pylint: disable=g-import-not-at-top
-  module, name = (sim_physics, "simulate_chunk") if physics else (er, "_simulate_chunk")
+  from recoil_jax.physics import electron_recoil_physics  # pylint: disable=g-import-not-at-top
+  module, name = (electron_recoil_physics, "simulate_chunk") if physics else (er, "_simulate_chunk")
   jitted, calls = getattr(module, name), []
 
   def recorded(keys, *args, **kwargs):

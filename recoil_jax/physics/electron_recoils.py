@@ -1,4 +1,7 @@
-"""Toy electron-recoil transport in a gas TPC, with DEGRAD-shaped output.
+"""Toy electron-recoil transport in a gas, with DEGRAD-shaped output.
+
+Study-agnostic (the gas is an argument): the TPC study (seed 001, He:CO₂ 70:30) simulates
+its tracks with it, and the CYGNO study (seed 003, He:CF₄ 60:40) its electron recoils.
 
 What it models (standard formulas; the tables are built in ``recoil_jax.physics.gas``):
 
@@ -25,7 +28,7 @@ What it models (standard formulas; the tables are built in ``recoil_jax.physics.
 
 Optional physics, each behind its own switch of ``simulate_electron_recoils``
 and off by default (then this module runs exactly as before the switches
-existed, bit for bit; ``sim_physics`` holds the models, their references and
+existed, bit for bit; ``electron_recoil_physics`` holds the models, their references and
 numbers): ``delta_rays`` (Møller δ-rays above ``delta_cut_kev``, ~2.5 above
 1 keV per 40 keV track, transported like the primary, all generations, with
 the restricted stopping power for the continuous loss), ``straggling``
@@ -36,7 +39,7 @@ secondaries' spread of the ionisation electrons, replacing the Gaussian
 ``thermal_jitter_mm``).
 
 What it leaves out (by default: δ-rays, straggling and the spread above; always:)
-Auger electrons and fluorescence (quantified in ``sim_physics``: local at the
+Auger electrons and fluorescence (quantified in ``electron_recoil_physics``: local at the
 500 µm scale), Mott (spin/relativistic) and molecular corrections to the
 elastic cross section, inelastic angular deflections, the shell corrections of
 the stopping power below ~10 keV, diffusion in the drift field (apply it
@@ -178,7 +181,7 @@ def _build_tables(gas: GasMixture, cutoff_kev: float,
   Grids are uniform in log E over [T_MIN_KEV, T_MAX_KEV] (fixed, so tracks do
   not depend on the other tracks' energies) and in log R over
   [R(0.9 cutoff), R(T_MAX_KEV)], float64 then cast to float32.  With
-  ``restricted_cut_kev`` (explicit δ-rays, ``sim_physics``) R is the range of
+  ``restricted_cut_kev`` (explicit δ-rays, ``electron_recoil_physics``) R is the range of
   the restricted stopping power (energy transfers below the cut only).
   """
   if restricted_cut_kev is None:
@@ -503,7 +506,7 @@ def place_ionisation(k_ion: jax.Array, e0: jax.Array, pts: jax.Array,
   N = round(Normal(E₀/W, √(F E₀/W))); the N electrons are placed by inverse-CDF
   sampling of N ordered uniforms (normalised cumulative sums of N + 1
   exponentials) over the cumulative deposit, uniformly within a segment.
-  Shared by the baseline chunk and ``sim_physics`` (same random streams).
+  Shared by the baseline chunk and ``electron_recoil_physics`` (same random streams).
 
   Args:
     k_ion: [C] keys of the ionisation streams.
@@ -622,11 +625,11 @@ def simulate_electron_recoils(seed: int,
     thermal_jitter_mm: σ of the isotropic Gaussian thermalisation jitter, mm
       (not used with ``electron_spread``, which replaces it).
     delta_rays: explicit Møller δ-rays above ``delta_cut_kev``, transported
-      like the primary (``sim_physics``, item 1).  Off by default.
+      like the primary (``electron_recoil_physics``, item 1).  Off by default.
     straggling: energy-loss fluctuations below ``delta_cut_kev``
-      (``sim_physics``, item 2).  Off by default.
+      (``electron_recoil_physics``, item 2).  Off by default.
     electron_spread: thermalisation and secondary-electron spread of the
-      ionisation electrons about the path (``sim_physics``, item 3).  Off by
+      ionisation electrons about the path (``electron_recoil_physics``, item 3).  Off by
       default.
     delta_cut_kev: δ-ray cut T_c, keV (>= cutoff_kev); used by the three
       switches above only.
@@ -734,16 +737,16 @@ def simulate_electron_recoils(seed: int,
   ids = np.arange(n_tracks, dtype=np.int64)
 
   if physics:
-    from recoil_jax.studies.tpc import sim_physics  # pylint: disable=g-import-not-at-top
-    ptabs_np = sim_physics.build_physics_tables(gas, float(delta_cut_kev),
-                                                bool(delta_rays))
+    from recoil_jax.physics import electron_recoil_physics  # pylint: disable=g-import-not-at-top
+    ptabs_np = electron_recoil_physics.build_physics_tables(gas, float(delta_cut_kev),
+                                                            bool(delta_rays))
     ptabs = (ptabs_np.by_energy, f32(ptabs_np.delta_cut_kev),
              f32(ptabs_np.k0_kev_per_mm), f32(ptabs_np.close_min_kev),
              f32(ptabs_np.quantum_kev))
 
   def run_chunk(keys, e_chunk, slots):
     if physics:
-      out = sim_physics.simulate_chunk(
+      out = electron_recoil_physics.simulate_chunk(
           keys, jnp.asarray(e_chunk), tabs, ptabs, f32(cutoff_kev), f32(w_kev),
           f32(gas.fano), f32(thermal_jitter_mm), f32(ptabs_np.core_sigma_mm),
           max_steps=int(max_steps), capacity=slots, num_blocks=num_blocks,
