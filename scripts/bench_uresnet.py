@@ -28,17 +28,46 @@ a float64 one by 1.5e-3 (4.8e-4 with Flax's two-pass variance, ``use_fast_varian
 measured once with ``jax_enable_x64``). Fake devices share the same cores: the times show
 the overhead of splitting, not a speed-up.
 
+Peer (``--peers torch``, the default when torch is importable): the PyTorch UResNet of
+CosmicTagger (``coreyjadams/CosmicTagger``, src/networks/torch/uresnet2D.py), the reference
+code of the paper, timed per setting on the same inputs, CPUs, loss and optimiser, in its own
+subprocess pinned like recoil_jax's, with ``torch.set_num_threads(T)`` and
+``set_num_interop_threads(1)``; forward in eval mode under ``inference_mode``, train step in
+train mode (``torch.optim.RMSprop(lr=3e-4, alpha=0.99, eps=1e-8)``, the weighted cross entropy
+of ``_weighted_ce_sum``), eager, float32 settings only (on CUDA when the recoil_jax run of the
+setting was on a GPU; that path is untested here). The table adds its s/step, peak RSS
+and the ratio recoil_jax / torch (< 1: recoil_jax faster); ``--rounds N`` alternates the two
+(recoil_jax, torch, recoil_jax, …) so that load changes hit both, and reports medians.
+The torch module (``torch_uresnet``) is written here from that file's structure (one
+plane network called on each plane in turn, i.e. shared weights and per-plane batch
+statistics; planes concatenated on channels at the deepest level; bilinear ×2 + 1×1 Block
+upsampling; ResidualBlock = Block + Conv/BN + sum + LeakyReLU), not copied, and configured as
+recoil_jax's UResNet defaults, i.e. Table 1: 8 initial filters doubling per level, depth 6,
+7×7 first conv, 2 residual blocks (3×3) per level, deepest Block 1×1 → 256, 5 residual blocks
+5×5, Block 1×1 back; skips (the down blocks' output) summed before the up blocks, as in
+recoil_jax and the paper's text (torch master adds the level's input instead; same cost); no
+final blocks; plain 1×1 conv to 3 classes; conv bias, BN, LeakyReLU(0.01). Its parameter
+count is checked against recoil_jax's in every run (23,839,923 for Table 1), and
+tests/test_bench_uresnet_peer.py loads the Flax weights into it and gets the same logits and
+loss. Table 1's configuration, because it is the network recoil_jax implements (the paper's
+Table 1): CosmicTagger's own defaults (16 filters, additive growth, depth 7, concatenated
+skips, 5 final blocks; ``cosmictagger_parameters()`` = 19,350,691 parameters, 18,367,891 at
+depth 6) are a different network and are not benchmarked.
+
 Inputs are random sparse images and random labels (dense convolutions cost the same
 whatever the content); no detector simulation is involved.
 
-  python scripts/bench_uresnet.py                    # full run: ~20–30 min on 2 cores
+  python scripts/bench_uresnet.py                    # full run: ~20–30 min + the peer's
   python scripts/bench_uresnet.py --quick            # small model and sizes: ~5 min
+  python scripts/bench_uresnet.py --sizes 128x256 --threads 1 --devices ''   # + torch peer
   python scripts/bench_uresnet.py --threads all --dtypes float32,bfloat16   # on a GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -161,6 +190,10 @@ def worker_single(spec: dict) -> dict:
   images, labels = jnp.asarray(images), jnp.asarray(labels)
   variables = _init(model, jax, jnp)
   flops = uresnet.forward_flops(model, height, width)["total"] * spec["batch"]
+  # Before the train step donates the parameters: the count the torch peer must match.
+  parameters = int(sum(x.size for x in jax.tree.leaves(variables["params"])))
+  output_shape = list(jax.eval_shape(lambda v, x: model.apply(v, x, train=False),
+                                     variables, images).shape)
 
   if spec["mode"] == "forward":
     fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
@@ -205,7 +238,8 @@ def worker_single(spec: dict) -> dict:
   out.update(compile_s=compile_s, analytic_flops=analytic, gflops_per_s=analytic / out["step_s"] / 1e9,
              peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
              backend=jax.default_backend(), device=str(jax.devices()[0].device_kind),
-             affinity=len(os.sched_getaffinity(0)))
+             affinity=len(os.sched_getaffinity(0)),
+             parameters=parameters, output_shape=output_shape)
   return out
 
 
@@ -283,6 +317,286 @@ def worker_scaling(spec: dict) -> dict:
           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+# --- the PyTorch peer ----------------------------------------------------------------------
+# The multi-plane UResNet of coreyjadams/CosmicTagger (src/networks/torch/uresnet2D.py),
+# written here from that file's structure, in the configuration of recoil_jax's UResNet
+# defaults (Table 1). Module names mirror the Flax parameter paths, so that a Flax
+# parameter "encoder/down_0/blocks/res_1/block_0/conv/kernel" is the state_dict entry
+# "encoder.down_0.blocks.res_1.block_0.conv.weight" (tests/test_bench_uresnet_peer.py loads
+# the Flax weights into it and compares outputs).
+
+# recoil_jax.studies.sbnd.model.UResNet's architectural defaults (Table 1; kept equal by
+# tests/test_bench_uresnet_peer.py). Repeated here so that the torch worker never imports jax
+# (which would add its runtime to the peer's peak RSS).
+TORCH_PEER_DEFAULTS = dict(num_classes=3, initial_filters=8, depth=6, first_kernel=7,
+                           blocks_per_level=2, deepest_filters=256, deepest_blocks=5,
+                           deepest_kernel=5, connections="sum", upsampling="interpolation",
+                           residual=True, cross_plane=True, leaky_slope=0.01, bn_momentum=0.9,
+                           bn_epsilon=1e-5)
+
+
+def _torch_config(overrides: dict) -> dict:
+  """``--model`` overrides → the torch peer's configuration (ValueError if it has no peer)."""
+  unknown = sorted(set(overrides) - set(TORCH_PEER_DEFAULTS))
+  if unknown:
+    raise ValueError(f"the torch peer does not implement the UResNet field(s) {unknown}")
+  cfg = {**TORCH_PEER_DEFAULTS, **overrides}
+  if cfg["connections"] not in ("sum", "concat"):
+    raise ValueError(f"connections={cfg['connections']!r}")
+  if cfg["upsampling"] not in ("interpolation", "convolutional"):
+    raise ValueError(f"upsampling={cfg['upsampling']!r}")
+  return cfg
+
+
+def torch_uresnet(planes: int = 3, **overrides):
+  """The torch peer: one plane network called on each plane in turn. [B, P, H, W] → logits
+  [B, P, classes, H, W] (recoil_jax: [B, P, H, W, classes]; same numbers, channels first).
+
+  Same semantics as ``recoil_jax.studies.sbnd.model.UResNet`` (its docstring), so the two
+  compute the same function given the same weights: Block = Conv(k×k, same, bias) → BN →
+  LeakyReLU; residual block = Block → Conv + BN → + input → LeakyReLU; per level 2 residual
+  blocks (3×3) → skip, MaxPool 2×2 → Block(1×1, F → 2F); deepest: planes concatenated on
+  channels → Block(1×1 → 256) → 5 residual blocks (5×5) → Block(1×1 → P·F) → split; up:
+  bilinear ×2 → Block(1×1, 2F → F) → + skip → 2 residual blocks; final plain Conv(1×1) with
+  bias. BatchNorm momentum 1 − Flax's. Xavier-uniform conv weights, zero biases.
+  Calling the shared module once per plane gives per-plane batch statistics in train mode
+  (as recoil_jax); the running averages are then updated once per plane in turn (recoil_jax
+  keeps one set per plane), which changes nothing in the timed work.
+  """
+  import collections  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch import nn  # pylint: disable=g-import-not-at-top
+  from torch.nn import functional as F  # pylint: disable=g-import-not-at-top
+
+  cfg = _torch_config(overrides)
+
+  def act(x):
+    return F.leaky_relu(x, cfg["leaky_slope"])
+
+  def batch_norm(channels):
+    return nn.BatchNorm2d(channels, eps=cfg["bn_epsilon"], momentum=1.0 - cfg["bn_momentum"])
+
+  class Block(nn.Module):
+    def __init__(self, c_in, c_out, kernel, activate=True):
+      super().__init__()
+      self.conv = nn.Conv2d(c_in, c_out, kernel, padding="same", bias=True)
+      self.bn = batch_norm(c_out)
+      self.activate = activate
+
+    def forward(self, x):
+      y = self.bn(self.conv(x))
+      return act(y) if self.activate else y
+
+  class Residual(nn.Module):
+    def __init__(self, channels, kernel):
+      super().__init__()
+      self.block_0 = Block(channels, channels, kernel)
+      self.block_1 = Block(channels, channels, kernel, activate=False)
+
+    def forward(self, x):
+      return act(self.block_1(self.block_0(x)) + x)
+
+  def series(channels, kernel, count):
+    if cfg["residual"]:
+      layers = [(f"res_{i}", Residual(channels, kernel)) for i in range(count)]
+    else:  # the reference's non-residual BlockSeries: one plain Block per block
+      layers = [(f"plain_{i}", Block(channels, channels, kernel)) for i in range(count)]
+    return nn.Sequential(collections.OrderedDict(layers))
+
+  class Down(nn.Module):
+    def __init__(self, channels):
+      super().__init__()
+      self.blocks = series(channels, 3, cfg["blocks_per_level"])
+      self.bottleneck = Block(channels, 2 * channels, 1)
+
+    def forward(self, x):
+      skip = self.blocks(x)
+      return skip, self.bottleneck(F.max_pool2d(skip, 2))
+
+  class Up(nn.Module):
+    def __init__(self, channels):
+      super().__init__()
+      if cfg["upsampling"] == "interpolation":
+        self.bottleneck = Block(2 * channels, channels, 1)
+      else:
+        self.upconv = nn.ConvTranspose2d(2 * channels, channels, 2, stride=2, bias=True)
+        self.upconv_bn = batch_norm(channels)
+      if cfg["connections"] == "concat":
+        self.connection = Block(2 * channels, channels, 1)
+      self.blocks = series(channels, 3, cfg["blocks_per_level"])
+
+    def forward(self, x, skip):
+      if cfg["upsampling"] == "interpolation":
+        x = self.bottleneck(F.interpolate(x, scale_factor=2, mode="bilinear",
+                                          align_corners=False))
+      else:
+        x = act(self.upconv_bn(self.upconv(x)))
+      x = x + skip if cfg["connections"] == "sum" else self.connection(torch.cat([x, skip], 1))
+      return self.blocks(x)
+
+  class Deepest(nn.Module):
+    def __init__(self, channels):
+      super().__init__()
+      self.bottleneck_in = Block(channels, cfg["deepest_filters"], 1)
+      self.blocks = series(cfg["deepest_filters"], cfg["deepest_kernel"], cfg["deepest_blocks"])
+      self.bottleneck_out = Block(cfg["deepest_filters"], channels, 1)
+
+    def forward(self, x):
+      return self.bottleneck_out(self.blocks(self.bottleneck_in(x)))
+
+  class Encoder(nn.Module):  # one plane [B, 1, H, W] → skips, bottom
+    def __init__(self):
+      super().__init__()
+      f = cfg["initial_filters"]
+      self.initial = Block(1, f, cfg["first_kernel"])
+      for i in range(cfg["depth"]):
+        self.add_module(f"down_{i}", Down(f << i))
+
+    def forward(self, x):
+      x, skips = self.initial(x), []
+      for i in range(cfg["depth"]):
+        skip, x = getattr(self, f"down_{i}")(x)
+        skips.append(skip)
+      return skips, x
+
+  class Decoder(nn.Module):  # one plane: bottom, skips → logits [B, classes, H, W]
+    def __init__(self):
+      super().__init__()
+      f = cfg["initial_filters"]
+      for i in range(cfg["depth"]):
+        self.add_module(f"up_{i}", Up(f << i))
+      self.final = nn.Conv2d(f, cfg["num_classes"], 1, bias=True)
+
+    def forward(self, x, skips):
+      for i in reversed(range(cfg["depth"])):
+        x = getattr(self, f"up_{i}")(x, skips[i])
+      return self.final(x)
+
+  class UResNet(nn.Module):
+    def __init__(self):
+      super().__init__()
+      bottom = cfg["initial_filters"] << cfg["depth"]
+      self.encoder = Encoder()
+      self.deepest = Deepest(planes * bottom if cfg["cross_plane"] else bottom)
+      self.decoder = Decoder()
+      for m in self.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+          nn.init.xavier_uniform_(m.weight)
+          nn.init.zeros_(m.bias)
+
+    def forward(self, images):
+      if images.shape[1] != planes:
+        raise ValueError(f"expected {planes} planes, got images of shape {tuple(images.shape)}")
+      encoded = [self.encoder(images[:, p:p + 1]) for p in range(planes)]
+      bottoms = [bottom for _, bottom in encoded]
+      if cfg["cross_plane"]:  # channels plane-major, as recoil_jax's reshape
+        bottoms = torch.chunk(self.deepest(torch.cat(bottoms, 1)), planes, 1)
+      else:
+        bottoms = [self.deepest(b) for b in bottoms]
+      return torch.stack([self.decoder(b, skips) for b, (skips, _) in zip(bottoms, encoded)], 1)
+
+  return UResNet()
+
+
+def _torch_weighted_loss(logits, labels, weights):
+  """``_weighted_ce_sum`` / ``_pixel_weights`` in torch: Σ_planes Σ w·CE / Σ w.
+
+  logits [B, P, C, H, W], labels int64 [B, P, H, W], weights [C] (``CLASS_WEIGHTS``).
+  """
+  from torch.nn import functional as F  # pylint: disable=g-import-not-at-top
+  b, p, c, h, w = logits.shape
+  ce = F.cross_entropy(logits.reshape(b * p, c, h, w), labels.reshape(b * p, h, w),
+                       reduction="none").reshape(b, p, h, w)
+  pixel_weights = weights[labels]
+  return ((pixel_weights * ce).sum((0, 2, 3)) / pixel_weights.sum((0, 2, 3))).sum()
+
+
+def worker_torch(spec: dict) -> dict:
+  """The torch peer's (size, threads, mode) measurement; float32, same inputs as the jax side."""
+  import torch  # pylint: disable=g-import-not-at-top  (after the affinity is pinned)
+  if spec.get("threads") not in (None, "all"):
+    torch.set_num_threads(spec["threads"])
+    torch.set_num_interop_threads(1)
+  device = torch.device(spec.get("device", "cpu"))
+  sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+  if device.type == "cuda":
+    torch.backends.cudnn.benchmark = True
+  torch.manual_seed(0)
+  net = torch_uresnet(**spec["model"]).to(device)
+  height, width = spec["size"]
+  images, labels = _inputs(spec["batch"], height, width)  # the jax worker's arrays
+  x = torch.from_numpy(images).to(device)
+  y = torch.from_numpy(labels).long().to(device)
+  shape = []
+
+  if spec["mode"] == "forward":
+    net.eval()
+
+    def run():
+      out = net(x)
+      sync()
+      shape[:] = out.shape
+
+    with torch.inference_mode():
+      timing = _timed(run, spec["repeats"], spec["budget_s"])
+  else:
+    net.train()
+    weights = torch.tensor(CLASS_WEIGHTS, dtype=torch.float32, device=device)
+    opt = torch.optim.RMSprop(net.parameters(), lr=3e-4, alpha=0.99, eps=1e-8)  # ≡ _optimizer
+    losses = []
+
+    def run():
+      opt.zero_grad(set_to_none=True)
+      logits = net(x)
+      loss = _torch_weighted_loss(logits, y, weights)
+      loss.backward()
+      opt.step()
+      losses.append(float(loss))  # synchronises, as the jax side's float(loss)
+      shape[:] = logits.shape
+
+    timing = _timed(run, spec["repeats"], spec["budget_s"])
+    if not np.all(np.isfinite(losses)):
+      raise FloatingPointError(f"non-finite loss in the torch train step: {losses}")
+  return dict(timing, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              parameters=sum(p.numel() for p in net.parameters()), output_shape=list(shape),
+              torch=torch.__version__, device=str(device), threads=torch.get_num_threads(),
+              interop_threads=torch.get_num_interop_threads(),
+              affinity=len(os.sched_getaffinity(0)))
+
+
+def cosmictagger_parameters(initial_filters: int = 16, depth: int = 7, growth: str = "additive",
+                            connections: str = "concat", blocks_final: int = 5,
+                            batch_norm: bool = False, first_kernel: int = 5,
+                            blocks_per_level: int = 2, deepest_filters: int = 256,
+                            deepest_blocks: int = 5, deepest_kernel: int = 5,
+                            residual: bool = True, planes: int = 3, classes: int = 3) -> int:
+  """Parameters of the CosmicTagger torch UResNet (uresnet2D.py) for a configuration, counted.
+
+  Defaults: CosmicTagger's own (src/config/network.py: 16 filters, additive growth, depth 7,
+  concatenated skips, 5 final blocks, 5×5 first conv, no normalisation for "uresnet").
+  Reproduces the file's documented count for its A21 configuration (8,510,547; tested) and,
+  for Table 1's configuration, recoil_jax's 23,839,923.
+  """
+  def block(c_in, c_out, k):
+    return k * k * c_in * c_out + c_out + (2 * c_out if batch_norm else 0)
+
+  def blocks(channels, k, count):
+    return count * (2 if residual else 1) * block(channels, channels, k)
+
+  total, channels = block(1, initial_filters, first_kernel), initial_filters
+  for _ in range(depth):
+    nxt = channels + initial_filters if growth == "additive" else 2 * channels
+    total += 2 * blocks(channels, 3, blocks_per_level) + block(channels, nxt, 1)
+    total += block(nxt, channels, 1)  # interpolation upsampling's 1×1 Block
+    if connections == "concat":
+      total += block(2 * channels, channels, 1)
+    channels = nxt
+  total += block(planes * channels, deepest_filters, 1)
+  total += blocks(deepest_filters, deepest_kernel, deepest_blocks)
+  total += block(deepest_filters, planes * channels, 1)
+  return total + blocks(initial_filters, 3, blocks_final) + initial_filters * classes + classes
+
+
 # --- parent side -------------------------------------------------------------------------
 
 
@@ -328,6 +642,75 @@ def _fmt(value, spec: str = ".3g", scale: float = 1.0) -> str:
   return format(value * scale if scale != 1.0 else value, spec)
 
 
+def _combine(runs: list[dict]) -> dict:
+  """One implementation's rounds of a setting → one result: median s/step over the rounds,
+  the largest peak RSS; the other fields from the first successful round."""
+  ok = [r for r in runs if "error" not in r]
+  if not ok:
+    return runs[0] if runs else {"error": "not run"}
+  out = dict(ok[0])
+  steps = [r["step_s"] for r in ok]
+  out.update(step_s=float(np.median(steps)), step_s_rounds=steps, rounds=len(ok),
+             peak_rss_mb=max(r["peak_rss_mb"] for r in ok))
+  if len(ok) < len(runs):
+    out["round_errors"] = [r["error"] for r in runs if "error" in r]
+  if out.get("analytic_flops"):
+    out["gflops_per_s"] = out["analytic_flops"] / out["step_s"] / 1e9
+  return out
+
+
+def _resolve_peers(choice: str, model: dict) -> tuple[list[str], str | None]:
+  """``--peers`` → (peers to run, a note to print or None)."""
+  if choice == "none":
+    return [], None
+  if importlib.util.find_spec("torch") is None:
+    if choice == "torch":
+      raise SystemExit("--peers torch: torch is not importable (pip install -e '.[peers]')")
+    return [], "torch is not importable (pip install -e '.[peers]'): no peer is measured"
+  try:
+    _torch_config(model)
+  except ValueError as e:
+    if choice == "torch":
+      raise SystemExit(f"--peers torch with --model {model}: {e}") from e
+    return [], f"no torch peer for --model {model}: {e}"
+  return ["torch"], None
+
+
+def _print_peer_check(report: dict, rounds: int) -> None:
+  """Footnote of the peer columns; parameter counts and output shapes of both, compared."""
+  print("torch s/step and peak RSS: the same setting (inputs, CPUs, loss, RMSProp) in a torch "
+        "subprocess pinned like recoil_jax's, torch.set_num_threads(CPUs), "
+        "set_num_interop_threads(1); forward in eval mode under inference_mode, train step in "
+        "train mode. recoil_jax / torch: ratio of the s/step medians; < 1 means recoil_jax is "
+        f"faster. s/step: median over {rounds} round(s) of each one's median; peak RSS: the "
+        "largest; other recoil_jax columns: first round. Both peak RSS include the runtime "
+        "(recoil_jax's also the XLA compiler).")
+  jax_params = {e["result"].get("parameters") for e in report["single"]} - {None}
+  peer_params = {e.get("peers", {}).get("torch", {}).get("parameters")
+                 for e in report["single"]} - {None}
+  agree = len(jax_params) == 1 and jax_params == peer_params
+  report["parameters"] = {"recoil_jax": sorted(jax_params), "torch": sorted(peer_params),
+                          "agree": agree,
+                          "cosmictagger_defaults": cosmictagger_parameters()}
+  print(f"Parameters: recoil_jax {', '.join(f'{n:,}' for n in sorted(jax_params)) or '—'} "
+        f"(Σ size of jax.tree.leaves(params)); torch peer "
+        f"{', '.join(f'{n:,}' for n in sorted(peer_params)) or '—'} (Σ numel of parameters()): "
+        f"{'agree' if agree else 'DIFFER (or missing)'}. CosmicTagger's own defaults (16 filters, "
+        "additive growth, depth 7, concatenated skips, 5 final blocks, no BN) would have "
+        f"{cosmictagger_parameters():,}; not what is benchmarked.")
+  shapes = {}
+  for e in report["single"]:
+    jax_shape = e["result"].get("output_shape")
+    peer_shape = e.get("peers", {}).get("torch", {}).get("output_shape")
+    if jax_shape and peer_shape:
+      b, p, c, h, w = peer_shape
+      shapes[tuple(e["spec"]["size"])] = (jax_shape, peer_shape, jax_shape == [b, p, h, w, c])
+  for (height, width), (jax_shape, peer_shape, same) in shapes.items():
+    print(f"Output at {height}×{width}: recoil_jax [B, P, H, W, classes] = {jax_shape}; torch "
+          f"[B, P, classes, H, W] = {peer_shape}: {'equivalent' if same else 'DIFFERENT'}.")
+  report["output_shapes_agree"] = all(same for *_, same in shapes.values()) if shapes else None
+
+
 def _machine() -> dict:
   cpu = platform.processor() or "?"
   try:
@@ -360,6 +743,13 @@ def main() -> None:
   p.add_argument("--scaling-batch", type=int, default=8)
   p.add_argument("--scaling-steps", type=int, default=3)
   p.add_argument("--timeout-s", type=float, default=3600.0, help="per subprocess")
+  p.add_argument("--peers", choices=("auto", "torch", "none"), default="auto",
+                 help="peer implementation timed on the same inputs: 'torch' (the CosmicTagger "
+                 "UResNet in PyTorch, float32 settings only), 'none', or 'auto' (torch if "
+                 "importable)")
+  p.add_argument("--rounds", type=int, default=1,
+                 help="subprocesses per implementation and setting, alternating recoil_jax, "
+                 "peer, recoil_jax, …; s/step is the median over the rounds")
   p.add_argument("--out", default=None, help="also write the results as JSON here")
   p.add_argument("--worker", help=argparse.SUPPRESS)
   args = p.parse_args()
@@ -371,7 +761,8 @@ def main() -> None:
       if spec["threads"] > len(cpus):
         raise SystemExit(f"--threads {spec['threads']}: only {len(cpus)} CPUs available")
       os.sched_setaffinity(0, cpus[:spec["threads"]])  # before jax creates its thread pools
-    result = worker_scaling(spec) if spec["kind"] == "scaling" else worker_single(spec)
+    worker = {"scaling": worker_scaling, "torch": worker_torch}.get(spec["kind"], worker_single)
+    result = worker(spec)
     print("RESULT " + json.dumps(result), flush=True)
     return
 
@@ -388,20 +779,30 @@ def main() -> None:
   for mode in modes:
     if mode not in ("forward", "train"):
       raise SystemExit(f"--modes: unknown mode {mode!r} (forward, train)")
+  if args.rounds < 1:
+    raise SystemExit("--rounds must be >= 1")
+  peers, peer_note = _resolve_peers(args.peers, model)
 
   from recoil_jax import io  # pylint: disable=g-import-not-at-top
   from recoil_jax.studies.sbnd import model as uresnet  # pylint: disable=g-import-not-at-top
-  report = {"machine": _machine(), "model": model, "batch": args.batch, "single": [],
-            "scaling": []}
+  report = {"machine": _machine(), "model": model, "batch": args.batch, "rounds": args.rounds,
+            "peers": peers, "single": [], "scaling": []}
   print(f"# UResNet benchmark — {report['machine']['cpu']}, {report['machine']['cpus']} CPUs, "
         f"load average at start {report['machine']['load_average_at_start']}")
   print(f"model overrides: {model or 'none (paper configuration, Table 1)'}; batch {args.batch}; "
-        "inputs: random sparse images (timing does not depend on content)\n")
+        "inputs: random sparse images (timing does not depend on content)")
+  if peers:
+    report["torch_version"] = importlib.metadata.version("torch")
+    print(f"peer: torch {report['torch_version']} — the CosmicTagger UResNet "
+          "(src/networks/torch/uresnet2D.py) in the same configuration, eager mode, float32; "
+          f"{args.rounds} round(s) per setting, recoil_jax and torch subprocesses alternating")
+  print(f"note: {peer_note}" if peer_note else "")
 
+  peer_head = " torch s/step | torch peak RSS GB | torch busy threads | recoil_jax / torch |"
   print("| size (3×H×W) | CPUs | dtype | mode | s/step | events/s | compile s | peak RSS GB | "
         "XLA temp GB | GFLOP/step analytic | GFLOP/step XLA | GFLOP/s | busy threads | "
-        "CPU use |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        "CPU use |" + (peer_head if peers else ""))
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" * 4 if peers else ""))
   for height, width in args.sizes:
     analytic = uresnet.forward_flops(uresnet.UResNet(**model), height, width)["total"]
     for t in threads:
@@ -410,19 +811,45 @@ def main() -> None:
           spec = {"kind": "single", "size": (height, width), "threads": t, "dtype": dtype,
                   "mode": mode, "batch": args.batch, "repeats": args.repeats,
                   "budget_s": args.budget_s, "model": model}
-          r = _run_worker(spec, {}, args.timeout_s)
-          report["single"].append({"spec": spec, "result": r})
+          # The peer is float32 only (recoil_jax's bfloat16 keeps float32 parameters; a torch
+          # autocast run would be a different computation).
+          peer_spec = dict(spec, kind="torch") if peers and dtype == "float32" else None
+          runs, peer_runs = [], []
+          for _ in range(args.rounds):  # alternate, so that load changes hit both
+            runs.append(_run_worker(spec, {}, args.timeout_s))
+            if peer_spec:
+              peer_spec["device"] = "cuda" if runs[-1].get("backend") in ("gpu", "cuda") else "cpu"
+              peer_runs.append(_run_worker(peer_spec, {}, args.timeout_s))
+          r = _combine(runs)
+          entry = {"spec": spec, "result": r}
+          peer_cells = ""
+          if peer_spec:
+            pr = _combine(peer_runs)
+            ratio = None
+            if "error" not in pr:
+              pr["analytic_flops"] = analytic * args.batch * (3 if mode == "train" else 1)
+              pr["gflops_per_s"] = pr["analytic_flops"] / pr["step_s"] / 1e9
+              if "error" not in r:
+                ratio = r["step_s"] / pr["step_s"]
+            entry.update(peers={"torch": pr}, ratio_to_torch=ratio)
+            peer_cells = (f" {pr['error']} | | | |" if "error" in pr else
+                          f" {pr['step_s']:.3g} | {pr['peak_rss_mb'] / 1024:.2f} | "
+                          f"{_fmt(pr['busy_threads'], 'd')} | {_fmt(ratio)} |")
+          elif peers:
+            peer_cells = " no float32 peer | | | |"
+          report["single"].append(entry)
           head = f"| 3×{height}×{width} | {t} | {dtype} | {mode} |"
           if "error" in r:
-            print(f"{head} {r['error']} | | | | | {analytic * args.batch / 1e9:.4g} | | | | |",
-                  flush=True)
+            print(f"{head} {r['error']} | | | | | {analytic * args.batch / 1e9:.4g} | | | | |"
+                  + peer_cells, flush=True)
             continue
           print(f"{head} {r['step_s']:.3g} | {args.batch / r['step_s']:.3g} | "
                 f"{r['compile_s']:.3g} | "
                 f"{r['peak_rss_mb'] / 1024:.2f} | {_fmt(r['xla_temp_bytes'], '.2f', 2**-30)} | "
                 f"{r['analytic_flops'] / 1e9:.4g} | "
                 f"{_fmt(r['xla_flops'], '.4g', 1e-9)} | {r['gflops_per_s']:.3g} | "
-                f"{_fmt(r['busy_threads'], 'd')} | {r['cpu_utilisation']:.2f} |", flush=True)
+                f"{_fmt(r['busy_threads'], 'd')} | {r['cpu_utilisation']:.2f} |" + peer_cells,
+                flush=True)
   print("\nCPUs: the affinity mask of the worker ('all' = not pinned). CPU use: process CPU "
         "seconds / wall seconds of the timed steps (≤ CPUs; lower when the machine is shared). "
         "Busy threads: threads with ≥ 20 % of the busiest thread's CPU time (on one CPU the "
@@ -433,6 +860,8 @@ def main() -> None:
         f"{uresnet.forward_flops(uresnet.UResNet(), 640, 1024)['total'] / 1e9:.2f} GFLOP "
         f"(with a 5×5 first conv: {uresnet.PAPER_FORWARD_GFLOP}, computed; arXiv 2012.01301 "
         "prints no FLOP count).")
+  if peers:
+    _print_peer_check(report, args.rounds)
 
   devices = [int(d) for d in args.devices.split(",") if d]
   if devices:

@@ -22,8 +22,8 @@ leaves unused goes to the later ones):
 6. ``uresnet``: the SBND multi-plane UResNet (recoil_jax/studies/sbnd/model.py, Table 1 of arXiv
    2012.01301, 3 planes) forward and forward+backward+RMSProp step at 640×1024 and 128×256, batch 1
    and 8, through scripts/bench_uresnet.py's worker; against the CosmicTagger network in PyTorch
-   (`torch_uresnet`, same parameter count) on the same inputs when torch with CUDA is importable
-   (the ``peers`` extra). The PyTorch peer runs first, in a child process, before JAX claims the
+   (`bench_uresnet.torch_uresnet`, same parameter count) on the same inputs when torch with CUDA
+   is importable (the ``peers`` extra). The PyTorch peer runs first, in a child process, before JAX claims the
    GPU's memory (``XLA_PYTHON_CLIENT_MEM_FRACTION`` 0.92);
 7. ``sphere``: the S²→SO(3) and SO(3)→SO(3) layers (recoil_jax/ops/sphere/layers.py) forward and
    forward+backward at L = 16, 32, 64 (N = 3, batch 8), and their error against the float64 direct
@@ -472,80 +472,7 @@ def run_selfcheck_section(results: dict) -> None:
 # ---------------------------------------------------------------------------------------------------
 # Section "uresnet": the SBND multi-plane UResNet (recoil_jax/studies/sbnd/model.py), JAX through
 # scripts/bench_uresnet.py's worker (same inputs, loss and RMSProp step), against the CosmicTagger
-# PyTorch network.
-
-# Table 1 of arXiv 2012.01301 (the defaults of recoil_jax.studies.sbnd.model.UResNet).
-TORCH_UNET_DEFAULTS = dict(initial_filters=8, depth=6, first_kernel=7, blocks_per_level=2,
-                           deepest_filters=256, deepest_blocks=5, deepest_kernel=5, num_classes=3)
-
-
-def torch_uresnet(planes: int = 3, **overrides):
-  """The CosmicTagger UResNet (``coreyjadams/CosmicTagger``, src/networks/torch/uresnet2D.py) in
-  PyTorch, with the choices of `recoil_jax.studies.sbnd.model` (its docstring): one module applied
-  to each plane in turn (shared weights, per-plane batch statistics), 7×7 first conv, sum skips
-  added before the up blocks, bilinear ×2 + 1×1 Block upsampling, cross-plane deepest block, plain
-  1×1 final conv. Same parameter count as the JAX model (checked by the caller). NCHW.
-
-  (scripts/bench_uresnet.py has no PyTorch network; this is the one peer of the JAX model.)
-  """
-  import torch  # pylint: disable=g-import-not-at-top
-  from torch import nn  # pylint: disable=g-import-not-at-top
-  cfg = {**TORCH_UNET_DEFAULTS, **overrides}
-  act = lambda x: nn.functional.leaky_relu(x, 0.01)  # noqa: E731
-
-  class Block(nn.Module):
-    def __init__(self, c_in, c_out, k, activate=True):
-      super().__init__()
-      self.conv = nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=True)
-      self.bn = nn.BatchNorm2d(c_out, momentum=0.1, eps=1e-5)
-      self.activate = activate
-
-    def forward(self, x):
-      x = self.bn(self.conv(x))
-      return act(x) if self.activate else x
-
-  class Residual(nn.Module):
-    def __init__(self, c, k):
-      super().__init__()
-      self.b0, self.b1 = Block(c, c, k), Block(c, c, k, activate=False)
-
-    def forward(self, x):
-      return act(self.b1(self.b0(x)) + x)
-
-  def series(c, k, n):
-    return nn.Sequential(*[Residual(c, k) for _ in range(n)])
-
-  class UResNet(nn.Module):
-    def __init__(self):
-      super().__init__()
-      f, d, n = cfg["initial_filters"], cfg["depth"], cfg["blocks_per_level"]
-      self.initial = Block(1, f, cfg["first_kernel"])
-      self.down = nn.ModuleList([series(f << i, 3, n) for i in range(d)])
-      self.down_bottleneck = nn.ModuleList([Block(f << i, f << (i + 1), 1) for i in range(d)])
-      deep = planes * (f << d)
-      self.deep_in = Block(deep, cfg["deepest_filters"], 1)
-      self.deep = series(cfg["deepest_filters"], cfg["deepest_kernel"], cfg["deepest_blocks"])
-      self.deep_out = Block(cfg["deepest_filters"], deep, 1)
-      self.up_bottleneck = nn.ModuleList([Block(f << (i + 1), f << i, 1) for i in range(d)])
-      self.up = nn.ModuleList([series(f << i, 3, n) for i in range(d)])
-      self.final = nn.Conv2d(f, cfg["num_classes"], 1)
-
-    def forward(self, images):  # [B, P, H, W] -> [B, P, classes, H, W]
-      xs = [self.initial(images[:, p:p + 1]) for p in range(planes)]
-      skips = [[] for _ in range(planes)]
-      for i in range(len(self.down)):
-        for p in range(planes):
-          skips[p].append(self.down[i](xs[p]))
-          xs[p] = self.down_bottleneck[i](nn.functional.max_pool2d(skips[p][-1], 2))
-      merged = self.deep_out(self.deep(self.deep_in(torch.cat(xs, 1))))
-      xs = list(torch.chunk(merged, planes, 1))
-      for i in reversed(range(len(self.up))):
-        for p in range(planes):
-          x = nn.functional.interpolate(xs[p], scale_factor=2, mode="bilinear", align_corners=False)
-          xs[p] = self.up[i](self.up_bottleneck[i](x) + skips[p][i])
-      return torch.stack([self.final(x) for x in xs], 1)
-
-  return UResNet()
+# PyTorch network (bench_uresnet.torch_uresnet, with Table 1's choices).
 
 
 def torch_uresnet_worker(spec: dict) -> dict:
@@ -562,7 +489,7 @@ def torch_uresnet_worker(spec: dict) -> dict:
     return {"skipped": f"torch {torch.__version__} has no CUDA device"}
   end = time.perf_counter() + spec["budget_s"]
   sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-  net = torch_uresnet(**spec["model"]).to(device)
+  net = bench_uresnet.torch_uresnet(**spec["model"]).to(device)
   out = {"torch": torch.__version__, "device": str(torch.cuda.get_device_name() if device.type == "cuda" else "cpu"),
          "parameters": sum(p.numel() for p in net.parameters()),
          "tf32_conv": bool(torch.backends.cudnn.allow_tf32) if device.type == "cuda" else None,
@@ -572,10 +499,7 @@ def torch_uresnet_worker(spec: dict) -> dict:
 
   def train_step(x, y):
     opt.zero_grad(set_to_none=True)
-    logits = net(x)  # [B, P, C, H, W]
-    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # [B, P, H, W]
-    w = weights[y]
-    loss = ((w * ce).sum((0, 2, 3)) / w.sum((0, 2, 3))).sum()
+    loss = bench_uresnet._torch_weighted_loss(net(x), y, weights)  # pylint: disable=protected-access
     loss.backward()
     opt.step()
     return loss
@@ -969,11 +893,11 @@ def main() -> int:
   uresnet_sizes, uresnet_batches = _sizes(args.uresnet_sizes), _ints(args.uresnet_batches)
   sphere_ls, sphere_ref_ls = _ints(args.sphere_ls), _ints(args.sphere_ref_ls)
   sphere_batch = args.sphere_batch
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import bench_uresnet  # pylint: disable=g-import-not-at-top
   if args.cpu_dry_run:  # every code path (a conv and a pool layer suffice per-layer), tiny sizes
     batches, layer_batches, repeats, voxel_cap, max_layers = [2], [2], 1, 24, 2
     args.check_batch = 2
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import bench_uresnet  # pylint: disable=g-import-not-at-top
     uresnet_model = {**bench_uresnet.QUICK_MODEL, **uresnet_model}
     uresnet_sizes, uresnet_batches = [(32, 64)], [1]
     sphere_ls, sphere_ref_ls, sphere_batch = [4], [], 2
@@ -991,7 +915,8 @@ def main() -> int:
     elif gpu_driver or args.cpu_dry_run:
       share = budget.left() * SECTION_WEIGHTS["uresnet"] / total_weight * TORCH_SHARE
       print(f"PyTorch UResNet peer (child process, {share:.0f} s)", flush=True)
-      spec = {"model": {k: v for k, v in uresnet_model.items() if k in TORCH_UNET_DEFAULTS},
+      spec = {"model": {k: v for k, v in uresnet_model.items()
+                        if k in bench_uresnet.TORCH_PEER_DEFAULTS},
               "runs": uresnet_runs(uresnet_sizes, uresnet_batches), "repeats": repeats,
               "budget_s": max(share - 15, 5), "allow_cpu": args.cpu_dry_run}
       torch_result = run_torch_peer(spec, share)
