@@ -42,11 +42,11 @@ Variants:
               results/cygno/cpu_hour; see below).
   unet, resunet, attresunet
               segmentation: 600 frames of 128², filters (8, 16, 32, 64), up to 20 epochs
-              of batch 8; not yet run at this size (see the measured result below).
+              of batch 8: 3 min 46 s (attresunet, idle CPU).
   instance    instance segmentation: the segmentation variants' data and training sizes,
               ResUNet trunk (8, 16, 32, 64), camera-counts input
-              (``instances.input="binary"``: the thesis' binary input); 12.5 min (measured
-              below).
+              (``instances.input="binary"``: the thesis' binary input); 4 min 47 s (idle
+              CPU, measured below).
   +smoke      (with a network) 32 frames of 64², filters (4, 8), 2 epochs: < 60 s (tested;
               instance: ~30 s of CPU time).
   +cpu_hour   (with a network) 3 000 frames, filters (16, 32, 64, 128), 15 epochs,
@@ -66,15 +66,13 @@ issue 11's realism work) the ML rows were 100 % and the cut 98.5 %.
 50 % NR efficiency: DNN 99.65 / 99.21 %, RF 99.11 / 98.07 %, GBC 99.41 / 98.47 %, η cut
 92.2 / 89.2 % (thesis 99.43 / 98.50, 99.54 / 98.78, 99.38 / 98.55, 83.13 / –); per energy at
 50 %: DNN 44 / 69 / 93 / 99.9 % at 2–5 / 5–10 / 10–20 / 20–40 keV.
-Segmentation, measured once each (simulated; ``attresunet`` with data.num_images=240,
-data.image_size=64, model.filters=(8, 16, 32), 10 epochs: 1.5–2 min; 48 test frames, so
-a few tracks per keV bin; measured before the GEM3 saturation became the simulator's
-default, issue 11): at the then-default light yield (≈ 1 850 counts/keV, noise σ ≈ 2
-counts) both the network and the classical chain reconstruct 100 % of the NRs in every
-bin from 1 keV (pixel IoU 0.65 vs 0.72); with ``data.acceptance=1.17e-5`` (10× less
-light) NR efficiency at 1–2 keV is 75 % (3/4) vs 25 % (1/4) classical, 100 % vs 29 % at
-2–3 keV (7 tracks), the thesis' picture (~70 % vs ~10 % at 1 keV), with the network's
-pixel precision 0.50 vs 0.83.
+Segmentation (simulated; ``attresunet+cpu_hour``, results/cygno/segmentation_hour, 600 test
+frames, 1 235 tracks, 42 min on the partly shared 2-core CPU): NR reconstruction
+efficiency network vs classical chain 92 vs 68 % at 1–1.5 keV, 97 vs 87 % at 1.5–2 keV,
+100 vs 91 % at 2–2.5 keV, both 100 % above 2.5 keV (thesis: ~70 vs ~10 % at 1 keV); pixel
+IoU 0.62 vs 0.68 (the network's masks are wider: precision 0.65 vs 0.83). With 10× less
+light (``data.acceptance=1.17e-5``, results/cygno/segmentation_lowlight): 29 vs 0 % at
+1–1.5 keV, 75 vs 0 % at 1.5–2 keV, network ≥ 97 % and classical ≤ 15 % above 2.5 keV.
 Instance segmentation, measured once with the ER δ-rays and GEM3 saturation (simulated;
 ``instance``, 120 test frames, 251 truth tracks; 4 min 47 s on the idle 2-core CPU):
 class-agnostic mask / box AP50 0.70 / 0.88 vs 0.35 / 0.41 for the iDBSCAN clusters (before
