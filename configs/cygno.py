@@ -79,10 +79,12 @@ class-agnostic mask / box AP50 0.70 / 0.88 vs 0.35 / 0.41 for the iDBSCAN cluste
 them 0.71 / 0.91 vs 0.41 / 0.51); per class ER 0.39 / 0.53, NR 0.00 /
 0.00: at 1–10 keV the toy's ER and NR blobs are diffusion-dominated and not separable
 (the ER/NR head's AUC was 0.51 before the new defaults, as are simple density / size /
-elongation variables), so
-every instance is called ER. With ``data.er_energy_kev`` and ``data.nr_ionisation_kev``
-= (2, 40) (the classification range; before the δ-rays and saturation): NR mask AP50 0.44 (precision 0.93), ER 0.16 — long
-20–40 keV ERs are mostly missed (8 %) by the centre voting.
+elongation variables), so every instance is called ER. With ``data.er_energy_kev`` and
+``data.nr_ionisation_kev`` = (2, 40) (the classification range; results/cygno/instance_2_40):
+class-agnostic mask / box AP50 0.58 / 0.68 vs iDBSCAN 0.44 / 0.53, but the ER/NR head does
+not learn in this budget (type loss ≈ ln 2 at the early stop), so NR AP50 0.00 and ER 0.13
+(before the δ-rays and saturation: NR 0.44, ER 0.16); long 20–40 keV ERs were mostly missed
+(8 %) by the centre voting.
 """
 
 import ml_collections
