@@ -348,6 +348,23 @@ def run_spconv(coords, charges, nvox, labels, repeats):
 
 
 # --- cross-check: spconv vs recoil_jax (same weights) and vs a dense conv3d -----------------
+def _sparse_backward_and_dense_input(torch, spconv, module, indices_np, feats_np, batch_size,
+                                     spatial, seed):
+  """Runs ``module`` on the sparse input and back-propagates sum(out · R) (R fixed random);
+  returns (feats, out, R, input indices, output indices, the same input as a dense
+  [B, C, *spatial] leaf tensor that requires grad) for the dense reference."""
+  feats = torch.from_numpy(feats_np).requires_grad_(True)
+  out = module(spconv.SparseConvTensor(feats, torch.from_numpy(indices_np), list(spatial),
+                                       batch_size))
+  r = torch.from_numpy(np.random.default_rng(seed).standard_normal(
+      tuple(out.features.shape)).astype(np.float32))
+  (out.features * r).sum().backward()
+  ii = torch.from_numpy(indices_np).long()
+  xd = torch.zeros(batch_size, feats_np.shape[1], *spatial)
+  xd[ii[:, 0], :, ii[:, 1], ii[:, 2], ii[:, 3]] = torch.from_numpy(feats_np)
+  return feats, out, r, ii, out.indices.long(), xd.requires_grad_(True)
+
+
 def spconv_layer_vs_dense(torch, spconv, layer, indices_np, feats_np, batch_size, spatial,
                           seed=0) -> dict:
   """One spconv conv layer (its current weights) vs ``torch.nn.functional.conv3d``.
@@ -358,19 +375,8 @@ def spconv_layer_vs_dense(torch, spconv, layer, indices_np, feats_np, batch_size
   """
   fn = torch.nn.functional
   layer.zero_grad()
-  feats = torch.from_numpy(feats_np).requires_grad_(True)
-  out = layer(spconv.SparseConvTensor(feats, torch.from_numpy(indices_np), list(spatial),
-                                      batch_size))
-  r = torch.from_numpy(np.random.default_rng(seed).standard_normal(
-      tuple(out.features.shape)).astype(np.float32))
-  (out.features * r).sum().backward()
-
-  ii = torch.from_numpy(indices_np).long()
-  oi = out.indices.long()
-  c_in = feats_np.shape[1]
-  xd = torch.zeros(batch_size, c_in, *spatial)
-  xd[ii[:, 0], :, ii[:, 1], ii[:, 2], ii[:, 3]] = torch.from_numpy(feats_np)
-  xd.requires_grad_(True)
+  feats, out, r, ii, oi, xd = _sparse_backward_and_dense_input(
+      torch, spconv, layer, indices_np, feats_np, batch_size, spatial, seed)
   w = layer.weight.detach().permute(0, 4, 1, 2, 3).contiguous().requires_grad_(True)  # OIDHW
   b = layer.bias.detach().clone().requires_grad_(True)
   conv = dict(stride=tuple(layer.stride), padding=tuple(layer.padding),
@@ -409,17 +415,8 @@ def spconv_maxpool_vs_dense(torch, spconv, pool, indices_np, feats_np, batch_siz
   ks, st = tuple(pool.kernel_size), tuple(pool.stride)
   if any(tuple(pool.padding)) or any(d != 1 for d in pool.dilation):
     raise ValueError("spconv_maxpool_vs_dense: padding 0 and dilation 1 only")
-  feats = torch.from_numpy(feats_np).requires_grad_(True)
-  out = pool(spconv.SparseConvTensor(feats, torch.from_numpy(indices_np), list(spatial),
-                                     batch_size))
-  r = torch.from_numpy(np.random.default_rng(seed).standard_normal(
-      tuple(out.features.shape)).astype(np.float32))
-  (out.features * r).sum().backward()
-  ii = torch.from_numpy(indices_np).long()
-  oi = out.indices.long()
-  xd = torch.zeros(batch_size, feats_np.shape[1], *spatial)
-  xd[ii[:, 0], :, ii[:, 1], ii[:, 2], ii[:, 3]] = torch.from_numpy(feats_np)
-  xd.requires_grad_(True)
+  feats, out, r, ii, oi, xd = _sparse_backward_and_dense_input(
+      torch, spconv, pool, indices_np, feats_np, batch_size, spatial, seed)
   at_sites = fn.max_pool3d(xd, ks, st)[oi[:, 0], :, oi[:, 1], oi[:, 2], oi[:, 3]]
   (at_sites * r).sum().backward()
   windows = xd.detach()
