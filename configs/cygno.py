@@ -195,6 +195,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   ai.score_threshold = 0.3
   ai.energy_bins_kev = (1.0, 2.0, 3.0, 5.0, 10.0)  # Detection efficiency bins.
   ai.num_displays = 4  # Test frames drawn in instance_displays.png.
+  # A second row, "network masks + variable RF classes": the network's masks named ER / NR
+  # by a random forest (analysis.num_trees) on the 14 cluster variables, trained on the
+  # truth masks of the training frames (instances.py); False: the analysis as before.
+  ai.variable_classes = True
 
   config.optimizer.learning_rate = 3e-3
   config.train.global_batch_size = 64

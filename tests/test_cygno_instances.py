@@ -3,6 +3,7 @@ config, and the smoke run end to end."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 from conftest import REPO_ROOT, load_config, subprocess_env
 from recoil_jax.studies.cygno import instances as inst
+from recoil_jax.studies.cygno import observables
 from recoil_jax.studies.cygno import reco
 from recoil_jax.studies.cygno import segmentation as seg
 from recoil_jax.studies.cygno import sim
@@ -318,6 +320,7 @@ def test_instance_smoke_run_end_to_end(tmp_path):
   assert res["data"] == "simulated" and res["kind"] == "instance" and res["input"] == "binary"
   oracle = res["results"]["truth targets decoded (oracle)"]
   assert oracle["mask"][inst.ANY_CLASS]["ap"] > 0.9  # The encoding ceiling.
+  assert inst.VARIABLE_CLASSES in res["results"]  # On by default (configs/cygno.py).
   net = next(v for k, v in res["results"].items() if k.startswith("network"))
   for kind in ("mask", "box"):
     for cls in ("ER", "NR", inst.ANY_CLASS):
@@ -326,3 +329,141 @@ def test_instance_smoke_run_end_to_end(tmp_path):
   final = json.loads((workdir / "final_metrics.json").read_text())
   for key in ("loss",) + inst.METRICS:
     assert np.isfinite(final["metrics"]["test"][key])
+
+
+# ----------------------------------------------------------------------------- variable classes
+def test_mask_features_are_the_observables_of_the_mask(frames):
+  g = int(np.flatnonzero(frames["split"] == 0)[0])
+  (t,) = inst.truth_instances(frames, [g])
+  assert len(t) >= 1
+  defs = {"CylThick": "cygno_code"}  # A non-default definition is passed through.
+  x, ok = inst.mask_features(t.masks, frames["counts"][g], min_pixels=1, definitions=defs)
+  assert x.shape == (len(t), len(observables.NAMES)) and ok.all()
+  for k, m in enumerate(t.masks):
+    r, c = np.nonzero(m)
+    want = observables.compute(r, c, frames["counts"][g][r, c].astype(np.float64), defs)
+    np.testing.assert_allclose(x[k], [want[n] for n in observables.NAMES], rtol=1e-12)
+
+
+def _toy(num_frames, seed, small_nr=False):
+  """32² frames built as arrays, each with an ER (a thin line, 12–20 px long, ~4 counts/px)
+  and an NR (a dense 3–4 px square blob, ~60 counts/px): trivially separable by the
+  variables. ``small_nr`` adds a 2-pixel NR track (too small for the variables)."""
+  rng = np.random.default_rng(seed)
+  n, h, w = num_frames, 32, 32
+  instance = np.zeros((n, h, w), np.int16)
+  counts = rng.normal(0.0, 0.5, (n, h, w))
+  image, index, cls = [], [], []
+  for g in range(n):
+    length, row = int(rng.integers(12, 21)), int(rng.integers(0, 12))
+    c0 = int(rng.integers(0, w - length))
+    instance[g, row, c0:c0 + length] = 1
+    side, r0, b0 = int(rng.integers(3, 5)), int(rng.integers(15, 24)), int(rng.integers(0, 26))
+    instance[g, r0:r0 + side, b0:b0 + side] = 2
+    tracks = [ER, NR]
+    if small_nr:
+      instance[g, 30, 10:12] = 3
+      tracks.append(NR)
+    counts[g] += np.select([instance[g] == 1, instance[g] > 1], [4.0, 60.0], 0.0)
+    image += [g] * len(tracks)
+    index += list(range(len(tracks)))
+    cls += tracks
+  return {"instance": instance, "counts": counts.astype(np.float16),
+          "split": np.zeros(n, np.int32), "track_image": np.array(image),
+          "track_index": np.array(index), "track_cls": np.array(cls, np.int32),
+          "track_ionisation_kev": np.full(len(cls), 5.0)}
+
+
+def test_variable_classifier_names_separable_tracks():
+  vc = inst.fit_variable_classifier(_toy(10, 0), np.arange(10), min_pixels=4, num_trees=10)
+  assert vc.stats["tracks"] == 20 and vc.stats["er"] == vc.stats["nr"] == 10
+  assert vc.stats["too_small"] == 0
+  data = _toy(3, 1)
+  truth = inst.truth_instances(data, range(3))
+  # A network that finds every track but calls each one ER (its type head unlearnt).
+  dets = [dataclasses.replace(t, classes=np.full(len(t), ER, np.int32),
+                              scores=np.full(len(t), 0.45)) for t in truth]
+  heats = [np.linspace(0.9, 0.8, len(t)) for t in truth]
+  named, stats = inst.classify_detections(vc, dets, heats, [data["counts"][g]
+                                                            for g in range(3)])
+  assert stats == {"detections": 6, "classified": 6, "too_small": 0}
+  for t, d, heat in zip(truth, named, heats):
+    np.testing.assert_array_equal(d.classes, t.classes)
+    np.testing.assert_array_equal(d.masks, t.masks)  # Masks and boxes are the network's.
+    assert np.all(d.scores <= heat) and np.all(d.scores >= heat / 2)
+  assert inst.evaluate(truth, dets)["mask"]["NR"]["ap"] == 0.0
+  res = inst.evaluate(truth, named)
+  assert res["mask"]["ER"]["ap"] == res["mask"]["NR"]["ap"] == pytest.approx(1.0)
+  acc = inst.truth_mask_accuracy(vc, truth, [data["counts"][g] for g in range(3)])
+  assert acc["ER"]["value"] == acc["NR"]["value"] == 1.0 and acc["too_small"] == 0
+  assert acc["auc"] == 1.0
+
+
+def test_masks_too_small_for_the_variables_are_counted():
+  vc = inst.fit_variable_classifier(_toy(6, 2, small_nr=True), np.arange(6), min_pixels=4,
+                                    num_trees=10)
+  assert vc.stats["too_small"] == 6 and vc.stats["tracks"] == 12  # 2-pixel NRs skipped.
+  # The cap on training tracks stops at whole frames' worth and truncates.
+  capped = inst.fit_variable_classifier(_toy(6, 2), np.arange(6), min_pixels=4,
+                                        num_trees=10, max_tracks=3)
+  assert capped.stats["tracks"] == 3 and capped.stats["frames"] == 2
+  data = _toy(2, 3, small_nr=True)
+  truth = inst.truth_instances(data, range(2))
+  dets = [dataclasses.replace(t, classes=np.full(len(t), ER, np.int32),
+                              scores=np.full(len(t), 0.3)) for t in truth]
+  named, stats = inst.classify_detections(vc, dets, [np.ones(len(t)) for t in truth],
+                                          [data["counts"][g] for g in range(2)])
+  assert stats == {"detections": 6, "classified": 4, "too_small": 2}
+  for t, d in zip(truth, named):
+    assert len(d) == len(t) == 3  # Nothing dropped: the small one keeps the network's call.
+    assert (d.classes[2], d.scores[2]) == (ER, 0.3)
+    np.testing.assert_array_equal(d.classes[:2], [ER, NR])
+  assert inst.truth_mask_accuracy(vc, truth, [data["counts"][g]
+                                              for g in range(2)])["too_small"] == 2
+  with pytest.raises(ValueError, match="variable_classes=False"):
+    inst.fit_variable_classifier(_toy(2, 4), np.arange(2), min_pixels=100)
+
+
+class _OracleTrained:
+  """A stand-in for ``tasks.Trained`` whose "network" outputs the decoded truth targets."""
+  step = 0
+
+  def __init__(self, data, config):
+    self._data, self._config = data, config
+
+  def predict(self, split, outputs, fields):
+    frames = np.flatnonzero(self._data["split"] == seg.SPLITS.index(split))
+    pred = inst._decode_numpy(inst.oracle_outputs(self._data, frames,
+                                                  self._config.instances.sigma_px),
+                              self._config)
+    return {"image_index": frames, "outputs": {k: pred[k] for k in outputs}}
+
+
+def test_analysis_row_follows_the_switch(frames, tmp_path):
+  runs = {}
+  for on in (True, False):
+    config = load_config("configs/cygno.py", "instance+smoke")
+    config.analysis.num_trees = 10
+    config.analysis.instances.num_displays = 0
+    config.analysis.instances.variable_classes = on
+    out = inst.analyse(config, frames, _OracleTrained(frames, config), str(tmp_path / str(on)))
+    res = json.loads((tmp_path / str(on) / "cygno_instances.json").read_text())
+    md = (tmp_path / str(on) / "cygno_instances.md").read_text()
+    runs[on] = (out, res, md)
+  out, res, md = runs[True]
+  vc = res["results"][inst.VARIABLE_CLASSES]
+  assert vc["mask"][inst.ANY_CLASS]["ap"] > 0.9  # The oracle's masks, renamed.
+  assert vc["mask"]["ER"]["num_truth"] + vc["mask"]["NR"]["num_truth"] == \
+      res["num_truth_instances"]
+  s = res["variable_classes"]
+  assert s["train"]["tracks"] > 0 and s["test_detections"]["detections"] > 0
+  assert inst.VARIABLE_CLASSES in res["efficiency"]["NR"] and "variable_classes_mask_ap50" in out
+  assert f"| {inst.VARIABLE_CLASSES} (simulated) |" in md and "random forest" in md
+  out_off, res_off, md_off = runs[False]
+  assert inst.VARIABLE_CLASSES not in res_off["results"] and "variable_classes" not in res_off
+  assert inst.VARIABLE_CLASSES not in res_off["efficiency"]["NR"]
+  assert "variable_classes_mask_ap50" not in out_off and "random forest" not in md_off
+  # The other rows do not depend on the switch.
+  for name, r in res_off["results"].items():
+    assert res["results"][name] == r, name
+  assert out_off == {k: v for k, v in out.items() if k != "variable_classes_mask_ap50"}

@@ -34,6 +34,7 @@ at integer coordinates; boxes are (row0, col0, row1, col1) with exclusive ends, 
   instance_map   int16   [B, H, W]      0 = none, k + 1 = the frame's k-th detection
   inst_valid     bool    [B, K];  inst_score float32 [B, K];  inst_class int8 [B, K]
   inst_box       int32   [B, K, 4];  inst_pixels int32 [B, K];  inst_centre int32 [B, K, 2]
+  inst_heat      float32 [B, K]         the instance's peak heat (its score before the class)
 
 **Model** (:class:`CygnoInstanceNet`): the trunk is ``recoil_jax.nn.unet`` (``model.trunk``:
 unet / resunet / attresunet; ``model.filters``) ending in a linear 1 × 1 projection to F_0
@@ -90,6 +91,28 @@ tracks from naming them. Beside the network the analysis scores the decoded trut
 (the encoding ceiling) and the classical chain's iDBSCAN clusters as class-less instances.
 The analysis knobs live in ``config.analysis.instances``, so a trained run can be
 re-analysed with ``config.mode="evaluate"``.
+
+**Variable classes** (``analysis.instances.variable_classes``; :func:`fit_variable_classifier`,
+:func:`classify_detections`): a second ER / NR name for the network's decoded masks, for
+when the type head does not learn. A random forest (``classical.fit_random_forest``,
+``analysis.num_trees`` trees, ``analysis.seed``) is fitted on the 14 cluster variables
+(``observables.compute``, ``data.definitions``) of the *truth* masks of the training
+frames (at most :data:`MAX_TRAIN_TRACKS` tracks) and applied to every decoded mask of the
+validation and test frames. The variables are computed on the cache's ``counts``
+(median_3(image − pedestal), camera counts, the "counts" input before its asinh): the only
+intensity map the cache keeps. The classical chain's clusters take the unfiltered
+pedestal-subtracted counts instead, which the filter smooths a little (δ, MaxDen,
+SC_integral), but the forest is trained and applied on the same map. Masks with fewer
+than ``reco.min_hits`` pixels (the classical chain's smallest cluster) get no variables:
+they are left out of the training set and counted; such detections keep the network
+head's class and score, also counted. Each other detection is named by the forest's
+argmax (NR when P_RF(NR) > ½) and scored peak heat × P_RF(its class): the network's own
+score with the forest's class probability in place of the head's (multiplying the
+network's full score instead would keep the head's class probability, ≈ ½ and
+uninformative when the head has not learned, in the ranking). Its score cut is tuned on
+the validation frames like the network's (its own best class-agnostic mask F1). The
+forest's accuracy on the test truth masks is reported beside it, separating what the
+variables can do from what the decoded masks cost.
 """
 
 from __future__ import annotations
@@ -109,6 +132,8 @@ from recoil_jax.analysis import classification as clf
 from recoil_jax.data import pipeline
 from recoil_jax.losses import segmentation as seg_losses
 from recoil_jax.nn import unet
+from recoil_jax.studies.cygno import classical
+from recoil_jax.studies.cygno import observables
 from recoil_jax.studies.cygno import segmentation as seg
 from recoil_jax.studies.cygno import sim
 
@@ -255,8 +280,8 @@ def decode(class_logits: jax.Array, heat: jax.Array, offset: jax.Array, *,
 
   Returns:
     ``instance_map`` int16 [B, H, W] and ``inst_valid``, ``inst_score``, ``inst_class``,
-    ``inst_box``, ``inst_pixels``, ``inst_centre`` (layouts in the module docstring;
-    invalid slots have score 0, class 0, box 0).
+    ``inst_box``, ``inst_pixels``, ``inst_centre``, ``inst_heat`` (layouts in the module
+    docstring; invalid slots have score 0, class 0, box 0, heat 0).
   """
   b, h, w, _ = class_logits.shape
   k = int(max_instances)
@@ -297,7 +322,8 @@ def decode(class_logits: jax.Array, heat: jax.Array, offset: jax.Array, *,
           "inst_class": jnp.where(valid, cls, 0).astype(jnp.int8),
           "inst_box": jnp.where(valid[..., None], box, 0).astype(jnp.int32),
           "inst_pixels": pixels,
-          "inst_centre": jnp.stack([cy, cx], axis=-1).astype(jnp.int32)}
+          "inst_centre": jnp.stack([cy, cx], axis=-1).astype(jnp.int32),
+          "inst_heat": jnp.where(valid, top, 0.0)}
 
 
 def class_log_probs(track_logits: jax.Array, type_logit: jax.Array) -> jax.Array:
@@ -474,6 +500,13 @@ def detected_instances(pred: Mapping[str, np.ndarray]) -> list[FrameInstances]:
     out.append(from_map(pred["instance_map"][i], k + 1, pred["inst_class"][i][k],
                         pred["inst_score"][i][k]))
   return out
+
+
+def detected_heats(pred: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+  """Per frame, float [n] the peak heat of each valid instance (aligned with
+  :func:`detected_instances`)."""
+  return [pred["inst_heat"][i][pred["inst_valid"][i]].astype(np.float64)
+          for i in range(len(pred["inst_valid"]))]
 
 
 def clusters_as_instances(cluster_map: np.ndarray) -> FrameInstances:
@@ -676,6 +709,155 @@ def strip(result: Mapping[str, Any]) -> Any:
   return result
 
 
+# ----------------------------------------------------------------------------- variable classes
+VARIABLE_CLASSES = "network masks + variable RF classes"  # The method's row name.
+#: The most truth tracks that train the variable classifier (the first training frames in
+#: cache order, itself a seeded permutation, until the cap). The variables cost ~13 ms a
+#: track on the CPU (2–40 keV, 128² frames); a few thousand tracks are plenty for an RF.
+MAX_TRAIN_TRACKS = 3000
+
+
+def mask_features(masks: np.ndarray, counts: np.ndarray, *, min_pixels: int,
+                  definitions: Mapping[str, str] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """The 14 cluster variables of each mask of one frame.
+
+  Args:
+    masks: bool [n, H, W], one instance each.
+    counts: [H, W] the frame's camera counts (the cache's ``counts``).
+    min_pixels: masks with fewer pixels get no variables.
+    definitions: ``observables.compute``'s variable definitions.
+
+  Returns:
+    ``(features float64 [n, 14] in ``observables.NAMES`` order (lengths in pixels,
+    intensities in counts), ok bool [n])``; the rows of masks with < ``min_pixels``
+    pixels (``ok`` False) are NaN.
+  """
+  masks, counts = np.asarray(masks, bool), np.asarray(counts, np.float64)
+  x = np.full((len(masks), len(observables.NAMES)), np.nan)
+  ok = masks.sum(axis=(1, 2)) >= max(int(min_pixels), 1)
+  for k in np.flatnonzero(ok):
+    r, c = np.nonzero(masks[k])
+    v = observables.compute(r, c, counts[r, c], definitions)
+    x[k] = [v[name] for name in observables.NAMES]
+  return x, ok
+
+
+@dataclasses.dataclass(frozen=True)
+class VariableClassifier:
+  """ER / NR from the 14 variables of a mask (module docstring): ``model`` a fitted
+  scikit-learn forest (labels 0 ER, 1 NR, as ``classical.py``), or None when the training
+  masks hold one class only, ``only_class`` (0 / 1); ``stats`` says what trained it."""
+
+  model: Any
+  only_class: int | None
+  min_pixels: int
+  definitions: Mapping[str, str] | None
+  stats: Mapping[str, Any]
+
+  def nr_probability(self, x: np.ndarray) -> np.ndarray:
+    """float64 [n]: P(NR) of features [n, 14]."""
+    if not len(x):
+      return np.zeros(0)
+    if self.model is None:
+      return np.full(len(x), float(self.only_class))
+    return classical.nr_probability(self.model, x).astype(np.float64)
+
+  def features(self, masks: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`mask_features` with this classifier's minimum size and definitions."""
+    return mask_features(masks, counts, min_pixels=self.min_pixels,
+                         definitions=self.definitions)
+
+
+def fit_variable_classifier(data: Mapping[str, np.ndarray], frames: Sequence[int], *,
+                            min_pixels: int, definitions: Mapping[str, str] | None = None,
+                            num_trees: int = 400, seed: int = 0, n_jobs: int = 1,
+                            max_tracks: int = MAX_TRAIN_TRACKS) -> VariableClassifier:
+  """Fits the variable classifier on the truth masks (:func:`truth_instances`) of
+  ``frames`` (the training split) and their ``data["counts"]``, in the given frame order
+  until ``max_tracks`` tracks. Masks with < ``min_pixels`` pixels are skipped and counted
+  (``stats["too_small"]``).
+
+  Raises:
+    ValueError: no truth mask of ``frames`` has ``min_pixels`` pixels.
+  """
+  xs, ys, too_small, used, kept = [], [], 0, 0, 0
+  for g in frames:
+    if kept >= max_tracks:
+      break
+    (t,) = truth_instances(data, [int(g)])
+    x, ok = mask_features(t.masks, data["counts"][g], min_pixels=min_pixels,
+                          definitions=definitions)
+    too_small += int(np.sum(~ok))
+    xs.append(x[ok])
+    ys.append((t.classes[ok] == sim.NR).astype(np.int32))  # 1 NR, 0 ER.
+    used, kept = used + 1, kept + int(ok.sum())
+  x = np.concatenate(xs + [np.zeros((0, len(observables.NAMES)))])[:max_tracks]
+  y = np.concatenate(ys + [np.zeros(0, np.int32)])[:max_tracks]
+  if not len(y):
+    raise ValueError(f"cygno instances: no truth track of the {len(frames)} training frames "
+                     f"has >= {min_pixels} pixels to train the variable classifier; set "
+                     "config.analysis.instances.variable_classes=False")
+  stats = {"tracks": int(len(y)), "er": int(np.sum(y == 0)), "nr": int(np.sum(y == 1)),
+           "too_small": too_small, "min_pixels": int(min_pixels), "frames": used,
+           "frames_available": int(len(frames)), "max_tracks": int(max_tracks),
+           "num_trees": int(num_trees)}
+  if len(np.unique(y)) < 2:  # A forest of one class has no P(NR) column.
+    return VariableClassifier(None, int(y[0]), int(min_pixels), definitions, stats)
+  model = classical.fit_random_forest(x, y, num_trees=num_trees, seed=seed, n_jobs=n_jobs)
+  return VariableClassifier(model, None, int(min_pixels), definitions, stats)
+
+
+def classify_detections(vc: VariableClassifier, dets: Sequence[FrameInstances],
+                        heats: Sequence[np.ndarray], counts: Sequence[np.ndarray]
+                        ) -> tuple[list[FrameInstances], dict[str, int]]:
+  """The detections renamed by the variable classifier (module docstring).
+
+  Args:
+    vc: the fitted classifier.
+    dets: per frame, the network's detections.
+    heats: per frame, float [n] each detection's peak heat (:func:`detected_heats`).
+    counts: per frame, [H, W] its camera counts (the cache's ``counts``).
+
+  Returns:
+    ``(per frame the same masks and boxes with class = argmax P_RF and score = peak heat ×
+    P_RF(class) — detections with < ``vc.min_pixels`` pixels keep the network's class and
+    score —, {"detections", "classified", "too_small"})``.
+  """
+  out, n_ok, n_small = [], 0, 0
+  for d, heat, img in zip(dets, heats, counts, strict=True):
+    x, ok = vc.features(d.masks, img)
+    p_nr = np.full(len(d), np.nan)
+    p_nr[ok] = vc.nr_probability(x[ok])
+    nr = p_nr > 0.5  # Argmax; a tie is ER, as decode's.
+    classes = np.where(ok, np.where(nr, sim.NR, sim.ER), d.classes).astype(np.int32)
+    scores = np.where(ok, np.asarray(heat, np.float64) * np.where(nr, p_nr, 1 - p_nr),
+                      d.scores)
+    out.append(dataclasses.replace(d, classes=classes, scores=scores))
+    n_ok, n_small = n_ok + int(ok.sum()), n_small + int((~ok).sum())
+  return out, {"detections": n_ok + n_small, "classified": n_ok, "too_small": n_small}
+
+
+def truth_mask_accuracy(vc: VariableClassifier, truth: Sequence[FrameInstances],
+                        counts: Sequence[np.ndarray]) -> dict[str, Any]:
+  """Per class, the fraction (CP 68.27 %) of truth masks with ≥ ``vc.min_pixels`` pixels
+  that the classifier names right; the number too small to name; the AUC of P_RF(NR)
+  (NR vs ER; None without both), comparable with the classification table's."""
+  p_nr, cls, small = [np.zeros(0)], [np.zeros(0, np.int32)], 0
+  for t, img in zip(truth, counts, strict=True):
+    x, ok = vc.features(t.masks, img)
+    p_nr.append(vc.nr_probability(x[ok]))
+    cls.append(t.classes[ok])
+    small += int((~ok).sum())
+  p, c = np.concatenate(p_nr), np.concatenate(cls)
+  pred = np.where(p > 0.5, sim.NR, sim.ER)
+  out = {name: _ratio(int(np.sum(pred[c == v] == v)), int(np.sum(c == v)))
+         | {"tracks": int(np.sum(c == v))} for name, v in CLASSES.items()}
+  both = np.any(c == sim.NR) and np.any(c == sim.ER)
+  return out | {"too_small": small,
+                "auc": clf.auc(p[c == sim.NR], p[c == sim.ER]) if both else None}
+
+
 # ----------------------------------------------------------------------------- analysis
 def _fmt(x: float | None, digits: int = 3) -> str:
   return "–" if x is None else f"{x:.{digits}f}"
@@ -690,15 +872,22 @@ def _fmt_ratio(r: Mapping[str, Any]) -> str:
 
 def markdown(methods: Mapping[str, Mapping[str, Any]],
              efficiency: Mapping[str, Mapping[str, list[dict]]], *, score_threshold: float,
-             iou_threshold: float, provenance: str = "", label: str = io.SIMULATED) -> str:
+             iou_threshold: float, provenance: str = "", label: str = io.SIMULATED,
+             row_thresholds: Mapping[str, tuple[float, str]] | None = None,
+             notes: Sequence[str] = ()) -> str:
   """The AP / precision / recall table beside the thesis' Mask R-CNN row, and the
-  detection efficiency vs energy."""
+  detection efficiency vs energy. ``row_thresholds``: ``{method: (score cut,
+  provenance)}`` for rows (and efficiency columns of that name) with their own cut;
+  ``notes``: paragraphs appended at the end."""
   t = f"{score_threshold:.3g}"
+  own = dict(row_thresholds or {})
+  own_text = "".join(f" The {n} row: score ≥ {c:.3g} ({p})." for n, (c, p) in own.items())
+  own_cols = "".join(f" (the {n} column: score ≥ {c:.3g})" for n, (c, _) in own.items())
   lines = [f"## Instance segmentation on the test frames ({label})", "",
            f"AP at IoU {iou_threshold:g} (all-point interpolation); precision and recall at "
            f"score ≥ {t}" + (f" ({provenance})" if provenance else "") +
            f" with mask IoU ≥ {iou_threshold:g} (Clopper–Pearson 68.27 %); the classical "
-           "row keeps every cluster.", "",
+           "row keeps every cluster." + own_text, "",
            "| method | class | mask AP50 | box AP50 | precision | recall | truth tracks |",
            "|---|---|---|---|---|---|---|"]
   for name, res in methods.items():
@@ -717,8 +906,9 @@ def markdown(methods: Mapping[str, Mapping[str, Any]],
     names = list(curves)
     lines += ["", f"## {cls} detection efficiency [%] vs ionisation energy ({label})", "",
               f"A truth {cls} track is detected when a detection of class {cls} (of "
-              f"either class in the any-class columns) with score ≥ {t} has mask IoU ≥ "
-              f"{iou_threshold:g} with it (tracks owning no pixel are not instances).", "",
+              f"either class in the any-class columns) with score ≥ {t}{own_cols} has mask "
+              f"IoU ≥ {iou_threshold:g} with it (tracks owning no pixel are not instances).",
+              "",
               "| energy [keV] | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for i, b in enumerate(next(iter(curves.values()))):
       lo, hi = b["energy_kev"]
@@ -734,6 +924,8 @@ def markdown(methods: Mapping[str, Mapping[str, Any]],
             "the training targets of the truth: its shortfall from 1 counts tracks that "
             "share a centre pixel. The thesis shows Mask R-CNN predictions on a display "
             "only (seed 003); it gives no AP. Everything here is simulated."]
+  for note in notes:
+    lines += ["", note]
   return "\n".join(lines) + "\n"
 
 
@@ -806,25 +998,92 @@ def _decode_numpy(outputs: Mapping[str, np.ndarray], config, batch: int = 16
   return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def _predict(trained, split: str) -> tuple[np.ndarray, list[FrameInstances]]:
-  outs = ("instance_map", "inst_valid", "inst_score", "inst_class")
+def _predict(trained, split: str
+             ) -> tuple[np.ndarray, list[FrameInstances], list[np.ndarray]]:
+  """``(frame indices [N], per frame the network's detections, their peak heats)``."""
+  outs = ("instance_map", "inst_valid", "inst_score", "inst_class", "inst_heat")
   pred = trained.predict(split, outputs=outs, fields=("image_index",))
-  return pred["image_index"].astype(np.int64), detected_instances(pred["outputs"])
+  return (pred["image_index"].astype(np.int64), detected_instances(pred["outputs"]),
+          detected_heats(pred["outputs"]))
 
 
-def operating_threshold(config, data: Mapping[str, np.ndarray], trained
+def operating_threshold(config, data: Mapping[str, np.ndarray], trained, *,
+                        validation: tuple[np.ndarray, Sequence[FrameInstances]] | None = None
                         ) -> tuple[float, str]:
   """The score cut of the precision / recall columns and its provenance: the best
   class-agnostic mask F1 on the validation frames (``analysis.instances.tune_threshold``)
-  or ``analysis.instances.score_threshold``."""
+  or ``analysis.instances.score_threshold``. ``validation``: ``(frames, detections)``
+  already at hand (else the network predicts them)."""
   a = config.analysis.instances
   if not a.tune_threshold:
     return float(a.score_threshold), "config.analysis.instances.score_threshold"
-  frames, dets = _predict(trained, "validation")
+  frames, dets = validation if validation is not None else _predict(trained,
+                                                                    "validation")[:2]
   thr, f1 = best_f1_threshold(truth_instances(data, frames), dets,
                               iou_threshold=a.iou_threshold)
   return thr, (f"best class-agnostic mask F1 ({f1:.3f}) on the {len(frames)} validation "
                "frames")
+
+
+def variable_class_row(config, data: Mapping[str, np.ndarray], trained, *,
+                       test: tuple[np.ndarray, Sequence[FrameInstances], Sequence[np.ndarray]],
+                       validation: tuple | None, truth: Sequence[FrameInstances]
+                       ) -> tuple[list[FrameInstances], float, str, dict[str, Any]]:
+  """The :data:`VARIABLE_CLASSES` method (module docstring) on the test frames.
+
+  Args:
+    test, validation: ``(frames, detections, peak heats)`` of :func:`_predict` (validation
+      None: predicted here when the cut is tuned).
+    truth: the test frames' truth instances.
+
+  Returns:
+    ``(test detections, score cut, its provenance, summary for the JSON)``.
+  """
+  a, an = config.analysis.instances, config.analysis
+  train = np.flatnonzero(data["split"] == seg.SPLITS.index("train"))
+  vc = fit_variable_classifier(
+      data, train, min_pixels=config.reco.min_hits, definitions=dict(config.data.definitions),
+      num_trees=an.num_trees, seed=an.seed, n_jobs=an.n_jobs)
+  counts = lambda frames: [data["counts"][g] for g in frames]  # noqa: E731
+  frames, dets, heats = test
+  out, test_stats = classify_detections(vc, dets, heats, counts(frames))
+  summary = {"method": VARIABLE_CLASSES, "variables": list(observables.NAMES),
+             "image": "counts: median_3(image - pedestal), camera counts",
+             "definitions": dict(config.data.definitions),
+             "score": "peak heat x P_RF(assigned class)", "train": dict(vc.stats),
+             "test_detections": test_stats,
+             "test_truth_mask_accuracy": truth_mask_accuracy(vc, truth, counts(frames))}
+  if a.tune_threshold:
+    if validation is None:
+      validation = _predict(trained, "validation")
+    v_frames, v_dets, v_heats = validation
+    v_out, summary["validation_detections"] = classify_detections(vc, v_dets, v_heats,
+                                                                   counts(v_frames))
+    thr, f1 = best_f1_threshold(truth_instances(data, v_frames), v_out,
+                                iou_threshold=a.iou_threshold)
+    provenance = (f"its best class-agnostic mask F1 ({f1:.3f}) on the {len(v_frames)} "
+                  "validation frames")
+  else:
+    thr, provenance = float(a.score_threshold), "config.analysis.instances.score_threshold"
+  summary |= {"score_threshold": thr, "score_threshold_from": provenance}
+  return out, thr, provenance, summary
+
+
+def _variable_class_note(s: Mapping[str, Any]) -> str:
+  """The markdown paragraph on the :data:`VARIABLE_CLASSES` row from its JSON summary."""
+  tr, te, acc = s["train"], s["test_detections"], s["test_truth_mask_accuracy"]
+  return (f"The {VARIABLE_CLASSES} row keeps the network's masks and boxes and names each "
+          f"instance ER or NR by a random forest ({tr['num_trees']} trees) on the 14 cluster "
+          "variables of its mask, computed on the median-filtered pedestal-subtracted counts; "
+          "score = peak heat × P_RF(its class). The forest was trained on the truth masks "
+          f"of {tr['tracks']} tracks ({tr['er']} ER, {tr['nr']} NR) of {tr['frames']} "
+          f"training frames, skipping {tr['too_small']} masks with < {tr['min_pixels']} "
+          f"pixels. On the test truth masks it names {_fmt_ratio(acc['ER'])} of "
+          f"{acc['ER']['tracks']} ER and {_fmt_ratio(acc['NR'])} of {acc['NR']['tracks']} NR "
+          f"right (AUC {_fmt(acc['auc'])}; {acc['too_small']} too small to name). "
+          f"{te['too_small']} of the "
+          f"{te['detections']} test detections have < {tr['min_pixels']} pixels and keep "
+          "the network head's class and score.")
 
 
 def analyse(config, data: Mapping[str, np.ndarray], trained, workdir: str) -> dict[str, Any]:
@@ -832,10 +1091,12 @@ def analyse(config, data: Mapping[str, np.ndarray], trained, workdir: str) -> di
   docstring); writes ``cygno_instances.md``, ``cygno_instances.json`` and
   ``instance_displays.png`` into ``workdir``."""
   i, a, m = config.instances, config.analysis.instances, config.model
-  frames, net_dets = _predict(trained, "test")
+  frames, net_dets, net_heats = _predict(trained, "test")
   if not np.all(data["classical_done"][frames]):
     raise ValueError("cygno instances: the classical maps of the test frames are missing")
-  threshold, provenance = operating_threshold(config, data, trained)
+  validation = _predict(trained, "validation") if a.tune_threshold else None
+  threshold, provenance = operating_threshold(
+      config, data, trained, validation=None if validation is None else validation[:2])
   truth = truth_instances(data, frames)
   net = f"network ({KIND}, {m.trunk} trunk, {i.input} input)"
   oracle = "truth targets decoded (oracle)"
@@ -851,6 +1112,16 @@ def analyse(config, data: Mapping[str, np.ndarray], trained, workdir: str) -> di
       [clusters_as_instances(data["classical"][g]) for g in frames],
       classes={ANY_CLASS: 1}, class_agnostic=False, iou_threshold=a.iou_threshold,
       score_threshold=0.0)
+  own_cut, notes, vc_summary = {}, [], None
+  if a.variable_classes:  # Read here, so config.mode="evaluate" can switch it.
+    vc_dets, vc_thr, vc_from, vc_summary = variable_class_row(
+        config, data, trained, test=(frames, net_dets, net_heats), validation=validation,
+        truth=truth)
+    results[VARIABLE_CLASSES] = evaluate(truth, vc_dets, iou_threshold=a.iou_threshold,
+                                         score_threshold=vc_thr)
+    results = {k: results[k] for k in (net, VARIABLE_CLASSES, oracle, cl_name)}
+    own_cut[VARIABLE_CLASSES] = (vc_thr, vc_from)
+    notes.append(_variable_class_note(vc_summary))
   bins = tuple(a.energy_bins_kev)
   efficiency: dict[str, dict[str, list]] = {}
   for cname, c in CLASSES.items():
@@ -858,11 +1129,15 @@ def analyse(config, data: Mapping[str, np.ndarray], trained, workdir: str) -> di
         net: efficiency_vs_energy(truth, results[net]["mask"][cname]["truth_score"], c,
                                   bins, threshold),
         f"{net}, any class": efficiency_vs_energy(
-            truth, results[net]["mask"][ANY_CLASS]["truth_score"], c, bins, threshold),
-        f"{cl_name}, any class": efficiency_vs_energy(
-            truth, results[cl_name]["mask"][ANY_CLASS]["truth_score"], c, bins, 0.0)}
+            truth, results[net]["mask"][ANY_CLASS]["truth_score"], c, bins, threshold)}
+    if a.variable_classes:
+      efficiency[cname][VARIABLE_CLASSES] = efficiency_vs_energy(
+          truth, results[VARIABLE_CLASSES]["mask"][cname]["truth_score"], c, bins,
+          own_cut[VARIABLE_CLASSES][0])
+    efficiency[cname][f"{cl_name}, any class"] = efficiency_vs_energy(
+        truth, results[cl_name]["mask"][ANY_CLASS]["truth_score"], c, bins, 0.0)
   md = markdown(results, efficiency, score_threshold=threshold, provenance=provenance,
-                iou_threshold=a.iou_threshold)
+                iou_threshold=a.iou_threshold, row_thresholds=own_cut, notes=notes)
   io.write_text_atomic(os.path.join(workdir, "cygno_instances.md"), md)
   order = np.argsort([-len(t) for t in truth], kind="stable")[:min(a.num_displays,
                                                                   len(frames))]
@@ -880,10 +1155,14 @@ def analyse(config, data: Mapping[str, np.ndarray], trained, workdir: str) -> di
              "results": strip(results), "efficiency": efficiency,
              "thesis_mask_rcnn": "no AP reported (seed 003: trained on 4 images, 20 "
                                  "epochs; one display)"}
+  if vc_summary is not None:
+    summary["variable_classes"] = vc_summary
   io.write_json_atomic(os.path.join(workdir, "cygno_instances.json"), summary)
   logging.info("CYGNO instance analysis written to %s", workdir)
-  r = results[net]
-  return {"mask_ap50": {c: r["mask"][c]["ap"] for c in (*CLASSES, ANY_CLASS)}
-          | {"mean": r["mask"]["mean"]},
-          "box_ap50": {c: r["box"][c]["ap"] for c in (*CLASSES, ANY_CLASS)}
-          | {"mean": r["box"]["mean"]}, "score_threshold": threshold}
+  ap50 = lambda r, kind: ({c: r[kind][c]["ap"] for c in (*CLASSES, ANY_CLASS)}  # noqa: E731
+                          | {"mean": r[kind]["mean"]})
+  out = {"mask_ap50": ap50(results[net], "mask"), "box_ap50": ap50(results[net], "box"),
+         "score_threshold": threshold}
+  if vc_summary is not None:
+    out["variable_classes_mask_ap50"] = ap50(results[VARIABLE_CLASSES], "mask")
+  return out
