@@ -83,8 +83,9 @@ elongation variables), so every instance is called ER. With ``data.er_energy_kev
 ``data.nr_ionisation_kev`` = (2, 40) (the classification range; results/cygno/instance_2_40):
 class-agnostic mask / box AP50 0.58 / 0.68 vs iDBSCAN 0.44 / 0.53, but the ER/NR head does
 not learn in this budget (type loss ≈ ln 2 at the early stop), so NR AP50 0.00 and ER 0.13
-(before the δ-rays and saturation: NR 0.44, ER 0.16); long 20–40 keV ERs were mostly missed
-(8 %) by the centre voting.
+(before the δ-rays and saturation: NR 0.44, ER 0.16); the same masks named by a random
+forest on their 14 variables (``analysis.instances.variable_classes``) give NR 0.61, ER
+0.08. Long 20–40 keV ERs are mostly missed (9 %) by the centre voting.
 """
 
 import ml_collections
