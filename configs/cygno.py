@@ -221,6 +221,7 @@ def _smoke(config):
     config.data.image_size = 64
     config.model.filters = (4, 8)  # One level (and gate): half the compile time of two.
     config.train.global_batch_size = 8
+    config.analysis.num_trees = 10  # The instances' variable-class forest.
     return
   config.data.num_images = 120
   config.data.image_size = 128

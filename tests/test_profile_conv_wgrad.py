@@ -10,8 +10,8 @@ from conftest import load_module
 wgrad = load_module("scripts/profile_conv_wgrad.py")
 
 
-@pytest.mark.parametrize("k", [3, 5])
-def test_routes_agree_with_xla_weight_gradient(k):
+def test_routes_agree_with_xla_weight_gradient():
+  k = 3  # The UResNet's level kernels (the 5x5 deepest blocks use the same code paths).
   keys = jax.random.split(jax.random.key(1), 3)
   x = jax.random.normal(keys[0], (2, 6, 8, 4))
   w = jax.random.normal(keys[1], (k, k, 4, 4))
