@@ -303,6 +303,9 @@ def test_config_variants_and_validation():
       cygno_task.CygnoTask(config).validate()
 
 
+# ~17 s: slow since the default suite reached 12 min; the analysis rows are covered by
+# test_analysis_row_follows_the_switch, the data and loss by test_source_and_loss.
+@pytest.mark.slow
 def test_instance_smoke_run_end_to_end(tmp_path):
   workdir = tmp_path / "run"
   proc = subprocess.run(
