@@ -7,7 +7,10 @@ SparseConv k4 → SparseConv k3 → MaxPool 2) on one event at a time with never
 capacities, and prints the mean, 99th percentile and maximum number of active sites per event
 after each layer.
 
-  python scripts/measure_sparse_capacity.py --num-tracks 200
+  python scripts/measure_sparse_capacity.py --num-tracks 200 [--physics all]
+
+``--physics`` turns on the simulator's optional physics (δ-rays, straggling, electron spread;
+``all`` = all three, the default of ``configs/tpc.py``), whose tracks carry more voxels.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from recoil_jax.studies.tpc import preprocess as tpc_preprocess
 from recoil_jax.ops import sparse
 from recoil_jax.physics import electron_recoils as electron_recoil
 
+PHYSICS_SWITCHES = ("delta_rays", "straggling", "electron_spread")
 LAYERS = ("conv k6 s2", "pool 2", "conv k4", "conv k3", "pool 2")
 
 
@@ -47,12 +51,18 @@ def main() -> None:
   p.add_argument("--num-tracks", type=int, default=200)
   p.add_argument("--max-events", type=int, default=64, help="events measured per sample")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--physics", nargs="*", default=[],
+                 choices=("all",) + PHYSICS_SWITCHES,
+                 help="optional simulator physics switched on (none by default)")
   args = p.parse_args()
+  on = PHYSICS_SWITCHES if "all" in args.physics else tuple(args.physics)
+  physics = {k: (k in on) for k in PHYSICS_SWITCHES}
   print("simulated; active sites per event after each layer: "
-        + ", ".join(LAYERS) + " (input voxels first)")
+        + ", ".join(LAYERS) + " (input voxels first); physics on: "
+        + (", ".join(on) or "none"))
   for energy, sigma in ((40.0, 200.0), (50.0, 160.0), (50.0, 443.0)):
     tracks = electron_recoil.simulate_electron_recoils(args.seed, energy,
-                                                       num_tracks=args.num_tracks)
+                                                       num_tracks=args.num_tracks, **physics)
     vox, counts = tpc_preprocess.preprocess_tracks(
         tracks.positions_mm, tracks.num_electrons, tracks.energy_kev,
         np.random.default_rng(args.seed + 1), sigma_um=sigma, max_voxels=2048)
