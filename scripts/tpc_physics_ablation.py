@@ -1,8 +1,11 @@
 """NML half of the TPC physics ablation: the moments method on simulated tracks with the
 simulator's optional physics added one ingredient at a time (issue 15).
 
-Rows (``--rows``): ``baseline`` (today's toy), ``+straggling``, ``+delta_rays``,
-``+electron_spread`` (each alone on top of the baseline), and ``all``.  Every row simulates
+Rows (``--rows``): ``baseline`` (the toy, ``configs/tpc.py:toy``), ``+straggling``,
+``+delta_rays``, ``+electron_spread`` (each alone on top of the baseline), and ``all`` (today's
+default). A row ``NAME:elastic=S`` is row NAME with the elastic cross section of every atom
+multiplied by S (``simulate_electron_recoils(elastic_scale=S)``): a sensitivity check of the
+screened-Rutherford elastic model, not a physics option.  Every row simulates
 the seed's 40 keV / 200 µm test set exactly as the TPC dataset builds its
 ``test_40keV_200um`` split (``recoil_jax.studies.tpc.dataset``: chunks of 1000 tracks,
 per-chunk simulation and preprocessing seeds from ``SeedSequence(seed, (split, chunk, ·))``,
@@ -23,7 +26,8 @@ simulated.
 
 Usage:
   python scripts/tpc_physics_ablation.py --num-tracks 4000 --seed 0 \\
-      [--rows baseline,straggling,delta_rays,electron_spread,all] [--out ablation.json]
+      [--rows baseline,straggling,delta_rays,electron_spread,all,all:elastic=2]
+      [--out ablation.json]
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ ROWS = {
     "electron_spread": dict(electron_spread=True),
     "all": dict(delta_rays=True, straggling=True, electron_spread=True),
 }
-LABELS = {"baseline": "baseline (today's toy)", "straggling": "+ straggling",
+LABELS = {"baseline": "baseline (the toy)", "straggling": "+ straggling",
           "delta_rays": "+ δ-rays", "electron_spread": "+ electron spread",
           "all": "all (δ-rays + straggling + spread)"}
 # The seed's DEGRAD numbers (REFERENCE.md §1c; mghrear/3D_Heteroscedastic_Convnet:
@@ -98,11 +102,35 @@ def simulate_test_set(seed: int, num: int, physics: dict, max_voxels: int,
   return coords, charges, nvox, direction, counts, extra
 
 
+def row_physics(name: str) -> dict:
+  """The simulator switches of row ``name`` (``NAME`` or ``NAME:elastic=S``)."""
+  base, _, mod = name.partition(":")
+  if base not in ROWS:
+    raise ValueError(f"--rows: unknown row {base!r}; known: {list(ROWS)}")
+  physics = dict(ROWS[base])
+  if mod:
+    key, _, value = mod.partition("=")
+    try:
+      scale = float(value)
+    except ValueError:
+      scale = float("nan")
+    if key != "elastic" or not scale > 0:
+      raise ValueError(f"--rows: {name!r}: expected NAME:elastic=S with S > 0")
+    physics["elastic_scale"] = scale
+  return physics
+
+
+def row_label(name: str) -> str:
+  base, _, mod = name.partition(":")
+  return LABELS[base] + (f", elastic σ × {mod.partition('=')[2]}" if mod else "")
+
+
 def run_row(name: str, args, analysis) -> dict:
   t0 = time.perf_counter()
+  physics = row_physics(name)
   coords, charges, nvox, direction, counts, extra = simulate_test_set(
-      args.seed, args.num_tracks, ROWS[name], args.max_voxels, args.delta_cut_kev)
-  row = dict(row=name, physics=ROWS[name], simulated=counts.total, kept=counts.kept,
+      args.seed, args.num_tracks, physics, args.max_voxels, args.delta_cut_kev)
+  row = dict(row=name, physics=physics, simulated=counts.total, kept=counts.kept,
              discards=counts.as_dict(), **extra)
 
   def score(key, **kw):
@@ -143,7 +171,7 @@ def markdown(rows: list[dict], args) -> str:
     p = r["tuned_params"]
     dr = f"{r['delta_rays_per_track']:.2f}" if "delta_rays_per_track" in r else "–"
     lines.append(
-        f"| {LABELS[r['row']]} (simulated) | {r['kept']}/{r['simulated']} | {dr} | "
+        f"| {row_label(r['row'])} (simulated) | {r['kept']}/{r['simulated']} | {dr} | "
         f"{r['standard']:.3f} ± {r['standard_se']:.3f} ({r['standard_eff']:.3f}) | "
         f"{r['truth']:.3f} ± {r['truth_se']:.3f} | "
         f"{r['tuned']:.3f} ± {r['tuned_se']:.3f} ({r['tuned_eff']:.3f}) | "
@@ -169,9 +197,13 @@ def main() -> None:
   p.add_argument("--out", default="", help="write the rows as JSON here")
   args = p.parse_args()
   rows = [r.strip() for r in args.rows.split(",") if r.strip()]
-  unknown = set(rows) - set(ROWS)
-  if unknown or not rows:
-    raise SystemExit(f"--rows: unknown {sorted(unknown)}; known: {list(ROWS)}")
+  if not rows:
+    raise SystemExit(f"--rows: none given; known: {list(ROWS)}")
+  for name in rows:
+    try:
+      row_physics(name)
+    except ValueError as e:
+      raise SystemExit(str(e)) from e
   config = sweeps.load_config_file(os.path.join(REPO_ROOT, "configs", "tpc.py")).get_config()
   args.max_voxels = int(config.data.max_voxels)
 

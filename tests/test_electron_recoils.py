@@ -277,6 +277,21 @@ def test_initial_direction_is_plus_z(tracks):
   assert np.all(np.abs(first_z) < 1.0)
 
 
+def test_elastic_scale_shortens_tracks_and_keeps_the_path(tracks):
+  # Twice the elastic cross section halves the transport mean free path: the path length
+  # (CSDA) is unchanged, the track folds more (a diffusion-like walk reaches ~1/√2 as far
+  # when λ_tr ≪ range; less at the start where the walk is still ballistic).
+  denser = _split(simulate_electron_recoils(7, ALL_ENERGIES, elastic_scale=2.0))
+  for energy in (40, 50):
+    a, b = tracks[energy], denser[energy]
+    np.testing.assert_allclose(b.path_length_mm, a.path_length_mm, rtol=5e-3)
+    reach = [np.mean([np.linalg.norm(r.track(i), axis=1).max() for i in range(len(r))])
+             for r in (a, b)]
+    assert 0.6 < reach[1] / reach[0] < 0.9, (energy, reach)
+  with pytest.raises(ValueError, match="elastic_scale must be finite and > 0"):
+    simulate_electron_recoils(0, 40.0, 2, elastic_scale=0.0)
+
+
 # --------------------------------------------------------------------------
 # determinism and errors
 # --------------------------------------------------------------------------

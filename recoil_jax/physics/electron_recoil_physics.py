@@ -361,18 +361,7 @@ def _physics_step(carry, inputs, *, tabs, ptabs, cutoff, max_steps, delta, strag
     e_fin = jnp.where(popping, nxt[:, 6], e_fin)
 
   row_new = sim_lib._interp(by_energy, log_e0, dlog_e, jnp.log(e_fin))
-  p_cum = row_new[:, 2:]
-  k = jnp.sum(u[:, 1:2] > p_cum, axis=-1)
-  coef = eta_coef[k]
-  z2 = eta_z2[k]
-  pc2 = e_new * (e_new + 2.0 * gas_lib.ELECTRON_MASS_KEV)
-  etot = e_new + gas_lib.ELECTRON_MASS_KEV
-  beta2 = pc2 / (etot * etot)
-  eta = coef / pc2 * (1.13 + z2 / beta2)
-  one_minus_cos = sim_lib.sample_one_minus_cos(eta, u[:, 2])
-  cos_t = 1.0 - one_minus_cos
-  sin_t = jnp.sqrt(one_minus_cos * (2.0 - one_minus_cos))
-  d_new = sim_lib._rotate(d, cos_t, sin_t, 2.0 * math.pi * u[:, 3])
+  d_new = sim_lib.elastic_deflection(d, e_new, row_new, u[:, 1:4], eta_coef, eta_z2)
   scatter = moving & collide & ~is_delta & ~end
   d = jnp.where(scatter[:, None], d_new, d)
 

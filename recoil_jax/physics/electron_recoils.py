@@ -347,6 +347,33 @@ def _count_le_sorted(rows: jax.Array, queries: jax.Array) -> jax.Array:
   return jnp.cumsum(hist, axis=1, dtype=jnp.int32)[:, :m]
 
 
+def elastic_deflection(d: jax.Array, e: jax.Array, row: jax.Array, u: jax.Array,
+                       eta_coef: jax.Array, eta_z2: jax.Array) -> jax.Array:
+  """Direction after a screened-Rutherford elastic collision.
+
+  Args:
+    d: [C, 3] unit directions before the collision.
+    e: [C] kinetic energy at the collision, keV (sets the screening η).
+    row: [C, 2 + K - 1] table row (``_Tables.by_energy``) whose cumulative atom
+      probabilities (columns 2:) choose the target atom ∝ nᵢσᵢ.
+    u: [C, 3] uniforms in [0, 1): atom, cosθ, azimuth.
+    eta_coef, eta_z2: [K] screening coefficients (``_Tables``).
+
+  Returns:
+    [C, 3] unit directions after the collision (θ from ``sample_one_minus_cos``,
+    azimuth uniform).
+  """
+  k = jnp.sum(u[:, 0:1] > row[:, 2:], axis=-1)  # [C] atom index
+  pc2 = e * (e + 2.0 * gas_lib.ELECTRON_MASS_KEV)
+  etot = e + gas_lib.ELECTRON_MASS_KEV
+  beta2 = pc2 / (etot * etot)
+  eta = eta_coef[k] / pc2 * (1.13 + eta_z2[k] / beta2)
+  one_minus_cos = sample_one_minus_cos(eta, u[:, 1])
+  cos_t = 1.0 - one_minus_cos
+  sin_t = jnp.sqrt(one_minus_cos * (2.0 - one_minus_cos))
+  return _rotate(d, cos_t, sin_t, 2.0 * math.pi * u[:, 2])
+
+
 def _transport_step(carry, u, *, tabs, cutoff, max_steps):
   """One masked transport step for a chunk of tracks.
 
@@ -390,18 +417,7 @@ def _transport_step(carry, u, *, tabs, cutoff, max_steps):
   # Elastic deflection at the collision point, on an atom drawn ∝ nᵢσᵢ(E),
   # everything evaluated at the energy of the collision.
   row_new = _interp(by_energy, log_e0, dlog_e, jnp.log(e_new))
-  p_cum = row_new[:, 2:]  # [C, K-1]
-  k = jnp.sum(u[:, 1:2] > p_cum, axis=-1)  # [C] atom index
-  coef = eta_coef[k]
-  z2 = eta_z2[k]
-  pc2 = e_new * (e_new + 2.0 * gas_lib.ELECTRON_MASS_KEV)
-  etot = e_new + gas_lib.ELECTRON_MASS_KEV
-  beta2 = pc2 / (etot * etot)
-  eta = coef / pc2 * (1.13 + z2 / beta2)
-  one_minus_cos = sample_one_minus_cos(eta, u[:, 2])
-  cos_t = 1.0 - one_minus_cos
-  sin_t = jnp.sqrt(one_minus_cos * (2.0 - one_minus_cos))
-  d_new = _rotate(d, cos_t, sin_t, 2.0 * math.pi * u[:, 3])
+  d_new = elastic_deflection(d, e_new, row_new, u[:, 1:4], eta_coef, eta_z2)
   scatter = active & collide & ~end
   d = jnp.where(scatter[:, None], d_new, d)
 
@@ -603,6 +619,7 @@ def simulate_electron_recoils(seed: int,
                               delta_cut_kev: float = 1.0,
                               max_delta_rays: int = 32,
                               workers: int | None = None,
+                              elastic_scale: float = 1.0,
                              ) -> ElectronRecoils:
   """Simulates electron recoils starting at the origin along +z.
 
@@ -652,6 +669,12 @@ def simulate_electron_recoils(seed: int,
       switches off, +180 MB all on).  The worker threads see JAX's global
       configuration, not thread-local contexts of the caller (e.g.
       ``jax.default_device``); use ``workers=1`` under such contexts.
+    elastic_scale: factor on the elastic cross section of every atom (the
+      mean free path is divided by it; the angular distribution is kept), so
+      the transport cross section scales with it.  1 (default) is the
+      screened-Rutherford model above, bit for bit.  A sensitivity knob for
+      the elastic model's uncertainty (molecular and partial-wave cross
+      sections differ from it at these energies), not a physics option.
 
   With the three switches off (the default) the output is bit for bit that of
   the simulator before they existed.
@@ -676,6 +699,9 @@ def simulate_electron_recoils(seed: int,
           f"{where}: `{name}` must be a positive integer, got {val}.")
   if thermal_jitter_mm < 0:
     raise ValueError(f"{where}: thermal_jitter_mm must be >= 0.")
+  if not (math.isfinite(elastic_scale) and elastic_scale > 0):
+    raise ValueError(f"{where}: elastic_scale must be finite and > 0, got "
+                     f"{elastic_scale}.")
   if workers is not None and (int(workers) != workers or workers < 1):
     raise ValueError(
         f"{where}: `workers` must be None or a positive integer, got {workers}.")
@@ -715,7 +741,11 @@ def simulate_electron_recoils(seed: int,
   else:
     tabs_np = _build_tables(gas, cutoff_kev)
   f32 = np.float32
-  tabs = (tabs_np.by_energy, f32(tabs_np.log_e0), f32(tabs_np.dlog_e),
+  by_energy = tabs_np.by_energy
+  if elastic_scale != 1.0:  # Column 1 is log λ_el (a copy: the tables are cached).
+    by_energy = by_energy.copy()
+    by_energy[:, 1] -= f32(math.log(elastic_scale))
+  tabs = (by_energy, f32(tabs_np.log_e0), f32(tabs_np.dlog_e),
           tabs_np.log_e_of_log_r, f32(tabs_np.log_r0), f32(tabs_np.dlog_r),
           tabs_np.eta_coef, tabs_np.eta_z2, f32(tabs_np.range_cutoff_mm))
   if workers is None:
