@@ -9,6 +9,9 @@ planes of one SBND event, the shapes of the Table 1 network's levels at 640×102
   shift     dW[a, b] = Σ x_pad[:, a:a+H, b:b+W]ᵀ · dy: nine shifted GEMMs, contraction N·H·W;
   chunked   the same with N·H·W split into blocks of ``--chunk`` rows (batched GEMMs, summed);
   im2col    ``conv_general_dilated_patches`` then one [9C × NHW]·[NHW × C] GEMM;
+  blocked   im2col by slicing, in row blocks of ~1 MB, one [C × rows]·[rows × 9C] GEMM each
+            (accumulated in a ``fori_loop``): the fastest in isolation from C = 16 on, yet no
+            faster inside the UResNet's training step (BENCHMARKS.md);
   nchw      XLA's own weight gradient of the same conv written NCHW / OIHW,
 
 all in float32, each checked against ``xla`` (max |a − b| / max |xla|; float32 sums of up to
@@ -77,6 +80,29 @@ def wgrad_im2col(x: jax.Array, dy: jax.Array, k: int) -> jax.Array:
   return g.reshape(c, k, k, -1).transpose(1, 2, 0, 3)
 
 
+def wgrad_blocked(x: jax.Array, dy: jax.Array, k: int, block_bytes: int = 1 << 20) -> jax.Array:
+  """Row blocks of ~``block_bytes`` of im2col each, one GEMM dyᵀ·cols per block (a fori_loop).
+
+  The orientation matters on XLA:CPU: [C_out, positions]·[positions, k²C] runs ~3× faster
+  than [k²C, positions]·[positions, C_out] (measured at 122 880 positions, C = 32).
+  """
+  n, h, w, c = x.shape
+  c_out, p, cols = dy.shape[-1], k // 2, k * k * c
+  target = max(1, block_bytes // (n * w * cols * x.dtype.itemsize))
+  rows = max(r for r in range(1, min(h, target) + 1) if h % r == 0)
+  xp = _padded(x, k)
+
+  def block(i, acc):
+    xs = lax.dynamic_slice_in_dim(xp, i * rows, rows + 2 * p, axis=1)
+    ds = lax.dynamic_slice_in_dim(dy, i * rows, rows, axis=1).reshape(-1, c_out)
+    cols_ = jnp.concatenate([xs[:, a:a + rows, b:b + w] for a in range(k) for b in range(k)],
+                            axis=-1)
+    return acc + ds.T @ cols_.reshape(-1, cols)
+
+  g = lax.fori_loop(0, h // rows, block, jnp.zeros((c_out, cols), x.dtype))
+  return g.T.reshape(k, k, c, c_out)
+
+
 def wgrad_nchw(x: jax.Array, w: jax.Array, dy: jax.Array) -> jax.Array:
   xt = x.transpose(0, 3, 1, 2)
   _, vjp = jax.vjp(lambda w_: lax.conv_general_dilated(xt, w_.transpose(3, 2, 0, 1), (1, 1),
@@ -91,6 +117,7 @@ def routes(k: int, chunk: int) -> dict:
       "shift": jax.jit(lambda x, w, dy: wgrad_shift(x, dy, k)),
       "chunked": jax.jit(lambda x, w, dy: wgrad_chunked(x, dy, k, chunk)),
       "im2col": jax.jit(lambda x, w, dy: wgrad_im2col(x, dy, k)),
+      "blocked": jax.jit(lambda x, w, dy: wgrad_blocked(x, dy, k)),
       "nchw": jax.jit(wgrad_nchw),
   }
 
