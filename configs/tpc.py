@@ -62,9 +62,11 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   # toy without them makes the start of a track too clean and flatters the non-ML method
   # (README, "TPC results"). The `toy` variant turns them off: the simulator of the results
   # made before they existed (then the dataset's name and hash are those of before).
-  # Simulation only (ignored with DEGRAD files).
+  # Simulation only (ignored with DEGRAD files). elastic_scale multiplies every atom's
+  # elastic cross section: a sensitivity knob for the elastic model (README), not physics.
   data.sim_physics = ml_collections.ConfigDict(dict(
-      delta_rays=True, straggling=True, electron_spread=True, delta_cut_kev=1.0))
+      delta_rays=True, straggling=True, electron_spread=True, delta_cut_kev=1.0,
+      elastic_scale=1.0))
   # Real DEGRAD-format files (.root / .npz / .txt) instead of the simulator: a glob per
   # split; "" = not used. train_val (split 80/20, seeded) or train + validation; the
   # energy of a train/validation file is read from its name ("..._40keV..."). See README.

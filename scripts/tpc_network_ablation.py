@@ -6,7 +6,8 @@ Each row runs the main job (``python -m recoil_jax.main``) with ``configs/tpc.py
 workdir already has ``figure6.json`` is not rerun (so a killed ablation resumes, and the
 main job itself resumes a half-trained row). Rows: ``toy`` (no δ-rays, straggling or
 electron spread), ``straggling``, ``delta_rays``, ``electron_spread`` (each alone on top of
-the toy) and ``all`` (today's default). ``--collect NAME=WORKDIR`` adds a finished run
+the toy) and ``all`` (today's default); ``NAME:elastic=S`` is row NAME with every atom's elastic
+cross section × S (``data.sim_physics.elastic_scale``, a sensitivity check). ``--collect NAME=WORKDIR`` adds a finished run
 (e.g. a ``cpu_hour`` workdir) as a row without training.
 
 From each row's ``figure6.json`` it tabulates, per simulated test set, the mean cosine
@@ -17,7 +18,8 @@ does not fail. All numbers are simulated.
 
 Usage:
   python scripts/tpc_network_ablation.py --root runs/tpc_ablation [--variant ""] \\
-      [--rows toy,straggling,delta_rays,electron_spread,all] [--collect NAME=WORKDIR ...]
+      [--rows toy,straggling,delta_rays,electron_spread,all,all:elastic=2]
+      [--collect NAME=WORKDIR ...]
       [--out runs/tpc_ablation/ablation]   # writes ablation.json and ablation.md
 """
 
@@ -44,15 +46,37 @@ LABELS = {"toy": "toy (no δ-rays, straggling, spread)", "straggling": "+ stragg
 TEST_SETS = ("test_40keV_200um", "test_50keV_443um")
 
 
+def parse_row(row: str) -> tuple[tuple[str, ...], float]:
+  """(switches on, elastic scale) of ``NAME`` or ``NAME:elastic=S``."""
+  name, _, mod = row.partition(":")
+  if name not in ROWS:
+    raise ValueError(f"--rows: unknown row {name!r}; known: {', '.join(ROWS)}")
+  scale = 1.0
+  if mod:
+    key, _, value = mod.partition("=")
+    try:
+      scale = float(value)
+    except ValueError:
+      scale = float("nan")
+    if key != "elastic" or not scale > 0:
+      raise ValueError(f"--rows: {row!r}: expected NAME:elastic=S with S > 0")
+  return ROWS[name], scale
+
+
+def row_label(row: str) -> str:
+  name, _, mod = row.partition(":")
+  return LABELS[name] + (f", elastic σ × {mod.partition('=')[2]}" if mod else "")
+
+
 def row_command(row: str, workdir: str, variant: str = "",
                 config: str = "configs/tpc.py", extra: tuple[str, ...] = ()) -> list[str]:
-  """The main-job command of ``row``: the config with exactly the row's switches on."""
-  if row not in ROWS:
-    raise ValueError(f"--rows: unknown row {row!r}; known: {', '.join(ROWS)}")
-  on = ROWS[row]
+  """The main-job command of ``row``: the config with exactly the row's switches on (and its
+  elastic scale, ``data.sim_physics.elastic_scale``)."""
+  on, scale = parse_row(row)
   spec = f"{config}:{variant}" if variant else config
   return ([sys.executable, "-m", "recoil_jax.main", f"--config={spec}", f"--workdir={workdir}"]
-          + [f"--config.data.sim_physics.{s}={s in on}" for s in SWITCHES] + list(extra))
+          + [f"--config.data.sim_physics.{s}={s in on}" for s in SWITCHES]
+          + [f"--config.data.sim_physics.elastic_scale={float(scale)}"] + list(extra))
 
 
 def row_scores(figure6: dict) -> dict:
@@ -115,7 +139,7 @@ def main() -> None:
 
   rows: dict[str, dict] = {}
   for row in [r for r in args.rows.split(",") if r]:
-    workdir = os.path.join(args.root, row)
+    workdir = os.path.join(args.root, row.replace(":", "_").replace("=", ""))
     cmd = row_command(row, workdir, args.variant, extra=tuple(args.extra))
     print(" ".join(cmd[1:]), flush=True)
     if args.dry_run:
@@ -129,7 +153,8 @@ def main() -> None:
       seconds = time.perf_counter() - t0
       if rc != 0:
         raise SystemExit(f"row {row!r} failed (exit {rc}); see {args.root}/{row}.log")
-    rows[row] = dict(label=LABELS[row], workdir=workdir, switches=list(ROWS[row]),
+    on, scale = parse_row(row)
+    rows[row] = dict(label=row_label(row), workdir=workdir, switches=list(on), elastic_scale=scale,
                      seconds=seconds, command=" ".join(cmd[1:]))
   for item in args.collect:
     name, sep, workdir = item.partition("=")

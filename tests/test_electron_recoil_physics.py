@@ -337,6 +337,16 @@ def test_dataset_hash_unchanged_with_switches_off():
   names.add(tpc_dataset.make_config(
       **base, sim_physics={**off, "delta_rays": True, "delta_cut_kev": 1.0}).name)
   assert len(names) == 5
+  # The elastic scale enters the hash only when it is not 1, with or without switches.
+  assert tpc_dataset.make_config(**base, sim_physics={**off, "elastic_scale": 1.0}).name == name
+  on = {**off, "delta_rays": True, "delta_cut_kev": 1.0}
+  assert tpc_dataset.make_config(**base, sim_physics={**on, "elastic_scale": 1.0}).name in names
+  scaled = tpc_dataset.make_config(**base, sim_physics={**off, "elastic_scale": 2.0})
+  assert dict(scaled.sim_physics) == {"elastic_scale": 2.0} and scaled.name not in names
+  assert tpc_dataset.make_config(**base, sim_physics={**on, "elastic_scale": 2.0}).name not in (
+      names | {scaled.name})
+  with pytest.raises(ValueError, match="elastic_scale must be finite and > 0"):
+    tpc_dataset.make_config(**base, sim_physics={"elastic_scale": -1.0})
   with pytest.raises(ValueError, match="unknown"):
     tpc_dataset.make_config(**base, sim_physics={"delta_ray": True})
   with pytest.raises(ValueError, match="electron_recoil"):

@@ -27,7 +27,12 @@ def test_row_command_sets_exactly_its_switches(row):
   flags = _overrides(cmd)
   on = {k.rsplit(".", 1)[1] for k, v in flags.items() if v == "True"}
   assert on == set(ablation.ROWS[row])
-  assert len(flags) == len(ablation.SWITCHES)  # Every switch set, none left to the default.
+  assert len(flags) == len(ablation.SWITCHES) + 1  # Every switch set, none left to the default.
+  assert flags["data.sim_physics.elastic_scale"] == "1.0"
+  cmd = ablation.row_command(f"{row}:elastic=2", "/tmp/w")
+  assert _overrides(cmd)["data.sim_physics.elastic_scale"] == "2.0"
+  with pytest.raises(ValueError, match="NAME:elastic=S"):
+    ablation.row_command(f"{row}:elastic=-1", "/tmp/w")
 
 
 def test_all_row_is_todays_default_and_toy_row_the_toy_variant():

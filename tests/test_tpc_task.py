@@ -123,7 +123,8 @@ def test_simulator_physics_switches_reach_the_dataset(monkeypatch):
   config = load_config("configs/tpc.py", "smoke")
   tpc.TpcDirectionTask(config)._dataset()
   assert calls[-1]["sim_physics"] == dict(delta_rays=True, straggling=True,
-                                          electron_spread=True, delta_cut_kev=1.0)
+                                          electron_spread=True, delta_cut_kev=1.0,
+                                          elastic_scale=1.0)
   config = load_config("configs/tpc.py", "smoke+toy")
   with config.unlocked():
     config.data.sim_physics.delta_rays = True

@@ -78,16 +78,18 @@ def _electron_recoil_simulator(seed: int, energies_kev: np.ndarray, **physics):
 
 
 #: Optional physics of the 'electron_recoil' simulator (``sim.simulate_electron_recoils``
-#: keyword arguments): the three switches, and the δ-ray cut they share.
+#: keyword arguments): the three switches, the δ-ray cut they share, and the elastic
+#: cross-section scale (a sensitivity knob; 1 = the screened-Rutherford model).
 SIM_PHYSICS_SWITCHES = ("delta_rays", "straggling", "electron_spread")
-SIM_PHYSICS_KEYS = SIM_PHYSICS_SWITCHES + ("delta_cut_kev",)
+SIM_PHYSICS_KEYS = SIM_PHYSICS_SWITCHES + ("delta_cut_kev", "elastic_scale")
 
 
 def _normalise_sim_physics(sim_physics: Mapping[str, Any] | None) -> tuple:
-  """``((key, value), ...)`` of the switches that are on (+ the cut); () when all are off.
+  """``((key, value), ...)`` of the switches that are on (+ the cut) and of an elastic scale
+  other than 1; () when all switches are off and the scale is 1.
 
-  Empty when every switch is off, whatever the cut: such a dataset is the one made before
-  these options existed, and its name (hash) stays the same.
+  Empty then whatever the cut: such a dataset is the one made before these options existed,
+  and its name (hash) stays the same (likewise the scale enters only when it is not 1).
   """
   if not sim_physics:
     return ()
@@ -95,13 +97,17 @@ def _normalise_sim_physics(sim_physics: Mapping[str, Any] | None) -> tuple:
   if unknown:
     raise ValueError(f"sim_physics: unknown key(s) {sorted(unknown)}; known: "
                      f"{list(SIM_PHYSICS_KEYS)}")
+  scale = float(sim_physics.get("elastic_scale", 1.0))
+  if not (math.isfinite(scale) and scale > 0):
+    raise ValueError(f"sim_physics.elastic_scale must be finite and > 0, got {scale}")
+  scaled = (("elastic_scale", scale),) if scale != 1.0 else ()
   on = tuple((k, True) for k in SIM_PHYSICS_SWITCHES if bool(sim_physics.get(k, False)))
   if not on:
-    return ()
+    return scaled
   cut = float(sim_physics.get("delta_cut_kev", 1.0))
   if not cut > 0:
     raise ValueError(f"sim_physics.delta_cut_kev must be > 0, got {cut}")
-  return tuple(sorted(on + (("delta_cut_kev", cut),)))
+  return tuple(sorted(on + (("delta_cut_kev", cut),) + scaled))
 
 
 #: The TPC simulators: ``fn(seed, energies_kev [N]) -> (positions_mm [N, E, 3],
