@@ -74,6 +74,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from recoil_jax.ops import conv as conv_ops
+
 CONNECTIONS = ("sum", "concat")
 UPSAMPLINGS = ("interpolation", "convolutional")
 
@@ -108,9 +110,12 @@ class _Norm:
 
 
 def _conv(features: int, kernel: int, dtype: Any, name: str) -> nn.Conv:
+  # cropped_conv: lax's convolution, minus the taps that can only meet padding (the 5×5
+  # deepest blocks on a 2×4 map at 128×256); exact, same parameters (recoil_jax/ops/conv.py).
   return nn.Conv(features, (kernel, kernel), padding="SAME", use_bias=True, dtype=dtype,
                  param_dtype=jnp.float32, kernel_init=nn.initializers.xavier_uniform(),
-                 bias_init=nn.initializers.zeros, name=name)
+                 bias_init=nn.initializers.zeros, conv_general_dilated=conv_ops.cropped_conv,
+                 name=name)
 
 
 def _batch_norm(norm: _Norm, name: str) -> nn.BatchNorm:
