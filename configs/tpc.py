@@ -26,7 +26,7 @@ Variants (combine with "+", e.g. ``:cpu_hour+homoscedastic``):
   kent           5-parameter Fisher–Bingham (Kent) head (the paper's future work).
   deep           the deeper trunk of the authors' later paper (SubM k7, k5, ...).
   toy            the simulator without δ-rays, straggling and electron spread (the default
-                 before 2026-12-06; reproduces results/tpc/cpu_hour with :cpu_hour+toy).
+                 before 2026-12-06; reproduces results/tpc/cpu_hour_toy with :cpu_hour+toy).
 
 Expected runtime (2-core CPU): smoke ≈ 40 s; default ≈ 6 min (measured 6 min 18 s); cpu_hour
 ≈ 70 min (measured 69 min: 3 172 steps of 64 at 1.05–1.3 s, plus evaluation, dataset already
@@ -162,7 +162,7 @@ def _full(config):
 
 def _toy(config):
   # The CSDA toy without δ-rays, straggling or electron spread (the default until
-  # 2026-12-06; the simulator of results/tpc/cpu_hour).
+  # 2026-12-06; the simulator of results/tpc/cpu_hour_toy).
   for switch in ("delta_rays", "straggling", "electron_spread"):
     config.data.sim_physics[switch] = False
 

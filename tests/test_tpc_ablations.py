@@ -48,7 +48,7 @@ def test_unknown_row_is_named():
 
 
 def test_scores_from_a_recorded_figure6():
-  with open(os.path.join(REPO_ROOT, "results/tpc/cpu_hour/figure6.json"), encoding="utf-8") as f:
+  with open(os.path.join(REPO_ROOT, "results/tpc/cpu_hour_toy/figure6.json"), encoding="utf-8") as f:
     fig = json.load(f)
   scores = ablation.row_scores(fig)
   t = fig["table"]["test_40keV_200um"]
