@@ -19,7 +19,8 @@ Variants (combine with "+", e.g. ``:cpu_hour+homoscedastic``):
                  (simulated result: −0.66 / −0.61, still worse than the non-ML method).
   smoke          tiny: the same code path in well under a minute (tests use it).
   cpu_hour       the "about an hour on a 2-core CPU" configuration of the README results
-                 (beats the non-ML method with true head/tail on both test sets).
+                 (beats the non-ML method at its efficiency on both test sets, also
+                 when it is given the true head/tail).
   full           the paper's sizes: 553k train+validation events, 20k per test set, batch
                  64, up to 100 epochs with early stopping (GPU: hours; CPU: days).
   homoscedastic  cosine-similarity head (the paper's eq. 1) instead of vMF.
@@ -28,13 +29,14 @@ Variants (combine with "+", e.g. ``:cpu_hour+homoscedastic``):
   toy            the simulator without δ-rays, straggling and electron spread (the default
                  before 2026-12-06; reproduces results/tpc/cpu_hour_toy with :cpu_hour+toy).
 
-Expected runtime (2-core CPU): smoke ≈ 40 s; default ≈ 6 min (measured 6 min 18 s); cpu_hour
-≈ 70 min (measured 69 min: 3 172 steps of 64 at 1.05–1.3 s, plus evaluation, dataset already
-built). One GPU: not measured yet (no GPU was lent to this work).
+Expected runtime (2-core CPU): smoke ≈ 40 s; default ≈ 6 min; cpu_hour ≈ 50 min (measured
+48 min with the dataset build: 2 980 steps of 64 at 1.1–1.6 steps/s, plus evaluation). One
+GPU: not measured yet (no GPU was lent to this work).
 Expected result (simulated, cpu_hour, measured): mean cosine-similarity loss of the vMF
-model −0.924 (40 keV/200 µm) and −0.873 (50 keV/443 µm) on all events, vs −0.894 and
-−0.838 for the non-ML method even with the true head/tail (−0.805 / −0.710 with skewness,
-on the 97 % / 42 % of events where it does not fail); details in README.
+model −0.873 (40 keV/200 µm) and −0.826 (50 keV/443 µm) on all events, −0.902 / −0.893 at the
+non-ML method's efficiency, vs −0.720 / −0.643 for the non-ML method with skewness and
+−0.842 / −0.827 with the true head/tail (on the 88 % / 53 % of events where it does not
+fail); on the toy simulator (:cpu_hour+toy) −0.924 / −0.873. Details in README.
 """
 
 import ml_collections

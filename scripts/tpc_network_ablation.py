@@ -46,11 +46,14 @@ LABELS = {"toy": "toy (no δ-rays, straggling, spread)", "straggling": "+ stragg
 TEST_SETS = ("test_40keV_200um", "test_50keV_443um")
 
 
-def parse_row(row: str) -> tuple[tuple[str, ...], float]:
-  """(switches on, elastic scale) of ``NAME`` or ``NAME:elastic=S``."""
+def split_row(row: str, known) -> tuple[str, float]:
+  """(row name, elastic scale) of ``NAME`` or ``NAME:elastic=S``; NAME must be in ``known``.
+
+  Shared with ``tpc_physics_ablation.py`` (its rows are named the same way).
+  """
   name, _, mod = row.partition(":")
-  if name not in ROWS:
-    raise ValueError(f"--rows: unknown row {name!r}; known: {', '.join(ROWS)}")
+  if name not in known:
+    raise ValueError(f"--rows: unknown row {name!r}; known: {', '.join(known)}")
   scale = 1.0
   if mod:
     key, _, value = mod.partition("=")
@@ -60,6 +63,12 @@ def parse_row(row: str) -> tuple[tuple[str, ...], float]:
       scale = float("nan")
     if key != "elastic" or not scale > 0:
       raise ValueError(f"--rows: {row!r}: expected NAME:elastic=S with S > 0")
+  return name, scale
+
+
+def parse_row(row: str) -> tuple[tuple[str, ...], float]:
+  """(switches on, elastic scale) of ``NAME`` or ``NAME:elastic=S``."""
+  name, scale = split_row(row, ROWS)
   return ROWS[name], scale
 
 

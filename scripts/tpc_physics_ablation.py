@@ -46,6 +46,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tpc_network_ablation  # pylint: disable=g-import-not-at-top,wrong-import-position
 from recoil_jax import sweeps  # pylint: disable=g-import-not-at-top,wrong-import-position
 from recoil_jax.studies.tpc import dataset as tpc_dataset  # pylint: disable=g-import-not-at-top,wrong-import-position
 from recoil_jax.studies.tpc import moments  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -104,18 +106,9 @@ def simulate_test_set(seed: int, num: int, physics: dict, max_voxels: int,
 
 def row_physics(name: str) -> dict:
   """The simulator switches of row ``name`` (``NAME`` or ``NAME:elastic=S``)."""
-  base, _, mod = name.partition(":")
-  if base not in ROWS:
-    raise ValueError(f"--rows: unknown row {base!r}; known: {list(ROWS)}")
+  base, scale = tpc_network_ablation.split_row(name, ROWS)
   physics = dict(ROWS[base])
-  if mod:
-    key, _, value = mod.partition("=")
-    try:
-      scale = float(value)
-    except ValueError:
-      scale = float("nan")
-    if key != "elastic" or not scale > 0:
-      raise ValueError(f"--rows: {name!r}: expected NAME:elastic=S with S > 0")
+  if scale != 1.0 or ":" in name:
     physics["elastic_scale"] = scale
   return physics
 

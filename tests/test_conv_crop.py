@@ -21,7 +21,7 @@ def _cropped(x, w):
   return conv.cropped_conv(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
 
 
-@pytest.mark.parametrize("hw, k", [((2, 4), 5), ((1, 1), 5), ((3, 2), 7), ((8, 8), 5)])
+@pytest.mark.parametrize("hw, k", [((2, 4), 5), ((1, 3), 7)])
 def test_same_outputs_and_gradients_as_the_full_kernel(hw, k):
   keys = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(keys[0], (2, *hw, 6))
