@@ -15,8 +15,9 @@ Command (variants after the colon):
   python -m recoil_jax.main --config=configs/tpc.py:full --workdir=runs/tpc_full
 
 Variants (combine with "+", e.g. ``:cpu_hour+homoscedastic``):
-  (default)      small: 5k simulated events, 3 epochs, ~6 minutes on a 2-core CPU
-                 (simulated result: −0.66 / −0.61, still worse than the non-ML method).
+  (default)      small: 5k simulated events, 3 epochs, ~3 minutes on a 2-core CPU
+                 (simulated result: −0.58 / −0.57, still worse than the non-ML method's
+                 −0.72 / −0.62).
   smoke          tiny: the same code path in well under a minute (tests use it).
   cpu_hour       the "about an hour on a 2-core CPU" configuration of the README results
                  (beats the non-ML method at its efficiency on both test sets, also
@@ -29,9 +30,9 @@ Variants (combine with "+", e.g. ``:cpu_hour+homoscedastic``):
   toy            the simulator without δ-rays, straggling and electron spread (the default
                  before 2026-12-06; reproduces results/tpc/cpu_hour_toy with :cpu_hour+toy).
 
-Expected runtime (2-core CPU): smoke ≈ 40 s; default ≈ 6 min; cpu_hour ≈ 50 min (measured
-48 min with the dataset build: 2 980 steps of 64 at 1.1–1.6 steps/s, plus evaluation). One
-GPU: not measured yet (no GPU was lent to this work).
+Expected runtime (2-core CPU): smoke ≈ 40 s; default ≈ 3 min (measured 2 min 56 s);
+cpu_hour ≈ 50 min (measured 48 min with the dataset build: 2 980 steps of 64 at 1.1–1.6
+steps/s, plus evaluation). One GPU: not measured yet (no GPU was lent to this work).
 Expected result (simulated, cpu_hour, measured): mean cosine-similarity loss of the vMF
 model −0.873 (40 keV/200 µm) and −0.826 (50 keV/443 µm) on all events, −0.902 / −0.893 at the
 non-ML method's efficiency, vs −0.720 / −0.643 for the non-ML method with skewness and
