@@ -17,6 +17,7 @@ from recoil_jax.studies.cygno import sim
 from recoil_jax.studies.cygno import task as cygno_task
 
 
+@pytest.mark.slow  # ~15 s; its parts (cache, labels, metrics, losses, variants) stay below.
 def test_attresunet_smoke_run_end_to_end(tmp_path):
   workdir = tmp_path / "run"
   proc = subprocess.run(

@@ -187,6 +187,7 @@ def test_smoke_run_from_the_launcher_writes_metrics_tables_and_plots(tmp_path):
       table3["cosmic_only_rejection"]["n"]) == n_test
 
 
+@pytest.mark.slow  # ~22 s; the larcv3 reader and its errors are covered in test_sbnd_larcv.py.
 def test_cosmictagger_files_train_and_evaluate_from_the_launcher(tmp_path):
   """Files in the CosmicTagger larcv3 layout with the truth groups (written from simulated
   events at 5x4 times the smoke resolution, pooled per axis by the launcher's default

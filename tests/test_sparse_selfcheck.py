@@ -54,6 +54,7 @@ def _warnings(caplog):
   return [r for r in caplog.records if r.name == LOGGER and r.levelno >= logging.WARNING]
 
 
+@pytest.mark.slow  # ~14 s (interpreted Pallas); the fallback tests stay in the default suite.
 def test_auto_uses_pallas_when_the_check_passes(fake_gpu, runs, caplog):
   with caplog.at_level(logging.INFO, logger=LOGGER):
     assert dispatch.resolve_backend("auto") == ("pallas", False)
