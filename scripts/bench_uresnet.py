@@ -337,6 +337,8 @@ TORCH_PEER_DEFAULTS = dict(num_classes=3, initial_filters=8, depth=6, first_kern
 
 def _torch_config(overrides: dict) -> dict:
   """``--model`` overrides → the torch peer's configuration (ValueError if it has no peer)."""
+  # crop_kernels changes how recoil_jax computes, not what: the peer has nothing to match.
+  overrides = {k: v for k, v in overrides.items() if k != "crop_kernels"}
   unknown = sorted(set(overrides) - set(TORCH_PEER_DEFAULTS))
   if unknown:
     raise ValueError(f"the torch peer does not implement the UResNet field(s) {unknown}")

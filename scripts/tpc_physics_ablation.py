@@ -108,7 +108,7 @@ def row_physics(name: str) -> dict:
   """The simulator switches of row ``name`` (``NAME`` or ``NAME:elastic=S``)."""
   base, scale = tpc_network_ablation.split_row(name, ROWS)
   physics = dict(ROWS[base])
-  if scale != 1.0 or ":" in name:
+  if ":" in name:
     physics["elastic_scale"] = scale
   return physics
 

@@ -65,3 +65,23 @@ def test_flax_conv_drop_in_keeps_the_parameters():
       jnp.shape, params)
   np.testing.assert_allclose(cropped.apply(params, x), plain.apply(params, x),
                              rtol=1e-5, atol=1e-5)
+
+
+def test_uresnet_with_cropped_kernels_equals_the_plain_network():
+  # A small UResNet whose deepest map (2×2) is smaller than its 5×5 deepest kernels.
+  from recoil_jax.studies.sbnd import model as uresnet  # pylint: disable=g-import-not-at-top
+  kw = dict(initial_filters=2, depth=2, deepest_filters=8, deepest_blocks=1,
+            blocks_per_level=1)
+  images = jax.random.uniform(jax.random.key(3), (1, 3, 8, 8))
+  cropped, plain = uresnet.UResNet(**kw), uresnet.UResNet(**kw, crop_kernels=False)
+  variables = plain.init(jax.random.key(4), images, train=False)
+
+  def loss(net):
+    return lambda p: jnp.sum(jnp.sin(net.apply({**variables, "params": p}, images,
+                                               train=False)))
+
+  np.testing.assert_allclose(cropped.apply(variables, images, train=False),
+                             plain.apply(variables, images, train=False), rtol=1e-5, atol=1e-5)
+  g_c = jax.grad(loss(cropped))(variables["params"])
+  g_p = jax.grad(loss(plain))(variables["params"])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g_c, g_p)

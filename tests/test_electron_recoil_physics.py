@@ -355,19 +355,10 @@ def test_dataset_hash_unchanged_with_switches_off():
                             sim_physics={"straggling": True})
 
 
-def test_dataset_step_budget_grows_with_the_elastic_scale(monkeypatch):
+def test_step_budget_grows_with_the_elastic_scale():
   # More elastic collisions per track need more transport steps (50 keV at × 2 overflowed
-  # the default 1024); with the scale at 1 the simulator's default budget is kept.
-  import types  # pylint: disable=g-import-not-at-top
+  # 1024); at the model's cross section the budget (and so the output) is that of before.
   from recoil_jax.physics import electron_recoils  # pylint: disable=g-import-not-at-top
-  from recoil_jax.studies.tpc import dataset as tpc_dataset  # pylint: disable=g-import-not-at-top
-  seen = []
-  monkeypatch.setattr(
-      electron_recoils, "simulate_electron_recoils",
-      lambda seed, e, **kw: seen.append(kw) or types.SimpleNamespace(
-          positions_mm=np.zeros((1, 1, 3)), num_electrons=np.ones(1)))
-  tpc_dataset._electron_recoil_simulator(0, np.array([50.0]), delta_rays=True,
-                                         elastic_scale=2.0)
-  tpc_dataset._electron_recoil_simulator(0, np.array([50.0]), delta_rays=True)
-  assert seen[0]["max_steps"] == 3072 and seen[0]["elastic_scale"] == 2.0
-  assert "max_steps" not in seen[1]
+  assert electron_recoils.default_max_steps() == electron_recoils.default_max_steps(1.0) == 1024
+  assert electron_recoils.default_max_steps(0.5) == 1024
+  assert electron_recoils.default_max_steps(2.0) == 3072

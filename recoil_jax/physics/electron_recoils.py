@@ -603,13 +603,19 @@ def _pow2_at_least(n: int) -> int:
   return 1 << max(0, (n - 1).bit_length())
 
 
+def default_max_steps(elastic_scale: float = 1.0) -> int:
+  """Step budget per track: 1024 (≈ 2× the 50 keV need), scaled up with the number of
+  elastic collisions when ``elastic_scale`` > 1 (50 keV at × 2 needed more than 1024)."""
+  return 1024 if elastic_scale <= 1.0 else int(math.ceil(1536 * elastic_scale))
+
+
 def simulate_electron_recoils(seed: int,
                               energies_kev: np.ndarray | float,
                               num_tracks: int | None = None,
                               gas: GasMixture = HE_CO2_70_30,
                               *,
                               cutoff_kev: float = 1.0,
-                              max_steps: int = 1024,
+                              max_steps: int | None = None,
                               max_electrons: int = 2560,
                               chunk_size: int = 1024,
                               thermal_jitter_mm: float = 0.02,
@@ -633,7 +639,9 @@ def simulate_electron_recoils(seed: int,
     cutoff_kev: tracking cutoff, keV; the rest is deposited at the end point.
     max_steps: most transport steps per track (measured: ~330-390 at 40 keV
       and ~420-480 at 50 keV with a 1 keV cutoff); a track that needs more
-      raises ``RuntimeError`` (nothing is truncated).
+      raises ``RuntimeError`` (nothing is truncated).  None (default):
+      ``default_max_steps(elastic_scale)``, 1024 at the model's elastic cross
+      section and more when ``elastic_scale`` adds collisions.
     max_electrons: capacity of ionisation electrons per track; a track with
       more raises ``ValueError`` (nothing is truncated).
     chunk_size: tracks simulated together (working memory ~50 kB per track
@@ -684,6 +692,8 @@ def simulate_electron_recoils(seed: int,
   """
   e0 = _energies(energies_kev, num_tracks)
   where = "simulate_electron_recoils"
+  if max_steps is None:
+    max_steps = default_max_steps(elastic_scale)
   if not gas_lib.T_MIN_KEV <= cutoff_kev:
     raise ValueError(f"{where}: cutoff_kev={cutoff_kev} is below the table "
                      f"limit {gas_lib.T_MIN_KEV} keV.")

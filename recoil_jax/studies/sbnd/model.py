@@ -107,14 +107,16 @@ class _Norm:
   bn_epsilon: float
   dtype: Any
   bn_axis_name: str | None
+  crop_kernels: bool = True
 
 
-def _conv(features: int, kernel: int, dtype: Any, name: str) -> nn.Conv:
+def _conv(features: int, kernel: int, norm: _Norm, name: str) -> nn.Conv:
   # cropped_conv: lax's convolution, minus the taps that can only meet padding (the 5×5
   # deepest blocks on a 2×4 map at 128×256); exact, same parameters (recoil_jax/ops/conv.py).
-  return nn.Conv(features, (kernel, kernel), padding="SAME", use_bias=True, dtype=dtype,
+  return nn.Conv(features, (kernel, kernel), padding="SAME", use_bias=True, dtype=norm.dtype,
                  param_dtype=jnp.float32, kernel_init=nn.initializers.xavier_uniform(),
-                 bias_init=nn.initializers.zeros, conv_general_dilated=conv_ops.cropped_conv,
+                 bias_init=nn.initializers.zeros,
+                 conv_general_dilated=conv_ops.cropped_conv if norm.crop_kernels else None,
                  name=name)
 
 
@@ -134,7 +136,7 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = _conv(self.features, self.kernel, self.norm.dtype, "conv")(x)
+    x = _conv(self.features, self.kernel, self.norm, "conv")(x)
     x = _batch_norm(self.norm, "bn")(x)
     return nn.leaky_relu(x, self.norm.leaky_slope) if self.activate else x
 
@@ -291,7 +293,7 @@ class PlaneDecoder(nn.Module):
     for i in reversed(range(len(skips))):
       x = UpLevel(self.num_blocks, self.residual, self.connections, self.upsampling,
                   self.norm, name=f"up_{i}")(x, skips[i])
-    return _conv(self.num_classes, 1, self.norm.dtype, "final")(x)
+    return _conv(self.num_classes, 1, self.norm, "final")(x)
 
 
 # Shared weights, one set of BN statistics per plane (leading axis of every batch_stats leaf).
@@ -321,6 +323,9 @@ class UResNet(nn.Module):
     bn_epsilon: BN ε.
     dtype: compute dtype; parameters and BN statistics stay float32.
     bn_axis_name: if set, batch statistics are averaged over this mapped axis.
+    crop_kernels: drop the kernel taps that can only meet SAME padding on maps smaller
+      than the kernel (``recoil_jax.ops.conv.cropped_conv``; exact). False: plain
+      ``lax`` convolutions (a benchmark baseline).
   """
 
   num_classes: int = 3
@@ -340,6 +345,7 @@ class UResNet(nn.Module):
   bn_epsilon: float = 1e-5
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
+  crop_kernels: bool = True
 
   def _check(self, images: jax.Array) -> None:
     if self.connections not in CONNECTIONS:
@@ -375,7 +381,7 @@ class UResNet(nn.Module):
     """
     self._check(images)
     norm = _Norm(train, self.leaky_slope, self.bn_momentum, self.bn_epsilon, self.dtype,
-                 self.bn_axis_name)
+                 self.bn_axis_name, self.crop_kernels)
     x = jnp.moveaxis(images, 1, 0)[..., None].astype(self.dtype)  # [P, B, H, W, 1]
 
     encoder = nn.vmap(PlaneEncoder, **_PER_PLANE)(

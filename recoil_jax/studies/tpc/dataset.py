@@ -72,9 +72,6 @@ def _electron_recoil_simulator(seed: int, energies_kev: np.ndarray, **physics):
   except ImportError as e:
     raise ImportError("tpc_tfds: simulator 'electron_recoil' needs "
                       "recoil_jax.physics.electron_recoils, which failed to import") from e
-  scale = float(physics.get("elastic_scale", 1.0))
-  if scale > 1.0:  # More collisions per track: a step budget that grows with them.
-    physics = dict(physics, max_steps=int(math.ceil(1536 * scale)))
   recoils = electron_recoil.simulate_electron_recoils(
       seed, np.asarray(energies_kev, np.float64), **physics)
   return np.asarray(recoils.positions_mm), np.asarray(recoils.num_electrons)
