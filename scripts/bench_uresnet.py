@@ -82,6 +82,12 @@ import numpy as np
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK_MODEL = dict(initial_filters=4, depth=3, deepest_filters=32, deepest_blocks=1)
 CLASS_WEIGHTS = (1.0, 1.5, 10.0)  # background, cosmic, neutrino ("light" balance)
+# ``--malloc keep``: glibc keeps the memory a step frees. One arena (XLA's worker threads
+# otherwise get their own, which take large blocks from mmap and hand them back on free), no
+# mmap, no trimming: the next step reuses pages already mapped instead of faulting in fresh,
+# zeroed ones (scratch of the 3×640×1024 train step: 4.7 GB).
+KEEP_FREED_MEMORY = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+                     "glibc.malloc.trim_threshold=1000000000000000")
 
 
 # --- worker side -------------------------------------------------------------------------
@@ -106,6 +112,7 @@ def _timed(fn, repeats: int, budget_s: float) -> dict[str, float]:
   fn()
   first = time.perf_counter() - t0
   before, cpu0 = _thread_ticks(), time.process_time()
+  usage0 = resource.getrusage(resource.RUSAGE_SELF)
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
@@ -114,11 +121,15 @@ def _timed(fn, repeats: int, budget_s: float) -> dict[str, float]:
     if sum(times) > budget_s:
       break
   cpu = time.process_time() - cpu0
+  usage1 = resource.getrusage(resource.RUSAGE_SELF)
   after = _thread_ticks()
   used = [after[t] - before.get(t, 0) for t in after]
   busiest = max(used) if used else 0
   return {"first_call_s": first, "step_s": float(np.median(times)), "timed_steps": len(times),
           "cpu_utilisation": cpu / sum(times),
+          # Fresh memory: XLA:CPU allocates its scratch per execution (--malloc).
+          "minor_faults_per_step": (usage1.ru_minflt - usage0.ru_minflt) / len(times),
+          "system_s_per_step": (usage1.ru_stime - usage0.ru_stime) / len(times),
           # None when the timed steps were shorter than the clock tick (10 ms).
           "busy_threads": sum(u >= 0.2 * busiest for u in used) if busiest else None}
 
@@ -337,8 +348,8 @@ TORCH_PEER_DEFAULTS = dict(num_classes=3, initial_filters=8, depth=6, first_kern
 
 def _torch_config(overrides: dict) -> dict:
   """``--model`` overrides → the torch peer's configuration (ValueError if it has no peer)."""
-  # crop_kernels changes how recoil_jax computes, not what: the peer has nothing to match.
-  overrides = {k: v for k, v in overrides.items() if k != "crop_kernels"}
+  # small_map_convs changes how recoil_jax computes, not what: the peer has nothing to match.
+  overrides = {k: v for k, v in overrides.items() if k != "small_map_convs"}
   unknown = sorted(set(overrides) - set(TORCH_PEER_DEFAULTS))
   if unknown:
     raise ValueError(f"the torch peer does not implement the UResNet field(s) {unknown}")
@@ -752,6 +763,10 @@ def main() -> None:
   p.add_argument("--rounds", type=int, default=1,
                  help="subprocesses per implementation and setting, alternating recoil_jax, "
                  "peer, recoil_jax, …; s/step is the median over the rounds")
+  p.add_argument("--malloc", choices=("default", "keep"), default="default",
+                 help="keep: every worker (recoil_jax and the peer) runs with GLIBC_TUNABLES "
+                 "that keep freed memory in the process, so a step does not page in fresh "
+                 "scratch memory (README, 'CPU training')")
   p.add_argument("--out", default=None, help="also write the results as JSON here")
   p.add_argument("--worker", help=argparse.SUPPRESS)
   args = p.parse_args()
@@ -784,6 +799,7 @@ def main() -> None:
   if args.rounds < 1:
     raise SystemExit("--rounds must be >= 1")
   peers, peer_note = _resolve_peers(args.peers, model)
+  malloc_env = {"GLIBC_TUNABLES": KEEP_FREED_MEMORY} if args.malloc == "keep" else {}
 
   from recoil_jax import io  # pylint: disable=g-import-not-at-top
   from recoil_jax.studies.sbnd import model as uresnet  # pylint: disable=g-import-not-at-top
@@ -818,10 +834,10 @@ def main() -> None:
           peer_spec = dict(spec, kind="torch") if peers and dtype == "float32" else None
           runs, peer_runs = [], []
           for _ in range(args.rounds):  # alternate, so that load changes hit both
-            runs.append(_run_worker(spec, {}, args.timeout_s))
+            runs.append(_run_worker(spec, malloc_env, args.timeout_s))
             if peer_spec:
               peer_spec["device"] = "cuda" if runs[-1].get("backend") in ("gpu", "cuda") else "cpu"
-              peer_runs.append(_run_worker(peer_spec, {}, args.timeout_s))
+              peer_runs.append(_run_worker(peer_spec, malloc_env, args.timeout_s))
           r = _combine(runs)
           entry = {"spec": spec, "result": r}
           peer_cells = ""
@@ -862,6 +878,20 @@ def main() -> None:
         f"{uresnet.forward_flops(uresnet.UResNet(), 640, 1024)['total'] / 1e9:.2f} GFLOP "
         f"(with a 5×5 first conv: {uresnet.PAPER_FORWARD_GFLOP}, computed; arXiv 2012.01301 "
         "prints no FLOP count).")
+  print(f"\nmalloc: {args.malloc}" + (f" (GLIBC_TUNABLES={KEEP_FREED_MEMORY})" if malloc_env
+                                      else "") + "; minor page faults and system seconds "
+        "per timed step (recoil_jax / torch):")
+  for entry in report["single"]:
+    r, pr = entry["result"], entry.get("peers", {}).get("torch", {})
+    if "error" in r:
+      continue
+    spec = entry["spec"]
+    cells = [f"{r.get('minor_faults_per_step', float('nan')):.0f} / "
+             f"{pr.get('minor_faults_per_step', float('nan')):.0f} faults",
+             f"{r.get('system_s_per_step', float('nan')):.2f} / "
+             f"{pr.get('system_s_per_step', float('nan')):.2f} s"]
+    print(f"  3×{spec['size'][0]}×{spec['size'][1]}, {spec['threads']} CPUs, {spec['dtype']}, "
+          f"{spec['mode']}: " + ", ".join(cells))
   if peers:
     _print_peer_check(report, args.rounds)
 

@@ -32,9 +32,9 @@ def bench():
 def test_peer_defaults_are_recoil_jax_defaults(bench):
   fields = {f.name: f.default for f in dataclasses.fields(uresnet.UResNet)}
   assert {k: fields[k] for k in bench.TORCH_PEER_DEFAULTS} == bench.TORCH_PEER_DEFAULTS
-  # Everything else is no part of the architecture (crop_kernels: the same function).
+  # Everything else is no part of the architecture (small_map_convs: the same function).
   assert set(fields) - set(bench.TORCH_PEER_DEFAULTS) <= {"dtype", "bn_axis_name", "parent",
-                                                          "name", "crop_kernels"}
+                                                          "name", "small_map_convs"}
 
 
 def test_cosmictagger_parameter_count(bench):

@@ -75,6 +75,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from recoil_jax.ops import conv as conv_ops
+from recoil_jax.ops import pool as pool_ops
 
 CONNECTIONS = ("sum", "concat")
 UPSAMPLINGS = ("interpolation", "convolutional")
@@ -107,16 +108,17 @@ class _Norm:
   bn_epsilon: float
   dtype: Any
   bn_axis_name: str | None
-  crop_kernels: bool = True
+  small_map_convs: bool = True
 
 
 def _conv(features: int, kernel: int, norm: _Norm, name: str) -> nn.Conv:
-  # cropped_conv: lax's convolution, minus the taps that can only meet padding (the 5×5
-  # deepest blocks on a 2×4 map at 128×256); exact, same parameters (recoil_jax/ops/conv.py).
+  # small_map_conv: lax's convolution, minus the taps that can only meet padding, and a patch
+  # matmul on maps with few positions (the deepest level); exact, same parameters
+  # (recoil_jax/ops/conv.py).
   return nn.Conv(features, (kernel, kernel), padding="SAME", use_bias=True, dtype=norm.dtype,
                  param_dtype=jnp.float32, kernel_init=nn.initializers.xavier_uniform(),
                  bias_init=nn.initializers.zeros,
-                 conv_general_dilated=conv_ops.cropped_conv if norm.crop_kernels else None,
+                 conv_general_dilated=conv_ops.small_map_conv if norm.small_map_convs else None,
                  name=name)
 
 
@@ -209,7 +211,9 @@ class DownLevel(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     skip = BlockSeries(self.num_blocks, 3, self.residual, self.norm, name="blocks")(x)
-    y = nn.max_pool(skip, (2, 2), strides=(2, 2))
+    # = nn.max_pool(skip, (2, 2), strides=(2, 2)), values and gradients; its gradient without
+    # XLA's index scatter (recoil_jax/ops/pool.py).
+    y = pool_ops.max_pool(skip, 2)
     y = Block(2 * x.shape[-1], 1, self.norm, name="bottleneck")(y)
     return skip, y
 
@@ -323,9 +327,10 @@ class UResNet(nn.Module):
     bn_epsilon: BN ε.
     dtype: compute dtype; parameters and BN statistics stay float32.
     bn_axis_name: if set, batch statistics are averaged over this mapped axis.
-    crop_kernels: drop the kernel taps that can only meet SAME padding on maps smaller
-      than the kernel (``recoil_jax.ops.conv.cropped_conv``; exact). False: plain
-      ``lax`` convolutions (a benchmark baseline).
+    small_map_convs: drop the kernel taps that can only meet SAME padding on maps smaller
+      than the kernel, and compute convolutions on maps with few positions as patch matmuls
+      (``recoil_jax.ops.conv.small_map_conv``; exact). False: plain ``lax`` convolutions
+      (a benchmark baseline).
   """
 
   num_classes: int = 3
@@ -345,7 +350,7 @@ class UResNet(nn.Module):
   bn_epsilon: float = 1e-5
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
-  crop_kernels: bool = True
+  small_map_convs: bool = True
 
   def _check(self, images: jax.Array) -> None:
     if self.connections not in CONNECTIONS:
@@ -381,7 +386,7 @@ class UResNet(nn.Module):
     """
     self._check(images)
     norm = _Norm(train, self.leaky_slope, self.bn_momentum, self.bn_epsilon, self.dtype,
-                 self.bn_axis_name, self.crop_kernels)
+                 self.bn_axis_name, self.small_map_convs)
     x = jnp.moveaxis(images, 1, 0)[..., None].astype(self.dtype)  # [P, B, H, W, 1]
 
     encoder = nn.vmap(PlaneEncoder, **_PER_PLANE)(
