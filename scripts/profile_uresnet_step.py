@@ -45,9 +45,12 @@ import time
 
 import numpy as np
 
-from bench_uresnet import KEEP_FREED_MEMORY  # scripts/, on the path when run as a script
-
 SCRIPTS = os.path.dirname(os.path.abspath(__file__))
+if SCRIPTS not in sys.path:  # scripts/ is not a package; also when loaded by the tests
+  sys.path.insert(0, SCRIPTS)
+import bench_uresnet as bench  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+KEEP_FREED_MEMORY = bench.KEEP_FREED_MEMORY
 CATEGORIES = ("convolution forward", "convolution input gradient",
               "convolution weight gradient", "matmul", "layout copies", "reductions",
               "elementwise", "other")
@@ -166,9 +169,19 @@ def summarise_trace(trace_dir: str, hlo_text: str) -> dict:
 # --- workers ----------------------------------------------------------------------------------
 
 
-def _rusage_delta(before, after) -> dict:
-  return {"minor_faults": after.ru_minflt - before.ru_minflt,
-          "system_s": after.ru_stime - before.ru_stime, "user_s": after.ru_utime - before.ru_utime}
+def _warm_steps(run, steps: int) -> dict:
+  """One warm-up call, then ``steps`` timed ones: median wall time, page faults, system time."""
+  run()
+  times, faults, system = [], [], []
+  for _ in range(steps):
+    before, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    run()
+    times.append(time.perf_counter() - t0)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    faults.append(after.ru_minflt - before.ru_minflt)
+    system.append(after.ru_stime - before.ru_stime)
+  return {"step_s": float(np.median(times)), "steps_s": times,
+          "minor_faults": int(np.median(faults)), "system_s": float(np.median(system))}
 
 
 def worker_jax(spec: dict) -> dict:
@@ -176,8 +189,6 @@ def worker_jax(spec: dict) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, SCRIPTS)
-  import bench_uresnet as bench  # pylint: disable=g-import-not-at-top
   from recoil_jax.studies.sbnd import model as uresnet  # pylint: disable=g-import-not-at-top
 
   model = uresnet.UResNet(**spec["model"])
@@ -211,23 +222,15 @@ def worker_jax(spec: dict) -> dict:
       state[0], loss = compiled(state[0], images, labels)
       loss.block_until_ready()
 
-  run()  # warm-up
-  times, usage = [], []
-  for _ in range(spec["steps"]):
-    before, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    run()
-    times.append(time.perf_counter() - t0)
-    usage.append(_rusage_delta(before, resource.getrusage(resource.RUSAGE_SELF)))
+  timing = _warm_steps(run, spec["steps"])
   trace_dir = spec["trace_dir"]
   jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
   run()
   jax.profiler.stop_trace()
   summary = summarise_trace(trace_dir, compiled.as_text())
   summary["ops"] = summary["ops"][:spec["top"]]
-  return {"step_s": float(np.median(times)), "steps_s": times,
-          "minor_faults": int(np.median([u["minor_faults"] for u in usage])),
-          "system_s": float(np.median([u["system_s"] for u in usage])),
-          "scratch_gb": compiled.memory_analysis().temp_size_in_bytes / 1e9, **summary}
+  return {**timing, "scratch_gb": compiled.memory_analysis().temp_size_in_bytes / 1e9,
+          **summary}
 
 
 _TORCH_GROUPS = (  # (category, aten op name patterns), first match wins
@@ -255,8 +258,6 @@ def _torch_category(name: str) -> str:
 def worker_torch(spec: dict) -> dict:
   """The PyTorch peer's same step under torch.profiler (self CPU time per aten op)."""
   import torch  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, SCRIPTS)
-  import bench_uresnet as bench  # pylint: disable=g-import-not-at-top
 
   torch.set_num_threads(len(os.sched_getaffinity(0)))
   torch.set_num_interop_threads(1)
@@ -282,13 +283,7 @@ def worker_torch(spec: dict) -> dict:
       loss.backward()
       opt.step()
 
-  run()
-  times, usage = [], []
-  for _ in range(spec["steps"]):
-    before, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    run()
-    times.append(time.perf_counter() - t0)
-    usage.append(_rusage_delta(before, resource.getrusage(resource.RUSAGE_SELF)))
+  timing = _warm_steps(run, spec["steps"])
   with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
     run()
   by_category: collections.Counter = collections.Counter()
@@ -300,10 +295,7 @@ def worker_torch(spec: dict) -> dict:
     by_category[_torch_category(avg.key)] += ms
     ops.append((ms, avg.key, _torch_category(avg.key), str(avg.count), ""))
   ops.sort(reverse=True)
-  return {"step_s": float(np.median(times)), "steps_s": times,
-          "minor_faults": int(np.median([u["minor_faults"] for u in usage])),
-          "system_s": float(np.median([u["system_s"] for u in usage])),
-          "op_ms": sum(by_category.values()), "categories": dict(by_category),
+  return {**timing, "op_ms": sum(by_category.values()), "categories": dict(by_category),
           "regions": {}, "ops": ops[:spec["top"]]}
 
 

@@ -364,6 +364,8 @@ def test_bfloat16_close_to_float32():
   assert np.all(f32.argmax(-1)[confident] == b16.argmax(-1)[confident])
 
 
+@pytest.mark.slow  # ~12 s; the SBND launcher smoke run and test_conv_small_maps keep
+# gradients and training steps of the UResNet in the default suite.
 def test_gradient_finite_and_rmsprop_step_lowers_the_loss():
   model, variables, _ = _small()
   x = _images(8)

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax import lax
 
 from recoil_jax.ops import sparse as sp
@@ -126,6 +127,7 @@ def test_trunk_param_count_matches_the_paper():
   assert n == (6**3 * 50 + 50) + (4**3 * 50 * 30 + 30) + (3**3 * 30 * 20 + 20) == 123_100
 
 
+@pytest.mark.slow  # ~9 s; the full-width trunk against dense stays in the default suite.
 def test_trunk_matches_dense_small_batch():
   rng = np.random.default_rng(0)
   coords, feats, num = synthetic_tracks(rng, 3, 250)

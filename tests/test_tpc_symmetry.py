@@ -148,15 +148,18 @@ def test_augmented_model_is_the_plain_model_on_the_transformed_event_rotated_bac
   caps = (512, 128, 512, 512, 128)
   plain = tpc_model.TpcDirectionNet(head="kent", capacity_per_event=caps)
   aug = tpc_model.TpcDirectionNet(head="kent", capacity_per_event=caps, symmetry_augment=True)
-  variables = plain.init(jax.random.PRNGKey(0), batch)
+  variables = jax.jit(plain.init)(jax.random.PRNGKey(0), batch)
   rng = jax.random.PRNGKey(3)
-  out = aug.apply(variables, batch, train=True, rngs={"dropout": rng})
+  # Jitted: op by op the sparse layers take several times longer than their compilation.
+  out = jax.jit(lambda v, b, r: aug.apply(v, b, train=True, rngs={"dropout": r}))(
+      variables, batch, rng)
+  plain_eval = jax.jit(lambda v, b: plain.apply(v, b, train=False))
   pick = out["symmetry"]
   assert pick.shape == (2,) and int(pick.min()) >= 0 and int(pick.max()) < 48
   assert np.any(np.asarray(pick) != 0), "key draws the identity for both events; change it"
   sym = tpc_model.cube_symmetries()[pick]
   moved = dict(batch, coords=tpc_model.apply_grid_symmetry(batch["coords"], sym, 120))
-  ref = plain.apply(variables, moved, train=False)
+  ref = plain_eval(variables, moved)
   assert _direction_error(out["pred_direction"], ref["pred_direction"], sym) < 1e-6
   # Negative control: the same comparison without mapping back with gᵀ detects the difference.
   assert _direction_error(out["pred_direction"], ref["pred_direction"], sym,
@@ -164,5 +167,5 @@ def test_augmented_model_is_the_plain_model_on_the_transformed_event_rotated_bac
   np.testing.assert_allclose(out["frame"][:, 0], out["pred_direction"], atol=1e-6)
   np.testing.assert_allclose(out["kappa"], ref["kappa"], rtol=1e-6)
   # Off at evaluation: identical to the plain model.
-  ev = aug.apply(variables, batch, train=False)
-  np.testing.assert_allclose(ev["pred_direction"], plain.apply(variables, batch)["pred_direction"])
+  ev = jax.jit(lambda v, b: aug.apply(v, b, train=False))(variables, batch)
+  np.testing.assert_allclose(ev["pred_direction"], plain_eval(variables, batch)["pred_direction"])
