@@ -109,11 +109,12 @@ def test_flax_conv_drop_in_keeps_the_parameters():
 
 
 def test_uresnet_with_small_map_convs_equals_the_plain_network():
-  # A small UResNet whose deepest map (2×2) is smaller than its 5×5 deepest kernels.
+  # A one-level UResNet whose deepest map (2×2) is smaller than its 5×5 deepest kernels;
+  # every convolution of it is on a small map (patch matmuls).
   from recoil_jax.studies.sbnd import model as uresnet  # pylint: disable=g-import-not-at-top
-  kw = dict(initial_filters=2, depth=2, deepest_filters=8, deepest_blocks=1,
+  kw = dict(initial_filters=2, depth=1, deepest_filters=8, deepest_blocks=1,
             blocks_per_level=1)
-  images = jax.random.uniform(jax.random.key(3), (1, 3, 8, 8))
+  images = jax.random.uniform(jax.random.key(3), (1, 3, 4, 4))
   cropped, plain = uresnet.UResNet(**kw), uresnet.UResNet(**kw, small_map_convs=False)
   variables = plain.init(jax.random.key(4), images, train=False)
 
