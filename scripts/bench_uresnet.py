@@ -766,7 +766,8 @@ def main() -> None:
   p.add_argument("--malloc", choices=("default", "keep"), default="default",
                  help="keep: every worker (recoil_jax and the peer) runs with GLIBC_TUNABLES "
                  "that keep freed memory in the process, so a step does not page in fresh "
-                 "scratch memory (README, 'CPU training')")
+                 "scratch memory (BENCHMARKS.md: faster steps, but fragmentation can double "
+                 "the peak memory)")
   p.add_argument("--out", default=None, help="also write the results as JSON here")
   p.add_argument("--worker", help=argparse.SUPPRESS)
   args = p.parse_args()

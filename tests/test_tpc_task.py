@@ -73,9 +73,10 @@ def test_model_heads_on_simulated_tracks(head):
   from recoil_jax.studies.tpc import model as tpc_model
   import jax
 
-  tracks = electron_recoil.simulate_electron_recoils(3, 40.0, num_tracks=2)
+  # 20 tracks as in test_degrad_files_feed_the_task: the simulator's compiled chunk is reused.
+  tracks = electron_recoil.simulate_electron_recoils(40, 40.0, num_tracks=20)
   vox, _ = tpc_preprocess.preprocess_tracks(
-      tracks.positions_mm, tracks.num_electrons, tracks.energy_kev,
+      tracks.positions_mm[:2], tracks.num_electrons[:2], tracks.energy_kev[:2],
       np.random.default_rng(0), sigma_um=200.0, max_voxels=1152)
   batch = {"coords": jnp.asarray(vox.coords), "charges": jnp.asarray(vox.charges),
            "num_voxels": jnp.asarray(vox.num_voxels)}
