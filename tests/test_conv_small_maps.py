@@ -78,11 +78,44 @@ def test_patch_matmul_equals_lax_with_gradients(shape, k):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape, k, dtype", [((2, 20, 24, 8), 3, jnp.float32),
+                                             ((1, 32, 16, 5), 5, jnp.float32),
+                                             ((1, 24, 24, 4), 3, jnp.bfloat16)])
+def test_blocked_weight_gradient_conv_equals_lax(shape, k, dtype):
+  # float32: summation order only; bfloat16: both round the same float32 sums to 8 bits.
+  tol = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=2e-2, atol=2e-2)
+  keys = jax.random.split(jax.random.key(6), 3)
+  x = jax.random.normal(keys[0], shape).astype(dtype)
+  w = jax.random.normal(keys[1], (k, k, shape[-1], 6)).astype(dtype)
+  dy = jax.random.normal(keys[2], (*shape[:-1], 6)).astype(dtype)
+  ours = lambda x, w: conv.blocked_wgrad_conv(x, w)  # noqa: E731
+  f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+  np.testing.assert_allclose(f32(jax.jit(ours)(x, w)), f32(jax.jit(_full)(x, w)), **tol)
+  got = jax.jit(lambda x, w: jax.vjp(ours, x, w)[1](dy))(x, w)
+  want = jax.jit(lambda x, w: jax.vjp(_full, x, w)[1](dy))(x, w)
+  for a, b in zip(got, want):
+    assert a.dtype == b.dtype
+    scale = float(np.abs(f32(b)).max())
+    np.testing.assert_allclose(f32(a) / scale, f32(b) / scale, **tol)
+
+
+def test_blocked_weight_gradient_sums_over_a_vmapped_plane_axis():
+  # The UResNet maps its planes with shared weights: the kernel gradient sums the planes.
+  x = jax.random.normal(jax.random.key(7), (3, 1, 20, 20, 4))
+  w = jax.random.normal(jax.random.key(8), (3, 3, 4, 4))
+  loss = lambda f: lambda w: jnp.sum(jnp.sin(jax.vmap(lambda xi: f(xi, w))(x)))  # noqa: E731
+  got = jax.jit(jax.grad(loss(conv.blocked_wgrad_conv)))(w)
+  want = jax.jit(jax.grad(loss(_full)))(w)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
 def test_small_map_conv_takes_the_matmul_only_on_small_plain_maps(monkeypatch):
-  calls = []
-  real = conv.patch_matmul_conv
+  calls, blocked = [], []
+  real, real_blocked = conv.patch_matmul_conv, conv.blocked_wgrad_conv
   monkeypatch.setattr(conv, "patch_matmul_conv",
                       lambda *a, **kw: calls.append(a[0].shape) or real(*a, **kw))
+  monkeypatch.setattr(conv, "blocked_wgrad_conv",
+                      lambda *a, **kw: blocked.append(a[0].shape) or real_blocked(*a, **kw))
   w = jnp.ones((3, 3, 2, 2))
   small, large = jnp.ones((1, 4, 4, 2)), jnp.ones((1, 32, 32, 2))
   conv.small_map_conv(small, w, (1, 1), "SAME", dimension_numbers=NHWC)
@@ -92,7 +125,13 @@ def test_small_map_conv_takes_the_matmul_only_on_small_plain_maps(monkeypatch):
   nchw = jnp.ones((1, 2, 4, 4))
   conv.small_map_conv(nchw, jnp.ones((2, 2, 3, 3)), (1, 1), "SAME",
                       dimension_numbers=("NCHW", "OIHW", "NCHW"))  # not channels-last
+  wide = jnp.ones((1, 32, 32, conv.BLOCKED_WGRAD_MAX_CHANNELS + 1))
+  conv.small_map_conv(wide, jnp.ones((3, 3, wide.shape[-1], 2)), (1, 1), "SAME",
+                      dimension_numbers=NHWC)  # too many channels: lax
+  conv.small_map_conv(large, jnp.ones((2, 2, 2, 2)), (1, 1), "SAME",
+                      dimension_numbers=NHWC)  # even kernel: lax
   assert calls == [(1, 4, 4, 2)]
+  assert blocked == [(1, 32, 32, 2)]  # the large map, 3×3, 2 channels
   assert conv.SMALL_MAP_POSITIONS < 32 * 32
 
 
@@ -109,12 +148,12 @@ def test_flax_conv_drop_in_keeps_the_parameters():
 
 
 def test_uresnet_with_small_map_convs_equals_the_plain_network():
-  # A one-level UResNet whose deepest map (2×2) is smaller than its 5×5 deepest kernels;
-  # every convolution of it is on a small map (patch matmuls).
+  # A one-level UResNet: its level-0 3×3 convolutions (16×32 per plane) take the blocked
+  # weight gradient, the deepest 5×5 ones (8×16) the patch matmul.
   from recoil_jax.studies.sbnd import model as uresnet  # pylint: disable=g-import-not-at-top
   kw = dict(initial_filters=2, depth=1, deepest_filters=8, deepest_blocks=1,
             blocks_per_level=1)
-  images = jax.random.uniform(jax.random.key(3), (1, 3, 4, 4))
+  images = jax.random.uniform(jax.random.key(3), (1, 3, 16, 32))
   cropped, plain = uresnet.UResNet(**kw), uresnet.UResNet(**kw, small_map_convs=False)
   variables = plain.init(jax.random.key(4), images, train=False)
 
