@@ -139,15 +139,17 @@ def blocked_weight_gradient(x, dy, kernel: int, block_bytes: int = 1 << 20):
   rows = max(r for r in range(1, min(h, target) + 1) if h % r == 0)
   padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
 
-  def block(i, acc):
+  def block(i):
     xs = lax.dynamic_slice_in_dim(padded, i * rows, rows + 2 * p, axis=1)
     ds = lax.dynamic_slice_in_dim(dy, i * rows, rows, axis=1).reshape(-1, c_out)
     patches = jnp.concatenate([xs[:, a:a + rows, b:b + w] for a in range(kernel)
                                for b in range(kernel)], axis=-1).reshape(-1, cols)
-    return acc + lax.dot_general(ds, patches, (((0,), (0,)), ((), ())),
-                                 preferred_element_type=jnp.float32)
+    return lax.dot_general(ds, patches, (((0,), (0,)), ((), ())),
+                           preferred_element_type=jnp.float32)
 
-  g = lax.fori_loop(0, h // rows, block, jnp.zeros((c_out, cols), jnp.float32))
+  # The first block is the initial carry, so the carry has the data's type (under shard_map a
+  # zeros carry would be device-invariant while the sums vary over the devices).
+  g = lax.fori_loop(1, h // rows, lambda i, acc: acc + block(i), block(0))
   return g.T.reshape(kernel, kernel, c, c_out).astype(x.dtype)
 
 
