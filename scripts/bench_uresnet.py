@@ -172,6 +172,28 @@ def _optimizer():
   return optax.rmsprop(3e-4, decay=0.99, eps=1e-8)
 
 
+def train_step(model, opt):
+  """(params, batch_stats, opt_state), images, labels → (new state, loss): the benchmarked
+  step (light-weighted cross entropy summed over planes, then ``opt``)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+
+  def step(state, x, y):
+    params, batch_stats, opt_state = state
+
+    def loss_fn(p):
+      logits, new = model.apply({"params": p, "batch_stats": batch_stats}, x, train=True,
+                                mutable=["batch_stats"])
+      den = _pixel_weights(y).sum((0, 2, 3))
+      return (_weighted_ce_sum(logits, y) / den).sum(), new["batch_stats"]
+
+    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), new_stats, opt_state), loss
+
+  return step
+
+
 def _cost(compiled) -> dict[str, float | None]:
   out: dict[str, float | None] = {"xla_flops": None, "xla_temp_bytes": None}
   try:
@@ -191,7 +213,6 @@ def worker_single(spec: dict) -> dict:
   """One (size, threads, dtype, mode) measurement in this process."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
   from recoil_jax.studies.sbnd import model as uresnet  # pylint: disable=g-import-not-at-top
 
   dtype = jnp.dtype(spec["dtype"])
@@ -217,19 +238,7 @@ def worker_single(spec: dict) -> dict:
   else:
     opt = _optimizer()
 
-    def step(state, x, y):
-      params, batch_stats, opt_state = state
-
-      def loss_fn(p):
-        logits, new = model.apply({"params": p, "batch_stats": batch_stats}, x, train=True,
-                                  mutable=["batch_stats"])
-        den = _pixel_weights(y).sum((0, 2, 3))
-        return (_weighted_ce_sum(logits, y) / den).sum(), new["batch_stats"]
-
-      (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-      updates, opt_state = opt.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), new_stats, opt_state), loss
-
+    step = train_step(model, opt)
     state = [(variables["params"], variables["batch_stats"],
               opt.init(variables["params"]))]
     t0 = time.perf_counter()

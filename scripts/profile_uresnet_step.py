@@ -188,7 +188,6 @@ def worker_jax(spec: dict) -> dict:
   """Compile, time warm steps, trace one; return the summary."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
   from recoil_jax.studies.sbnd import model as uresnet  # pylint: disable=g-import-not-at-top
 
   model = uresnet.UResNet(**spec["model"])
@@ -201,22 +200,9 @@ def worker_jax(spec: dict) -> dict:
     run = lambda: compiled(variables, images).block_until_ready()  # noqa: E731
   else:
     opt = bench._optimizer()  # pylint: disable=protected-access
-
-    def step(state, x, y):
-      params, batch_stats, opt_state = state
-
-      def loss_fn(p):
-        logits, new = model.apply({"params": p, "batch_stats": batch_stats}, x, train=True,
-                                  mutable=["batch_stats"])
-        den = bench._pixel_weights(y).sum((0, 2, 3))  # pylint: disable=protected-access
-        return (bench._weighted_ce_sum(logits, y) / den).sum(), new["batch_stats"]  # pylint: disable=protected-access
-
-      (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-      updates, opt_state = opt.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), new_stats, opt_state), loss
-
     state = [(variables["params"], variables["batch_stats"], opt.init(variables["params"]))]
-    compiled = jax.jit(step, donate_argnums=0).lower(state[0], images, labels).compile()
+    compiled = jax.jit(bench.train_step(model, opt), donate_argnums=0).lower(
+        state[0], images, labels).compile()
 
     def run():
       state[0], loss = compiled(state[0], images, labels)
