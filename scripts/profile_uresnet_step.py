@@ -188,8 +188,11 @@ def worker_jax(spec: dict) -> dict:
   """Compile, time warm steps, trace one; return the summary."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from recoil_jax.ops import conv as conv_ops  # pylint: disable=g-import-not-at-top
   from recoil_jax.studies.sbnd import model as uresnet  # pylint: disable=g-import-not-at-top
 
+  if spec.get("blocked_max_channels") is not None:  # read when the step is traced
+    conv_ops.BLOCKED_WGRAD_MAX_CHANNELS = spec["blocked_max_channels"]
   model = uresnet.UResNet(**spec["model"])
   height, width = spec["size"]
   images, labels = map(jnp.asarray, bench._inputs(1, height, width))  # pylint: disable=protected-access
@@ -338,6 +341,9 @@ def main() -> None:
                  help="pin each worker to this many CPUs (0: inherit the affinity)")
   p.add_argument("--malloc", choices=("default", "keep"), default="default",
                  help="keep: glibc keeps freed memory (GLIBC_TUNABLES, both workers)")
+  p.add_argument("--blocked-max-channels", type=int, default=None,
+                 help="override recoil_jax.ops.conv.BLOCKED_WGRAD_MAX_CHANNELS (0: XLA's "
+                 "weight gradients everywhere)")
   p.add_argument("--json", default=None, help="also write the results here")
   p.add_argument("--worker-jax", help=argparse.SUPPRESS)
   p.add_argument("--worker-torch", help=argparse.SUPPRESS)
@@ -353,7 +359,8 @@ def main() -> None:
     p.error(f"--cpus {args.cpus}: only {len(available)} CPUs available")
   args.cpu_set = set(available[-args.cpus:]) if args.cpus else None
   spec = {"size": [height, width], "mode": args.mode, "model": args.model,
-          "steps": args.steps, "top": args.top}
+          "steps": args.steps, "top": args.top,
+          "blocked_max_channels": args.blocked_max_channels}
   print(f"UResNet 3x{height}x{width}, batch 1, {args.mode}; CPUs "
         f"{sorted(args.cpu_set or available)}; malloc {args.malloc}; "
         f"1-min load {os.getloadavg()[0]:.2f}")
