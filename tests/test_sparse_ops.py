@@ -365,6 +365,65 @@ def test_matmul_scatter_blocks_and_offset_chunks_agree():
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-4, err_msg=str(chunk))
 
 
+def test_gather_first_row_blocks_agree_and_skip_the_inactive_tail():
+  """gather_first over row blocks (inactive tail blocks skipped) equals the offset-chunk path
+  and one single step, in values and in gradients of features and kernel."""
+  rng = np.random.default_rng(10)
+  x, occ = random_dense(rng, 4, (7, 6, 8), 3, 0.3)
+  st = sp.from_dense(jnp.asarray(x), int(occ.sum()) + 50)
+  w = jnp.asarray(rng.normal(size=(27, 3, 4)), jnp.float32)
+  kmap = km.build_conv_map(st.coords, st.spatial_shape, 4, (3, 3, 3), (2, 2, 2), (1, 1, 1),
+                           (1, 1, 1), 1500)  # > 2/3 of the output rows inactive (the tail)
+  assert int(kmap.num_sites) < 500
+  r = jnp.asarray(rng.normal(size=(1500, 4)), jnp.float32)
+
+  def run(feats, kernel, chunk):
+    return sp.gather_matmul(feats, kmap.out_map, kernel, order="gather_first",
+                            max_chunk_elements=chunk)
+
+  # 1 << 30: one step; 27*3*40: row blocks of 40; 27*3*10: offset chunks (10 rows < MIN_BLOCK_ROWS).
+  results = {}
+  for chunk in (1 << 30, 27 * 3 * 40, 27 * 3 * 10):
+    out = run(st.features, w, chunk)
+    grads = jax.grad(lambda f, k, c=chunk: jnp.sum(run(f, k, c) * r), argnums=(0, 1))(st.features, w)
+    results[chunk] = [out, *grads]
+  assert not np.any(np.asarray(results[27 * 3 * 40][0])[int(kmap.num_sites):])
+  for chunk in (27 * 3 * 40, 27 * 3 * 10):  # float32 sums of <= 27 terms in different orders
+    for a, b in zip(results[1 << 30], results[chunk]):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-4, err_msg=str(chunk))
+
+
+def test_disjoint_max_pool_gradient_equals_the_scatter_path():
+  """gather_max(disjoint=True) (gathered gradient) equals the autodiff scatter path exactly:
+  values, reverse- and forward-mode derivatives, on integer features full of ties, also under
+  shard_map; sparse_max_pool takes it for windows no wider than the stride."""
+  rng = np.random.default_rng(11)
+  occ = rng.random((3, 8, 8, 8)) < 0.3
+  x = (rng.integers(-3, 4, size=occ.shape + (4,)) * occ[..., None]).astype(np.float32)
+  st = sp.from_dense(jnp.asarray(x), int(occ.sum()) + 20)
+  kmap = km.build_conv_map(st.coords, st.spatial_shape, 3, (2, 2, 2), (2, 2, 2), (0, 0, 0),
+                           (1, 1, 1), 300, build_in_map=False)
+  r = jnp.asarray(rng.normal(size=(300, 4)), jnp.float32)
+  t = jnp.asarray(rng.normal(size=st.features.shape), jnp.float32)
+
+  def derivatives(disjoint):
+    pool = lambda f: sp.gather_max(f, kmap.out_map, disjoint=disjoint)  # noqa: E731
+    grad = jax.grad(lambda f: jnp.sum(pool(f) * r))(st.features)
+    return pool(st.features), grad, jax.jvp(pool, (st.features,), (t,))[1]
+
+  for a, b in zip(derivatives(False), derivatives(True)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  P = jax.sharding.PartitionSpec
+  sharded_grad = jax.jit(jax.shard_map(
+      jax.grad(lambda f, m: jnp.sum(sp.gather_max(f, m, disjoint=True) * r)), mesh=mesh,
+      in_specs=(P("data"), P("data")), out_specs=P("data")))
+  np.testing.assert_array_equal(np.asarray(sharded_grad(st.features, kmap.out_map)),
+                                np.asarray(derivatives(False)[1]))
+  pooled = sp.sparse_max_pool(st, 2, strides=2, out_capacity=300)
+  np.testing.assert_array_equal(np.asarray(pooled.features), np.asarray(derivatives(True)[0]))
+
+
 def test_chunked_ops_run_inside_shard_map():
   """The trainer runs models under ``jax.shard_map``, where features are device-varying:
   chunked scans must accept them (regression: a fresh zeros carry is not varying)."""

@@ -6,8 +6,10 @@ flattened here to [K, C_in, C_out] with K = K0*K1*K2 in the order of `kernel_map
 The rulebook (`kernel_map`) and the arithmetic are separate functions so that a later backend can swap
 either. Three equivalent ways to evaluate out[o] = sum_k W_k^T x[map(o, k)]:
 
-* ``"gather_first"``: gather [N_out, G, C_in] for a chunk of G offsets, then one matmul with
-  [G*C_in, C_out] (output-stationary, no scatter). Best when C_in is small (first layer).
+* ``"gather_first"``: gather [rows, K, C_in] for a block of output rows, then one matmul with
+  [K*C_in, C_out] (output-stationary, no scatter); blocks of inactive rows (the unused tail of the
+  capacity) are skipped. Best when C_in is small (first layer). When even ``MIN_BLOCK_ROWS`` rows
+  with all offsets exceed the chunk bound, it steps over chunks of G offsets for all rows instead.
 * ``"matmul_gather"``: Y = x @ W_chunk on the inputs, then gather [N_out, G, C_out] and sum
   (output-stationary). Best when C_out < C_in and N_out is small.
 * ``"matmul_scatter"``: Y = x @ W on a block of input rows (all offsets at once), then scatter-add
@@ -46,7 +48,9 @@ from recoil_jax.ops.sparse.tensor import CapacityOverflowError, SparseTensor, is
 COMPUTES = ("auto", "gather_first", "matmul_gather", "matmul_scatter")
 DEFAULT_CHUNK_ELEMENTS = 1 << 23  # 8 Mi numbers (32 MiB in float32) per gathered chunk
 MIN_BLOCK_ROWS = 32  # matmul_scatter: below this many rows per block, chunk the offsets instead
-GATHER_FIRST_OFFSETS = 8  # gather_first: offsets per step at most
+GATHER_FIRST_OFFSETS = 8  # gather_first over offset chunks: offsets per step at most
+# gather_first over row blocks: gathered numbers per block (1 MiB in float32, cache-sized).
+GATHER_FIRST_BLOCK_ELEMENTS = 1 << 18
 
 
 def _chunking(k: int, per_offset: int, max_chunk_elements: int) -> tuple[int, int]:
@@ -140,6 +144,9 @@ def gather_matmul(features: jax.Array, out_map: jax.Array, kernel: jax.Array, *,
   x = jnp.concatenate([features.astype(dtype), jnp.zeros((1, c_in), dtype)], 0)  # row n_in = 0
   kernel = kernel.astype(dtype)
   if order == "gather_first":
+    rows = min(n_out, min(GATHER_FIRST_BLOCK_ELEMENTS, max_chunk_elements) // max(k * c_in, 1))
+    if rows >= MIN_BLOCK_ROWS and n_out > rows:
+      return _gather_first_row_blocks(x, out_map, kernel, rows)
     # At most GATHER_FIRST_OFFSETS offsets per step even when more would fit: wider gathers were
     # measured up to 2x slower on this CPU (k6/s2 at batch 8: 27 offsets in one step vs 4 of 7).
     g, n = _chunking(k, max(n_out * c_in, -(-max_chunk_elements // GATHER_FIRST_OFFSETS)),
@@ -164,6 +171,36 @@ def gather_matmul(features: jax.Array, out_map: jax.Array, kernel: jax.Array, *,
   else:
     raise ValueError(f"gather_matmul: order must be 'gather_first' or 'matmul_gather', got {order!r}")
   return _fold(body, jnp.zeros((n_out, c_out), dtype), n)
+
+
+def _gather_first_row_blocks(x: jax.Array, out_map: jax.Array, kernel: jax.Array,
+                             rows: int) -> jax.Array:
+  """`gather_matmul`'s gather_first over blocks of ``rows`` output rows, all offsets per block.
+
+  x: [N_in + 1, C_in] (row N_in = 0), out_map: [N_out, K], kernel: [K, C_in, C_out] (x's dtype).
+  Each block gathers [rows, K*C_in] (a few MB, cache-sized) and multiplies it by the whole
+  [K*C_in, C_out] kernel; a block whose map entries are all -1 (the inactive tail of the output
+  capacity) is skipped with `lax.cond`, so the cost follows the active sites, not the capacity.
+  The body is rematerialised under autodiff, so no gathered block is stored for the backward
+  pass.
+  """
+  n_in = x.shape[0] - 1
+  n_out, k = out_map.shape
+  c_in, c_out = kernel.shape[1:]
+  nb = math.ceil(n_out / rows)
+  rows = math.ceil(n_out / nb)  # balance blocks
+  maps = jnp.pad(jnp.where(out_map < 0, n_in, out_map), ((0, nb * rows - n_out), (0, 0)),
+                 constant_values=n_in)
+  w = kernel.reshape(k * c_in, c_out)
+
+  def block_out(block):  # [rows, K] map rows -> [rows, C_out]
+    y = lambda: _take_rows(x, block).reshape(rows, k * c_in) @ w  # noqa: E731
+    # zeros_like keeps x's shard_map type (cond wants both branches typed alike).
+    return lax.cond(jnp.any(block != n_in), y, lambda: jnp.zeros_like(x, shape=(rows, c_out)))
+
+  step = jax.checkpoint(block_out)
+  ys = lax.map(step, maps.reshape(nb, rows, k))
+  return ys.reshape(nb * rows, c_out)[:n_out]
 
 
 @functools.partial(jax.jit, static_argnames=("num_out", "max_chunk_elements"))
@@ -234,41 +271,93 @@ def _matmul_scatter_offset_chunks(x, in_map, kernel, acc, max_chunk_elements):
   return _fold(body, acc, n)
 
 
-@functools.partial(jax.jit, static_argnames=("max_chunk_elements",))
-def gather_max(features: jax.Array, out_map: jax.Array, *,
+@functools.partial(jax.jit, static_argnames=("disjoint", "max_chunk_elements"))
+def gather_max(features: jax.Array, out_map: jax.Array, *, disjoint: bool = False,
                max_chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> jax.Array:
   """spconv max pooling arithmetic: out[o] = max(0, max_k x[out_map[o, k]]) (-1 entries read 0).
 
   A running max over the offsets (one [N_out, C] row gather per offset, fused with the max) finds
-  the winning input row per output number, then one differentiable gather picks the values: the
-  gradient is a scatter of N_out*C numbers (to the first maximum; none when the 0 wins), instead of
-  the chain of selects of a max over [N_out, K, C].
+  the winning input row per output number (the first maximum; none when the 0 wins). The gradient
+  goes to that winner only:
+
+  * ``disjoint=False``: one differentiable gather picks the values, and autodiff's gradient is a
+    scatter-add of N_out*C single numbers (any pooling windows).
+  * ``disjoint=True`` (the caller guarantees that every input row appears in at most one
+    (output, offset) entry, true when each window spans <= the stride along every axis, e.g. the
+    k2/s2 pools of the TPC paper's trunk): a custom JVP whose transpose *gathers* instead. Each
+    input row's one output row (its owner) is found by a scatter of N_out*K row indices, and
+    dx[n] = where(win[owner[n]] == n, dy[owner[n]], 0): two [N_in, C] row gathers, no scatter of
+    single numbers. Same gradient exactly (tested against the scatter path, ties included);
+    forward mode works too (a row scatter-add).
 
   Args:
     features: [N_in, C]; out_map: [N_out, K].
+    disjoint: see above (static).
     max_chunk_elements: unused (only [N_out, C] arrays are alive); kept for a uniform signature.
 
   Returns:
     [N_out, C].
   """
   del max_chunk_elements
+  if disjoint:
+    return _gather_max_disjoint(features, out_map)
+  n_in, c = features.shape
+  x = jnp.concatenate([features, jnp.zeros((1, c), features.dtype)], 0)  # row n_in: spconv's 0 init
+  _, win = _running_max(lax.stop_gradient(features), out_map)
+  return km._take(x.reshape(-1), win * c + jnp.arange(c, dtype=jnp.int32))
+
+
+def _running_max(features: jax.Array, out_map: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(max(0, max_k x[out_map[:, k]]) [N_out, C], the first winning input row [N_out, C] int32).
+
+  The winner is N_in where no input beats the 0 (no input, or all inputs <= 0).
+  """
   n_in, c = features.shape
   n_out, k = out_map.shape
   x = jnp.concatenate([features, jnp.zeros((1, c), features.dtype)], 0)  # row n_in: spconv's 0 init
   maps = jnp.where(out_map < 0, n_in, out_map)
-  xs = lax.stop_gradient(x)
 
   def step(t, carry):
     best, win = carry
     rows = lax.dynamic_index_in_dim(maps, t, axis=1, keepdims=True)  # [N_out, 1]
-    v = _take_rows(xs, rows[:, 0])
+    v = _take_rows(x, rows[:, 0])
     better = v > best  # strict: the first maximum wins, and 0 beats no input
     return jnp.where(better, v, best), jnp.where(better, rows, win)
 
   # Offset 0 outside the loop, so that the carry is device-varying inside shard_map (see `_fold`).
   init = step(0, (jnp.zeros((n_out, c), x.dtype), jnp.full((n_out, c), n_in, jnp.int32)))
-  _, win = lax.fori_loop(1, k, step, init, unroll=max(1, min(k - 1, 8)))
-  return km._take(x.reshape(-1), win * c + jnp.arange(c, dtype=jnp.int32))
+  return lax.fori_loop(1, k, step, init, unroll=max(1, min(k - 1, 8)))
+
+
+@jax.custom_jvp
+def _gather_max_disjoint(features: jax.Array, out_map: jax.Array) -> jax.Array:
+  """`gather_max` for disjoint windows: [N_in, C], [N_out, K] -> [N_out, C].
+
+  Its JVP is a row segment-sum, out_dot[o] = sum over inputs n owned by o of
+  where(win[o] == n, x_dot[n], 0), whose transpose (the reverse-mode gradient) is a row gather.
+  """
+  return _running_max(features, out_map)[0]
+
+
+@_gather_max_disjoint.defjvp
+def _gather_max_disjoint_jvp(primals, tangents):
+  features, out_map = primals
+  x_dot = tangents[0]
+  best, win = _running_max(features, out_map)
+  n_in, c = features.shape
+  n_out, k = out_map.shape
+  # owner[n]: the output row whose window holds input n (n_out: none). Row n_in collects the -1s.
+  rows = jnp.where(out_map < 0, n_in, out_map).reshape(-1)
+  dn = lax.ScatterDimensionNumbers(update_window_dims=(), inserted_window_dims=(0,),
+                                   scatter_dims_to_operand_dims=(0,))
+  owner = lax.scatter(jnp.full((n_in + 1,), n_out, jnp.int32), rows[:, None],
+                      jnp.repeat(jnp.arange(n_out, dtype=jnp.int32), k), dn,
+                      mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)[:n_in]
+  win = jnp.concatenate([win, jnp.full((1, c), n_in, jnp.int32)], 0)  # row n_out: nobody wins
+  mine = _take_rows(win, owner) == jnp.arange(n_in, dtype=jnp.int32)[:, None]  # [N_in, C]
+  acc = jnp.zeros((n_out + 1, c), best.dtype)
+  out_dot = _add_rows(acc, owner, jnp.where(mine, x_dot, 0).astype(best.dtype))[:n_out]
+  return best, out_dot
 
 
 def choose_compute(n_in: int, n_out: int, k: int, c_in: int, c_out: int, has_in_map: bool) -> str:
@@ -483,7 +572,9 @@ def sparse_max_pool(st: SparseTensor, kernel_size: int | Sequence[int], *,
   kmap = km.build_conv_map(st.coords, st.spatial_shape, st.batch_size, ks, ss, ps, ds, out_capacity,
                            method=method, build_in_map=False)
   raise_on_overflow(kmap, out_capacity, where)
-  out = gather_max(st.features, kmap.out_map, max_chunk_elements=max_chunk_elements)
+  disjoint = all(d * (k - 1) + 1 <= s for k, s, d in zip(ks, ss, ds))  # one window per input
+  out = gather_max(st.features, kmap.out_map, disjoint=disjoint,
+                   max_chunk_elements=max_chunk_elements)
   out = jnp.where((kmap.out_coords[:, 0] >= 0)[:, None], out, 0)
   return SparseTensor(coords=kmap.out_coords, features=out, spatial_shape=out_shape,
                       batch_size=st.batch_size, overflow=st.overflow + kmap.overflow)
