@@ -13,6 +13,8 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
+from recoil_jax.ops.varying import match_varying, varying_axes  # noqa: F401 (re-exported)
+
 INT32_MAX = int(np.iinfo(np.int32).max)
 # Triton's tl.dot needs every matmul dimension >= 16.
 MIN_DOT = 16
@@ -76,7 +78,7 @@ def call(kernel, *, out_shape, grid, in_specs, out_specs, interpret: bool, name:
   aliases = dict(input_output_aliases or {})
 
   def run(*args):
-    varying = frozenset().union(*(_varying_axes(a) for a in args))
+    varying = frozenset().union(*(varying_axes(a) for a in args))
     if varying:
       args = tuple(_make_varying(a, varying) for a in args)
     shapes = jax.tree_util.tree_map(lambda s: _with_varying(s, varying), out_shape)
@@ -88,13 +90,8 @@ def call(kernel, *, out_shape, grid, in_specs, out_specs, interpret: bool, name:
   return run
 
 
-def _varying_axes(x) -> frozenset:
-  mat = getattr(jax.typeof(x), "manual_axis_type", None)
-  return frozenset(mat.varying) if mat is not None else frozenset()
-
-
 def _make_varying(x, axes: frozenset):
-  missing = tuple(sorted(axes - _varying_axes(x)))
+  missing = tuple(sorted(axes - varying_axes(x)))
   return jax.lax.pcast(x, missing, to="varying") if missing else x
 
 
@@ -118,14 +115,3 @@ def row_block(rows: int, cols: int | None = None) -> pl.BlockSpec:
 def on_gpu() -> bool:
   """True when the default JAX backend is a GPU (CUDA or ROCm)."""
   return jax.default_backend() == "gpu"
-
-
-def match_varying(cotangent: jax.Array, primal: jax.Array) -> jax.Array:
-  """Gives a custom VJP's cotangent the primal's shard_map type.
-
-  Inside ``shard_map`` an invariant (replicated) primal used with varying operands is implicitly
-  broadcast (pvary); the transpose of that broadcast is a sum over the extra axes, as JAX's own
-  autodiff does. Outside shard_map this is the identity.
-  """
-  extra = tuple(sorted(_varying_axes(cotangent) - _varying_axes(primal)))
-  return jax.lax.psum(cotangent, extra) if extra else cotangent
