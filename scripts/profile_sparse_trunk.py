@@ -13,12 +13,17 @@ function:
   fwd      the whole layer (sites + rulebook + arithmetic + bias/ReLU); fwd - arith is the
            kernel-map cost
   fwd+bwd  value and gradient of sum(out * r) in the input features (and the kernel)
+  GMAC     the layer's useful multiply-adds: rulebook pairs (output site, active input voxel of the
+           fine grid) × C_in × C_out, in 10⁹; "GFLOP/s" is 2 × GMAC / arith, the rate at which
+           the arithmetic did useful work (a space-to-depth conv also multiplies the empty voxels
+           of its coarse cells, so its rate is low by design)
 
 plus the whole paper network (trunk + homoscedastic head) forward and forward+backward as in the
 benchmark. Times are medians of ``--repeats`` calls after one warm-up (compilation excluded);
 the machine load is printed with them.
 
   python scripts/profile_sparse_trunk.py --batch 64 --repeats 5
+  python scripts/profile_sparse_trunk.py --batch 64 --energy-kev 40 --sigma-um 200   # smaller events
 """
 
 from __future__ import annotations
@@ -73,6 +78,17 @@ def _arithmetic(kind: str, kernel: int, stride: int, cap: int, st, method: str):
   return jax.jit(lambda s, w, m: reference.conv_compute(s.features, m, flat(w))), kmap
 
 
+def _useful_gmac(kind: str, kernel: int, stride: int, cap: int, st, c_out: int) -> float:
+  """Useful multiply-adds of a conv in 10⁹: rulebook pairs on the fine grid × C_in × C_out (pool: 0)."""
+  if kind == "pool":
+    return 0.0
+  from recoil_jax.ops.sparse import kernel_map as km
+  kmap = km.build_conv_map(st.coords, st.spatial_shape, st.batch_size, (kernel,) * 3, (stride,) * 3,
+                           (0,) * 3, (1,) * 3, cap, build_in_map=False)
+  pairs = int(np.sum(np.asarray(kmap.out_map) >= 0))
+  return pairs * st.num_channels * c_out / 1e9
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--batch", type=int, default=64)
@@ -80,6 +96,8 @@ def main() -> None:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--method", default="auto", help="kernel-map method: auto, sort, grid or bitmap")
   p.add_argument("--skip-model", action="store_true", help="only the per-layer table")
+  p.add_argument("--energy-kev", type=float, default=50.0, help="simulated recoil energy")
+  p.add_argument("--sigma-um", type=float, default=443.0, help="smearing σ of the preprocessing")
   args = p.parse_args()
 
   import jax
@@ -90,17 +108,19 @@ def main() -> None:
   from recoil_jax.ops import sparse
   from recoil_jax.ops.sparse import reference
 
-  coords, charges, nvox, labels, _ = bench_sparse_conv.make_batch(args.batch, args.seed, 2048)
+  coords, charges, nvox, labels, _ = bench_sparse_conv.make_batch(
+      args.batch, args.seed, 2048, args.energy_kev, args.sigma_um)
   b = args.batch
   caps = tpc_model.TpcDirectionNet().capacity_per_event
-  print(f"batch {b} simulated 50 keV tracks (σ 443 µm), {np.mean(nvox):.0f} active voxels/event; "
+  print(f"batch {b} simulated {args.energy_kev:g} keV tracks (σ {args.sigma_um:g} µm), "
+        f"{np.mean(nvox):.0f} active voxels/event; "
         f"capacities/event {tuple(caps)}; load average {os.getloadavg()}")
 
   vox = jax.jit(lambda c, q, n: sparse.from_padded_voxels(c, q[..., None], n, (120,) * 3))
   args_v = (jnp.asarray(coords), jnp.asarray(charges), jnp.asarray(nvox))
   st = vox(*args_v)
   rows = [("voxels", st.capacity, int(st.num_active), _median_time(lambda: vox(*args_v), args.repeats),
-           float("nan"), float("nan"), float("nan"))]
+           float("nan"), float("nan"), float("nan"), float("nan"))]
   rng = np.random.default_rng(0)
   total_map = total_arith = total_fwd = total_bwd = 0.0
   for i, (kind, _, kernel, stride) in enumerate(tpc_model.TRUNKS["paper"]):
@@ -131,22 +151,23 @@ def main() -> None:
     bwd = jax.jit(jax.value_and_grad(
         lambda x, w, s, layer=layer, r=r: jnp.sum(layer(s.replace(features=x), w).features * r),
         argnums=(0, 1)))
+    gmac = _useful_gmac(kind, kernel, stride, cap, st, c_out)
     t_map = _median_time(lambda: mapf(st, w), args.repeats)
     t_fwd = _median_time(lambda: fwd(st, w), args.repeats)
     t_bwd = _median_time(lambda: bwd(st.features, w, st), args.repeats)
     dropped = int(st.overflow)
     st = fwd(st, w)
     rows.append((name, cap, int(st.num_active) + int(st.overflow) - dropped, t_map, t_arith, t_fwd,
-                 t_bwd))
+                 t_bwd, gmac))
     total_map += t_map
     total_arith += t_arith
     total_fwd += t_fwd
     total_bwd += t_bwd
   print(f"{'layer':<28} {'rows':>7} {'sites':>7} {'sites ms':>9} {'arith ms':>9} {'fwd ms':>8} "
-        f"{'fwd+bwd ms':>11}")
-  for name, cap, sites, t_map, t_arith, t_fwd, t_bwd in rows:
+        f"{'fwd+bwd ms':>11} {'GMAC':>6} {'GFLOP/s':>8}")
+  for name, cap, sites, t_map, t_arith, t_fwd, t_bwd, gmac in rows:
     print(f"{name:<28} {cap:>7} {sites:>7} {t_map * 1e3:>9.1f} {t_arith * 1e3:>9.1f} "
-          f"{t_fwd * 1e3:>8.1f} {t_bwd * 1e3:>11.1f}")
+          f"{t_fwd * 1e3:>8.1f} {t_bwd * 1e3:>11.1f} {gmac:>6.2f} {2 * gmac / t_arith:>8.1f}")
   print(f"{'sum of layers':<28} {'':>7} {'':>7} {total_map * 1e3:>9.1f} {total_arith * 1e3:>9.1f} "
         f"{total_fwd * 1e3:>8.1f} {total_bwd * 1e3:>11.1f}")
   if not args.skip_model:

@@ -14,6 +14,7 @@ from jax.test_util import check_grads
 
 from recoil_jax.ops import sparse as sp
 from recoil_jax.ops.sparse import kernel_map as km
+from recoil_jax.ops.sparse import reference
 
 DN = ("NDHWC", "DHWIO", "NDHWC")
 
@@ -365,7 +366,8 @@ def test_matmul_scatter_blocks_and_offset_chunks_agree():
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-4, err_msg=str(chunk))
 
 
-def test_gather_first_row_blocks_agree_and_skip_the_inactive_tail():
+@pytest.mark.parametrize("capacity", [1500, 1499])  # blocks that divide it; a padded last block
+def test_gather_first_row_blocks_agree_and_skip_the_inactive_tail(capacity):
   """gather_first over row blocks (inactive tail blocks skipped) equals the offset-chunk path
   and one single step, in values and in gradients of features and kernel."""
   rng = np.random.default_rng(10)
@@ -373,9 +375,9 @@ def test_gather_first_row_blocks_agree_and_skip_the_inactive_tail():
   st = sp.from_dense(jnp.asarray(x), int(occ.sum()) + 50)
   w = jnp.asarray(rng.normal(size=(27, 3, 4)), jnp.float32)
   kmap = km.build_conv_map(st.coords, st.spatial_shape, 4, (3, 3, 3), (2, 2, 2), (1, 1, 1),
-                           (1, 1, 1), 1500)  # > 2/3 of the output rows inactive (the tail)
+                           (1, 1, 1), capacity)  # > 2/3 of the output rows inactive (the tail)
   assert int(kmap.num_sites) < 500
-  r = jnp.asarray(rng.normal(size=(1500, 4)), jnp.float32)
+  r = jnp.asarray(rng.normal(size=(capacity, 4)), jnp.float32)
 
   def run(feats, kernel, chunk):
     return sp.gather_matmul(feats, kmap.out_map, kernel, order="gather_first",
@@ -391,6 +393,12 @@ def test_gather_first_row_blocks_agree_and_skip_the_inactive_tail():
   for chunk in (27 * 3 * 40, 27 * 3 * 10):  # float32 sums of <= 27 terms in different orders
     for a, b in zip(results[1 << 30], results[chunk]):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-4, err_msg=str(chunk))
+
+
+def test_row_blocks_divide_the_rows_when_they_can():
+  assert reference._row_blocks(122880, 1213) == (1024, 0)
+  assert reference._row_blocks(1499, 40) == (40, 21)  # prime: balanced blocks, the last one padded
+  assert reference._row_blocks(100, 400) == (100, 0)
 
 
 def test_disjoint_max_pool_gradient_equals_the_scatter_path():
@@ -429,7 +437,8 @@ def test_matmul_scatter_custom_vjp_equals_autodiff():
   autodiff), with garbage in the inactive tail rows receiving no gradient, under shard_map too."""
   rng = np.random.default_rng(12)
   x, occ = random_dense(rng, 3, (7, 6, 8), 3, 0.3)
-  st = sp.from_dense(jnp.asarray(x), int(occ.sum()) + 300)
+  capacity = next(n for n in range(int(occ.sum()) + 300, 10**5) if all(n % d for d in range(2, n)))
+  st = sp.from_dense(jnp.asarray(x), capacity)  # prime: the last row block is padded
   garbage = st.features + jnp.asarray(~np.asarray(st.mask)[:, None] * 5.0, jnp.float32)
   w = jnp.asarray(rng.normal(size=(27, 3, 4)), jnp.float32)
   kmap = km.build_conv_map(st.coords, st.spatial_shape, 3, (3, 3, 3), (1, 1, 1), (1, 1, 1),

@@ -178,6 +178,21 @@ def gather_matmul(features: jax.Array, out_map: jax.Array, kernel: jax.Array, *,
   return _fold(body, jnp.zeros((n_out, c_out), dtype), n)
 
 
+def _row_blocks(n: int, target: int) -> tuple[int, int]:
+  """(rows per block, padding rows) for blocks of about ``target`` rows over ``n`` rows.
+
+  A divisor of ``n`` in [target/2, target] when there is one (capacities are multiples of the batch
+  size, so there usually is): no padded copy of the map and the features is made (a fresh
+  multi-MB buffer costs more than the blocks' work on this CPU). Otherwise balanced blocks with
+  the last one padded.
+  """
+  for rows in range(target, (target + 1) // 2 - 1, -1):
+    if n % rows == 0:
+      return rows, 0
+  rows = math.ceil(n / math.ceil(n / target))
+  return rows, math.ceil(n / rows) * rows - n
+
+
 def _gather_first_row_blocks(x: jax.Array, out_map: jax.Array, kernel: jax.Array,
                              rows: int) -> jax.Array:
   """`gather_matmul`'s gather_first over blocks of ``rows`` output rows, all offsets per block.
@@ -192,20 +207,18 @@ def _gather_first_row_blocks(x: jax.Array, out_map: jax.Array, kernel: jax.Array
   n_in = x.shape[0] - 1
   n_out, k = out_map.shape
   c_in, c_out = kernel.shape[1:]
-  nb = math.ceil(n_out / rows)
-  rows = math.ceil(n_out / nb)  # balance blocks
-  maps = jnp.pad(jnp.where(out_map < 0, n_in, out_map), ((0, nb * rows - n_out), (0, 0)),
-                 constant_values=n_in)
+  rows, pad = _row_blocks(n_out, rows)
+  maps = jnp.pad(out_map, ((0, pad), (0, 0)), constant_values=-1) if pad else out_map
   w = kernel.reshape(k * c_in, c_out)
 
-  def block_out(block):  # [rows, K] map rows -> [rows, C_out]
-    y = lambda: _take_rows(x, block).reshape(rows, k * c_in) @ w  # noqa: E731
+  def block_out(block):  # [rows, K] map rows (-1 = none) -> [rows, C_out]
+    y = lambda: _take_rows(x, jnp.where(block < 0, n_in, block)).reshape(rows, k * c_in) @ w  # noqa: E731
     # zeros_like keeps x's shard_map type (cond wants both branches typed alike).
-    return lax.cond(jnp.any(block != n_in), y, lambda: jnp.zeros_like(x, shape=(rows, c_out)))
+    return lax.cond(jnp.any(block >= 0), y, lambda: jnp.zeros_like(x, shape=(rows, c_out)))
 
   step = jax.checkpoint(block_out)
-  ys = lax.map(step, maps.reshape(nb, rows, k))
-  return ys.reshape(nb * rows, c_out)[:n_out]
+  ys = lax.map(step, maps.reshape(-1, rows, k))
+  return ys.reshape(-1, c_out)[:n_out]
 
 
 @functools.partial(jax.jit, static_argnames=("num_out", "max_chunk_elements"))
@@ -240,15 +253,21 @@ def matmul_scatter(features: jax.Array, in_map: jax.Array, kernel: jax.Array, nu
   if blk < min(n_in, MIN_BLOCK_ROWS):
     acc = jnp.zeros((num_out + 1, c_out), dtype)  # row num_out takes the missing entries
     return _matmul_scatter_offset_chunks(x, in_map, kernel, acc, max_chunk_elements)[:num_out]
-  nb = math.ceil(n_in / blk)
-  blk = math.ceil(n_in / nb)  # balance blocks
-  pad = nb * blk - n_in
-  maps = jnp.pad(jnp.where(in_map < 0, num_out, in_map), ((0, pad), (0, 0)), constant_values=num_out)
-  return _scatter_blocks(jnp.pad(x, ((0, pad), (0, 0))), maps, kernel, num_out, blk)[0][:num_out]
+  blk, pad = _row_blocks(n_in, blk)
+  if pad:
+    x = jnp.pad(x, ((0, pad), (0, 0)))
+    in_map = jnp.pad(in_map, ((0, pad), (0, 0)), constant_values=-1)
+  return _scatter_blocks(x, in_map, kernel, num_out, blk)[0][:num_out]
 
 
 def _block_rows(a: jax.Array, i: jax.Array, blk: int) -> jax.Array:
   return lax.dynamic_slice_in_dim(a, i * blk, blk)
+
+
+def _out_rows(maps: jax.Array, i: jax.Array, blk: int, num_out: int) -> jax.Array:
+  """Block ``i``'s map entries, flat [blk*K], with -1 (none) sent to the spare row ``num_out``."""
+  block = _block_rows(maps, i, blk).reshape(-1)
+  return jnp.where(block < 0, num_out, block)
 
 
 def _scatter_blocks_impl(x, maps, kernel, num_out, blk):
@@ -258,10 +277,10 @@ def _scatter_blocks_impl(x, maps, kernel, num_out, blk):
 
   def compute(acc, i):
     y = (_block_rows(x, i, blk) @ w).reshape(blk * k, c_out)
-    return _add_rows(acc, _block_rows(maps, i, blk).reshape(-1), y)  # in place in the loop
+    return _add_rows(acc, _out_rows(maps, i, blk, num_out), y)  # in place in the loop
 
   def body(acc, i):
-    live = jnp.any(_block_rows(maps, i, blk) != num_out)
+    live = jnp.any(_block_rows(maps, i, blk) >= 0)
     return lax.cond(live, compute, lambda a, _: a, acc, i), None
 
   # Block 0 unconditionally (carry type, see `_fold`), the others skipped when empty.
@@ -271,7 +290,7 @@ def _scatter_blocks_impl(x, maps, kernel, num_out, blk):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _scatter_blocks(x, maps, kernel, num_out, blk):
-  """`matmul_scatter` over row blocks: x [nb*blk, C_in], maps [nb*blk, K] (num_out = none),
+  """`matmul_scatter` over row blocks: x [nb*blk, C_in], maps [nb*blk, K] (-1 = none),
   kernel [K, C_in, C_out] -> ([num_out + 1, C_out],).
 
   Custom VJP: autodiff's transpose of the skipped-block scan copies the whole accumulator's
@@ -295,11 +314,11 @@ def _scatter_blocks_bwd(num_out, blk, res, cotangents):
   w_t = kernel.transpose(0, 2, 1).reshape(k * c_out, c_in)
 
   def grads(i):
-    gy = _take_rows(g, _block_rows(maps, i, blk).reshape(-1)).reshape(blk, k * c_out)
+    gy = _take_rows(g, _out_rows(maps, i, blk, num_out)).reshape(blk, k * c_out)
     return gy @ w_t, _block_rows(x, i, blk).T @ gy  # dx block [blk, C_in], dW [C_in, K*C_out]
 
   def body(dw, i):
-    live = jnp.any(_block_rows(maps, i, blk) != num_out)
+    live = jnp.any(_block_rows(maps, i, blk) >= 0)
     dx_blk, dw_blk = lax.cond(live, grads,
                               lambda _: (jnp.zeros_like(x, shape=(blk, c_in)), jnp.zeros_like(dw)), i)
     return dw + dw_blk, dx_blk
