@@ -66,7 +66,8 @@ class SparseConv3d(nn.Module):
     use_bias: add a bias on active output sites.
     out_capacity: static output rows (None: see module docstring).
     method: kernel-map implementation ("auto", "sort", "grid").
-    compute: arithmetic ("auto", "gather_first", "matmul_gather", "matmul_scatter").
+    compute: arithmetic ("auto", "gather_first", "matmul_gather", "matmul_scatter";
+      "matmul_scatter", auto's usual choice at stride 1, differentiates in reverse mode only).
     backend: "auto" (Pallas on GPU, XLA elsewhere), "xla" or "pallas"; ``method`` and ``compute``
       tune the XLA path only.
     interpret: run the Pallas kernels in the interpreter (CPU tests).

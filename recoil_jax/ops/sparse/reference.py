@@ -513,7 +513,9 @@ def sparse_conv(st: SparseTensor, kernel: jax.Array, bias: jax.Array | None = No
       ``overflow`` under jit.
     method: kernel-map implementation ("auto", "sort", "grid", "bitmap").
     compute: arithmetic ("auto", "gather_first", "matmul_gather", "matmul_scatter"); with the
-      space-to-depth route it applies to the coarse stride-1 convolution.
+      space-to-depth route it applies to the coarse stride-1 convolution. "matmul_scatter"
+      (auto's usual choice for stride-1 convs) differentiates in reverse mode only; pass
+      "gather_first" for forward mode (``jax.jvp``, ``jax.jacfwd``).
     max_chunk_elements: memory bound of one gathered chunk.
     where: name used in error messages.
 
