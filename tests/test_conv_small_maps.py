@@ -117,22 +117,23 @@ def test_small_map_conv_takes_the_matmul_only_on_small_plain_maps(monkeypatch):
   monkeypatch.setattr(conv, "blocked_wgrad_conv",
                       lambda *a, **kw: blocked.append(a[0].shape) or real_blocked(*a, **kw))
   w = jnp.ones((3, 3, 2, 2))
-  small, large = jnp.ones((1, 4, 4, 2)), jnp.ones((1, 32, 32, 2))
+  small, medium, large = jnp.ones((1, 4, 4, 2)), jnp.ones((1, 32, 32, 2)), jnp.ones((1, 64, 64, 2))
   conv.small_map_conv(small, w, (1, 1), "SAME", dimension_numbers=NHWC)
-  conv.small_map_conv(large, w, (1, 1), "SAME", dimension_numbers=NHWC)  # 1024 > 256
+  conv.small_map_conv(medium, w, (1, 1), "SAME", dimension_numbers=NHWC)  # 256 < 1024 < 4096: lax
+  conv.small_map_conv(large, w, (1, 1), "SAME", dimension_numbers=NHWC)  # 4096 positions
   conv.small_map_conv(small, w, (2, 2), "SAME", dimension_numbers=NHWC)  # strided
   conv.small_map_conv(small, w, (1, 1), "VALID", dimension_numbers=NHWC)
   nchw = jnp.ones((1, 2, 4, 4))
   conv.small_map_conv(nchw, jnp.ones((2, 2, 3, 3)), (1, 1), "SAME",
                       dimension_numbers=("NCHW", "OIHW", "NCHW"))  # not channels-last
-  wide = jnp.ones((1, 32, 32, conv.BLOCKED_WGRAD_MAX_CHANNELS + 1))
+  wide = jnp.ones((1, 64, 64, conv.BLOCKED_WGRAD_MAX_CHANNELS + 1))
   conv.small_map_conv(wide, jnp.ones((3, 3, wide.shape[-1], 2)), (1, 1), "SAME",
                       dimension_numbers=NHWC)  # too many channels: lax
   conv.small_map_conv(large, jnp.ones((2, 2, 2, 2)), (1, 1), "SAME",
                       dimension_numbers=NHWC)  # even kernel: lax
   assert calls == [(1, 4, 4, 2)]
-  assert blocked == [(1, 32, 32, 2)]  # the large map, 3×3, 2 channels
-  assert conv.SMALL_MAP_POSITIONS < 32 * 32
+  assert blocked == [(1, 64, 64, 2)]  # the large map, 3×3, 2 channels
+  assert conv.SMALL_MAP_POSITIONS < 32 * 32 < conv.BLOCKED_WGRAD_MIN_POSITIONS <= 64 * 64
 
 
 def test_flax_conv_drop_in_keeps_the_parameters():
@@ -147,10 +148,12 @@ def test_flax_conv_drop_in_keeps_the_parameters():
                                rtol=1e-5, atol=1e-5)
 
 
-def test_uresnet_with_small_map_convs_equals_the_plain_network():
-  # A one-level UResNet: its level-0 3×3 convolutions (16×32 per plane) take the blocked
-  # weight gradient, the deepest 5×5 ones (8×16) the patch matmul.
+def test_uresnet_with_small_map_convs_equals_the_plain_network(monkeypatch):
+  # A one-level UResNet: its level-0 3×3 convolutions (16×32 per plane, the blocked weight
+  # gradient's threshold lowered to take them) take the blocked weight gradient, the deepest
+  # 5×5 ones (8×16) the patch matmul.
   from recoil_jax.studies.sbnd import model as uresnet  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(conv, "BLOCKED_WGRAD_MIN_POSITIONS", 16 * 32)
   kw = dict(initial_filters=2, depth=1, deepest_filters=8, deepest_blocks=1,
             blocks_per_level=1)
   images = jax.random.uniform(jax.random.key(3), (1, 3, 16, 32))

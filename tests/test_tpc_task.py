@@ -81,7 +81,8 @@ def test_model_heads_on_simulated_tracks(head):
   batch = {"coords": jnp.asarray(vox.coords), "charges": jnp.asarray(vox.charges),
            "num_voxels": jnp.asarray(vox.num_voxels)}
   model = tpc_model.TpcDirectionNet(head=head)
-  out = model.apply(model.init(jax.random.PRNGKey(0), batch), batch)
+  # Jitted, as the trainer runs it: op-by-op sparse layers take longer than one compilation.
+  out = jax.jit(model.apply)(jax.jit(model.init)(jax.random.PRNGKey(0), batch), batch)
   np.testing.assert_allclose(np.linalg.norm(out["pred_direction"], axis=-1), 1.0, rtol=1e-5)
   assert int(out["overflow"][0]) == 0
   if head == "kent":

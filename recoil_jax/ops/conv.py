@@ -15,8 +15,8 @@ Two exact rewrites of a stride-1, undilated, SAME ``lax.conv_general_dilated``:
   3×128×256 UResNet (``scripts/profile_uresnet_step.py``) put its deepest level, 8 output
   positions, at about a quarter of the step. The matmul's gradients are matmuls too.
 
-* **Blocked weight gradient on large maps.** For odd square kernels on maps with more than
-  ``SMALL_MAP_POSITIONS`` positions and at most ``BLOCKED_WGRAD_MAX_CHANNELS`` input channels,
+* **Blocked weight gradient on large maps.** For odd square kernels on maps with at least
+  ``BLOCKED_WGRAD_MIN_POSITIONS`` positions and at most ``BLOCKED_WGRAD_MAX_CHANNELS`` input channels,
   ``small_map_conv`` keeps XLA's forward and input gradient but computes the weight gradient
   as row blocks of ~1 MB of im2col patches, one [C_out, positions] · [positions, k²·C_in]
   matmul per block (``blocked_weight_gradient``). XLA:CPU's own weight-gradient convolution
@@ -47,6 +47,9 @@ SMALL_MAP_POSITIONS = 256
 # Input channels up to which large-map convolutions take ``blocked_weight_gradient``
 # (measured gain at 8–64 channels; 128 channels gained nothing at 3×128×256).
 BLOCKED_WGRAD_MAX_CHANNELS = 64
+# Output positions (batch × pixels) from which they do: on smaller maps XLA's weight gradient
+# is cheap and the blocked loop only adds compile time (≈ 6 s of the SBND smoke run's 29 s).
+BLOCKED_WGRAD_MIN_POSITIONS = 4096
 
 
 def _is_plain_same(window_strides, padding, lhs_dilation, rhs_dilation, ndim) -> bool:
@@ -185,8 +188,8 @@ def small_map_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dil
                    precision=None, preferred_element_type=None):
   """``cropped_conv`` (same signature); channels-last and ungrouped: on maps with at most
   ``SMALL_MAP_POSITIONS`` output positions a patch matmul instead of XLA's convolution, on
-  larger maps with odd square kernels and ≤ ``BLOCKED_WGRAD_MAX_CHANNELS`` input channels
-  ``blocked_wgrad_conv`` (module docstring)."""
+  maps with ≥ ``BLOCKED_WGRAD_MIN_POSITIONS`` positions, odd square kernels and
+  ≤ ``BLOCKED_WGRAD_MAX_CHANNELS`` input channels ``blocked_wgrad_conv`` (module docstring)."""
   if (_is_plain_same(window_strides, padding, lhs_dilation, rhs_dilation, lhs.ndim)
       and feature_group_count == 1 and batch_group_count == 1
       and math.prod(lhs.shape[:-1]) <= SMALL_MAP_POSITIONS
@@ -199,6 +202,7 @@ def small_map_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dil
       and rhs.shape[0] == rhs.shape[1] > 1 and rhs.shape[0] % 2 == 1
       and lhs.shape[1] >= rhs.shape[0] and lhs.shape[2] >= rhs.shape[1]
       and lhs.shape[-1] <= BLOCKED_WGRAD_MAX_CHANNELS
+      and math.prod(lhs.shape[:-1]) >= BLOCKED_WGRAD_MIN_POSITIONS
       and _channels_last(lhs, rhs, dimension_numbers)):
     return blocked_wgrad_conv(lhs, rhs, precision, preferred_element_type)
   return cropped_conv(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
