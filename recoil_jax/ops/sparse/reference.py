@@ -51,7 +51,8 @@ DEFAULT_CHUNK_ELEMENTS = 1 << 23  # 8 Mi numbers (32 MiB in float32) per gathere
 MIN_BLOCK_ROWS = 32  # matmul_scatter: below this many rows per block, chunk the offsets instead
 # matmul_scatter: numbers of a block's [rows, K*C_out] products (2 MiB in float32): small enough to
 # stay in a core's L2 cache between the matmul that writes them and the scatter that reads them
-# (4 MiB: 1.7-1.9x faster forward than 32 MiB blocks on the paper trunk's k4 and k3 convs).
+# (2-4 MiB blocks: 1.6-1.9x faster forwards than 32 MiB ones on the paper trunk's k4 and k3 convs,
+# one core; 0.5-8 MiB measured alike).
 SCATTER_BLOCK_ELEMENTS = 1 << 19
 GATHER_FIRST_OFFSETS = 8  # gather_first over offset chunks: offsets per step at most
 # gather_first over row blocks: gathered numbers per block (1 MiB in float32, cache-sized).
