@@ -49,11 +49,12 @@ from recoil_jax.ops.sparse.tensor import CapacityOverflowError, SparseTensor, is
 COMPUTES = ("auto", "gather_first", "matmul_gather", "matmul_scatter")
 DEFAULT_CHUNK_ELEMENTS = 1 << 23  # 8 Mi numbers (32 MiB in float32) per gathered chunk
 MIN_BLOCK_ROWS = 32  # matmul_scatter: below this many rows per block, chunk the offsets instead
-# matmul_scatter: numbers of a block's [rows, K*C_out] products (2 MiB in float32): small enough to
-# stay in a core's L2 cache between the matmul that writes them and the scatter that reads them
-# (2-4 MiB blocks: 1.6-1.9x faster forwards than 32 MiB ones on the paper trunk's k4 and k3 convs,
-# one core; 0.5-8 MiB measured alike).
-SCATTER_BLOCK_ELEMENTS = 1 << 19
+# matmul_scatter: numbers of a block's [rows, K*C_out] products (8 MiB in float32): small enough to
+# stay in cache between the matmul that writes them and the scatter that reads them (2-8 MiB
+# blocks: 1.6-1.9x faster forwards than 32 MiB ones on the paper trunk's k4 and k3 convs, one
+# core), large enough for XLA to split each block's matmuls over two cores (8 MiB: forward and
+# backward 10-20 % faster than 2 MiB on two cores, alike on one).
+SCATTER_BLOCK_ELEMENTS = 1 << 21
 GATHER_FIRST_OFFSETS = 8  # gather_first over offset chunks: offsets per step at most
 # gather_first over row blocks: gathered numbers per block (1 MiB in float32, cache-sized).
 GATHER_FIRST_BLOCK_ELEMENTS = 1 << 18
