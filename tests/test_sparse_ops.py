@@ -432,6 +432,34 @@ def test_disjoint_max_pool_gradient_equals_the_scatter_path():
   np.testing.assert_array_equal(np.asarray(pooled.features), np.asarray(derivatives(True)[0]))
 
 
+def test_pool_winner_is_the_first_maximum_above_zero(monkeypatch):
+  """`_running_max` (all offsets gathered, max + argmax) against a loop over the offsets in numpy:
+  the winner is the first input strictly above the running max from 0 (ties: the first; values
+  <= 0, NaNs and missing entries never win), in one block and in padded row blocks;
+  `_max_over_offsets` gives the same maxima."""
+  rng = np.random.default_rng(21)
+  n_in, n_out, k, c = 60, 37, 5, 3
+  x = rng.integers(-2, 3, size=(n_in, c)).astype(np.float32)
+  x[rng.random((n_in, c)) < 0.1] = np.nan
+  out_map = rng.integers(-1, n_in, size=(n_out, k)).astype(np.int32)
+  best = np.zeros((n_out, c), np.float32)
+  win = np.full((n_out, c), n_in, np.int32)
+  for o in range(n_out):
+    for j in range(k):
+      n = out_map[o, j]
+      v = x[n] if n >= 0 else np.zeros(c, np.float32)
+      better = v > best[o]  # NaN compares False
+      best[o] = np.where(better, v, best[o])
+      win[o] = np.where(better, n, win[o])
+  for block_elements in (1 << 24, 7 * (k + 1) * c):  # one block; blocks of 7 rows (37 -> padded)
+    monkeypatch.setattr(reference, "POOL_BLOCK_ELEMENTS", block_elements)
+    got_best, got_win = reference._running_max(jnp.asarray(x), jnp.asarray(out_map))
+    np.testing.assert_array_equal(np.asarray(got_best), best)
+    np.testing.assert_array_equal(np.asarray(got_win), win)
+  np.testing.assert_array_equal(
+      np.asarray(reference._max_over_offsets(jnp.asarray(x), jnp.asarray(out_map))), best)
+
+
 def test_matmul_scatter_custom_vjp_equals_autodiff():
   """The blocked custom VJP equals autodiff of the same sums (the offset-chunk path, plain
   autodiff), with garbage in the inactive tail rows receiving no gradient, under shard_map too."""
