@@ -88,6 +88,11 @@ CLASS_WEIGHTS = (1.0, 1.5, 10.0)  # background, cosmic, neutrino ("light" balanc
 # zeroed ones (scratch of the 3×640×1024 train step: 4.7 GB).
 KEEP_FREED_MEMORY = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
                      "glibc.malloc.trim_threshold=1000000000000000")
+# ``--malloc hugepages``: glibc (>= 2.35) advises transparent huge pages on the memory it maps,
+# so fresh scratch is faulted in 2 MiB pages instead of 4 KiB ones (needs THP "madvise" or
+# "always" in /sys/kernel/mm/transparent_hugepage/enabled).
+HUGE_PAGES = "glibc.malloc.hugetlb=1"
+MALLOC_TUNABLES = {"default": None, "keep": KEEP_FREED_MEMORY, "hugepages": HUGE_PAGES}
 
 
 # --- worker side -------------------------------------------------------------------------
@@ -772,7 +777,7 @@ def main() -> None:
   p.add_argument("--rounds", type=int, default=1,
                  help="subprocesses per implementation and setting, alternating recoil_jax, "
                  "peer, recoil_jax, …; s/step is the median over the rounds")
-  p.add_argument("--malloc", choices=("default", "keep"), default="default",
+  p.add_argument("--malloc", choices=tuple(MALLOC_TUNABLES), default="default",
                  help="keep: every worker (recoil_jax and the peer) runs with GLIBC_TUNABLES "
                  "that keep freed memory in the process, so a step does not page in fresh "
                  "scratch memory (BENCHMARKS.md: faster steps, but fragmentation can double "
@@ -809,7 +814,8 @@ def main() -> None:
   if args.rounds < 1:
     raise SystemExit("--rounds must be >= 1")
   peers, peer_note = _resolve_peers(args.peers, model)
-  malloc_env = {"GLIBC_TUNABLES": KEEP_FREED_MEMORY} if args.malloc == "keep" else {}
+  tunables = MALLOC_TUNABLES[args.malloc]
+  malloc_env = {"GLIBC_TUNABLES": tunables} if tunables else {}
 
   from recoil_jax import io  # pylint: disable=g-import-not-at-top
   from recoil_jax.studies.sbnd import model as uresnet  # pylint: disable=g-import-not-at-top
@@ -888,7 +894,7 @@ def main() -> None:
         f"{uresnet.forward_flops(uresnet.UResNet(), 640, 1024)['total'] / 1e9:.2f} GFLOP "
         f"(with a 5×5 first conv: {uresnet.PAPER_FORWARD_GFLOP}, computed; arXiv 2012.01301 "
         "prints no FLOP count).")
-  print(f"\nmalloc: {args.malloc}" + (f" (GLIBC_TUNABLES={KEEP_FREED_MEMORY})" if malloc_env
+  print(f"\nmalloc: {args.malloc}" + (f" (GLIBC_TUNABLES={tunables})" if malloc_env
                                       else "") + "; minor page faults and system seconds "
         "per timed step (recoil_jax / torch):")
   for entry in report["single"]:
