@@ -308,6 +308,30 @@ def test_grad_accumulation_matches_the_full_batch_under_padding():
         assert a[k] == pytest.approx(f[k], rel=1e-5, abs=1e-7), (strategy, k)
 
 
+def test_micro_batches_are_unrolled_on_the_cpu():
+  """On the CPU the micro-batch loop is unrolled (XLA:CPU runs convolutions inside a while loop
+  on a much slower path): the accumulating step has no more while loops than the plain one
+  (the toy model has its own)."""
+  assert jax.default_backend() == "cpu"
+  smoke = load_config("configs/toy.py", "smoke")
+  task = toy.ToyRegressionTask(smoke)
+  model = task.build_model()
+  src = task.train_source()
+  batch = pipeline.stack_examples([src[i] for i in range(16)], name="train",
+                                  indices=list(range(16)))
+  batch["mask"] = np.ones((16,), np.float32)
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  state = train.create_train_state(model, optax.sgd(0.1), batch, 0, mesh)
+
+  def while_loops(grad_accum_steps):
+    strat = train.make_strategy("shard_map", model, task, mesh, optax.constant_schedule(0.1),
+                                grad_accum_steps=grad_accum_steps)
+    hlo = strat.train_step.lower(strat.to_loop_state(state), strat.place_batch(batch)).as_text()
+    return hlo.count("stablehlo.while")
+
+  assert while_loops(2) == while_loops(1)
+
+
 def test_grad_accumulation_threads_batch_stats_like_a_sequential_loop():
   """BatchNorm under accumulation equals the obvious loop over micro-batches."""
   smoke = load_config("configs/toy.py", "smoke")
