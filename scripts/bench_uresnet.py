@@ -246,6 +246,17 @@ def worker_single(spec: dict) -> dict:
     step = train_step(model, opt)
     state = [(variables["params"], variables["batch_stats"],
               opt.init(variables["params"]))]
+    per_call = spec.get("steps_per_call", 1)
+    if per_call > 1:  # several steps in one executable: its scratch is allocated once per call
+      images = jnp.stack([images] * per_call)
+      labels = jnp.stack([labels] * per_call)
+      one_step = step
+
+      def step(state, xs, ys):  # pylint: disable=function-redefined
+        # Unrolled: inside an XLA:CPU while loop the same step ran ~4x slower (BENCHMARKS.md).
+        state, losses = jax.lax.scan(lambda s, xy: one_step(s, *xy), state, (xs, ys),
+                                     unroll=True)
+        return state, losses[-1]
     t0 = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=0).lower(state[0], images, labels).compile()
     compile_s = time.perf_counter() - t0
@@ -256,6 +267,8 @@ def worker_single(spec: dict) -> dict:
       losses.append(float(loss))
 
     timing = _timed(run, spec["repeats"], spec["budget_s"])
+    for key in ("step_s", "first_call_s", "minor_faults_per_step", "system_s_per_step"):
+      timing[key] /= per_call
     if not np.all(np.isfinite(losses)):
       raise FloatingPointError(f"non-finite loss in the train step: {losses}")
     analytic = 3 * flops
@@ -782,6 +795,11 @@ def main() -> None:
                  "that keep freed memory in the process, so a step does not page in fresh "
                  "scratch memory (BENCHMARKS.md: faster steps, but fragmentation can double "
                  "the peak memory)")
+  p.add_argument("--steps-per-call", type=int, default=1,
+                 help="recoil_jax train mode: this many steps (on copies of the input) in one "
+                 "compiled call, unrolled; s/step, faults and system time are per step. XLA:CPU "
+                 "allocates the scratch once per call, so this shows the cost of fresh memory "
+                 "(the trainer runs one step per call)")
   p.add_argument("--out", default=None, help="also write the results as JSON here")
   p.add_argument("--worker", help=argparse.SUPPRESS)
   args = p.parse_args()
@@ -813,6 +831,8 @@ def main() -> None:
       raise SystemExit(f"--modes: unknown mode {mode!r} (forward, train)")
   if args.rounds < 1:
     raise SystemExit("--rounds must be >= 1")
+  if args.steps_per_call < 1:
+    raise SystemExit("--steps-per-call must be >= 1")
   peers, peer_note = _resolve_peers(args.peers, model)
   tunables = MALLOC_TUNABLES[args.malloc]
   malloc_env = {"GLIBC_TUNABLES": tunables} if tunables else {}
@@ -844,10 +864,12 @@ def main() -> None:
         for mode in modes:
           spec = {"kind": "single", "size": (height, width), "threads": t, "dtype": dtype,
                   "mode": mode, "batch": args.batch, "repeats": args.repeats,
-                  "budget_s": args.budget_s, "model": model}
+                  "budget_s": args.budget_s, "model": model,
+                  "steps_per_call": args.steps_per_call if mode == "train" else 1}
           # The peer is float32 only (recoil_jax's bfloat16 keeps float32 parameters; a torch
-          # autocast run would be a different computation).
-          peer_spec = dict(spec, kind="torch") if peers and dtype == "float32" else None
+          # autocast run would be a different computation). It runs one step per call.
+          peer_spec = (dict(spec, kind="torch", steps_per_call=1) if peers and dtype == "float32"
+                       else None)
           runs, peer_runs = [], []
           for _ in range(args.rounds):  # alternate, so that load changes hit both
             runs.append(_run_worker(spec, malloc_env, args.timeout_s))
@@ -894,6 +916,9 @@ def main() -> None:
         f"{uresnet.forward_flops(uresnet.UResNet(), 640, 1024)['total'] / 1e9:.2f} GFLOP "
         f"(with a 5×5 first conv: {uresnet.PAPER_FORWARD_GFLOP}, computed; arXiv 2012.01301 "
         "prints no FLOP count).")
+  if args.steps_per_call > 1:
+    print(f"\nrecoil_jax train steps per compiled call: {args.steps_per_call} (unrolled; the peer "
+          "and the trainer run one per call); figures per step.")
   print(f"\nmalloc: {args.malloc}" + (f" (GLIBC_TUNABLES={tunables})" if malloc_env
                                       else "") + "; minor page faults and system seconds "
         "per timed step (recoil_jax / torch):")
