@@ -20,7 +20,8 @@ update. Each device differentiates the *sum* of its loss terms; the gradients an
 psum(grad sum) / psum(count)``: the exact gradient of the global masked mean (equal to
 ``pmean`` of per-device mean-loss gradients when devices hold equal counts, and still
 exact when padding makes them unequal). ``config.train.grad_accum_steps = k`` splits each
-device's batch into ``k`` contiguous micro-batches run in a ``lax.scan``, accumulating
+device's batch into ``k`` contiguous micro-batches run in a ``lax.scan`` (unrolled on the CPU,
+where XLA's convolutions inside a loop are slow), accumulating
 gradients and (sum, count) terms and threading mutable collections through them; the
 update equals the full batch's up to float reassociation (not with BatchNorm in training
 mode, whose statistics are then those of a micro-batch). ``global_batch_size`` must be a
