@@ -308,18 +308,25 @@ def test_grad_accumulation_matches_the_full_batch_under_padding():
         assert a[k] == pytest.approx(f[k], rel=1e-5, abs=1e-7), (strategy, k)
 
 
+def _toy_model_and_first_batch(**model_overrides):
+  """(task, model, batch): the toy smoke task (``config.model`` overrides applied), its model
+  and its first 16 training examples, unpadded."""
+  smoke = load_config("configs/toy.py", "smoke")
+  smoke.model.update(model_overrides)
+  task = toy.ToyRegressionTask(smoke)
+  src = task.train_source()
+  batch = pipeline.stack_examples([src[i] for i in range(16)], name="train",
+                                  indices=list(range(16)))
+  batch["mask"] = np.ones((16,), np.float32)
+  return task, task.build_model(), batch
+
+
 def test_micro_batches_are_unrolled_on_the_cpu():
   """On the CPU the micro-batch loop is unrolled (XLA:CPU runs convolutions inside a while loop
   on a much slower path): the accumulating step has no more while loops than the plain one
   (the toy model has its own)."""
   assert jax.default_backend() == "cpu"
-  smoke = load_config("configs/toy.py", "smoke")
-  task = toy.ToyRegressionTask(smoke)
-  model = task.build_model()
-  src = task.train_source()
-  batch = pipeline.stack_examples([src[i] for i in range(16)], name="train",
-                                  indices=list(range(16)))
-  batch["mask"] = np.ones((16,), np.float32)
+  task, model, batch = _toy_model_and_first_batch()
   mesh = parallel.make_mesh(jax.devices()[:1])
   state = train.create_train_state(model, optax.sgd(0.1), batch, 0, mesh)
 
@@ -334,14 +341,7 @@ def test_micro_batches_are_unrolled_on_the_cpu():
 
 def test_grad_accumulation_threads_batch_stats_like_a_sequential_loop():
   """BatchNorm under accumulation equals the obvious loop over micro-batches."""
-  smoke = load_config("configs/toy.py", "smoke")
-  smoke.model.dropout_rate = 0.0  # BatchNorm on.
-  task = toy.ToyRegressionTask(smoke)
-  model = task.build_model()
-  src = task.train_source()
-  batch = pipeline.stack_examples([src[i] for i in range(16)], name="train",
-                                  indices=list(range(16)))
-  batch["mask"] = np.ones((16,), np.float32)
+  task, model, batch = _toy_model_and_first_batch(dropout_rate=0.0)  # BatchNorm on.
   state = train.create_train_state(model, optax.sgd(1.0), batch, 0,
                                    parallel.make_mesh(jax.devices()[:1]))
   params = jax.tree.map(np.asarray, state.params)
