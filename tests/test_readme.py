@@ -29,7 +29,8 @@ def test_quickstart_has_two_commands_install_and_tests():
   assert len(commands) == 2, commands
   main_job, tests = commands
   assert "pip install -e ." in main_job and "python -m recoil_jax.main" in main_job
-  assert "pip install -e \".[test]\"" in tests and tests.rstrip().endswith("pytest -n 2")
+  assert "pip install -e \".[test]\"" in tests
+  assert tests.rstrip().endswith("pytest -n 2 --dist loadfile")
 
 
 def test_ci_runs_the_readme_test_command_in_a_fresh_venv():
