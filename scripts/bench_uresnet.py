@@ -232,6 +232,7 @@ def worker_single(spec: dict) -> dict:
   output_shape = list(jax.eval_shape(lambda v, x: model.apply(v, x, train=False),
                                      variables, images).shape)
 
+  per_call = spec.get("steps_per_call", 1)  # train steps per compiled call (train mode only)
   if spec["mode"] == "forward":
     fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
     t0 = time.perf_counter()
@@ -246,7 +247,6 @@ def worker_single(spec: dict) -> dict:
     step = train_step(model, opt)
     state = [(variables["params"], variables["batch_stats"],
               opt.init(variables["params"]))]
-    per_call = spec.get("steps_per_call", 1)
     if per_call > 1:  # several steps in one executable: its scratch is allocated once per call
       images = jnp.stack([images] * per_call)
       labels = jnp.stack([labels] * per_call)
@@ -273,6 +273,8 @@ def worker_single(spec: dict) -> dict:
       raise FloatingPointError(f"non-finite loss in the train step: {losses}")
     analytic = 3 * flops
   out = dict(timing, **_cost(compiled))
+  if out["xla_flops"] is not None:
+    out["xla_flops"] /= per_call  # per step, like the times (the scratch bytes stay per call)
   out.update(compile_s=compile_s, analytic_flops=analytic, gflops_per_s=analytic / out["step_s"] / 1e9,
              peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
              backend=jax.default_backend(), device=str(jax.devices()[0].device_kind),
