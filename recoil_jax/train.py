@@ -194,9 +194,10 @@ def _varying(tree):
 def _unroll_micro_batches() -> bool:
   """Whether the micro-batch loop is unrolled: on the CPU, where XLA runs convolutions inside a
   while loop on a much slower path (the SBND UResNet at 3×64×128, two micro-batches of one
-  event, one core: 1.18 s per step as a loop, 0.32 s unrolled, 0.27 s for the same batch in one
-  piece; a jax.profiler trace puts the difference in the convolutions). Unrolled, the step
-  compiles the model ``grad_accum_steps`` times. Elsewhere the loop stays a loop."""
+  event, one core: 1.20 s per step as a loop, 0.32 s unrolled, 0.27–0.29 s for the same batch in
+  one piece, ``scripts/bench_grad_accum.py``; a jax.profiler trace puts the difference in the
+  convolutions). Unrolled, the step compiles the model ``grad_accum_steps`` times. Elsewhere the
+  loop stays a loop."""
   return jax.default_backend() == "cpu"
 
 
