@@ -386,8 +386,9 @@ def gather_max(features: jax.Array, out_map: jax.Array, *, disjoint: bool = Fals
   """
   del max_chunk_elements
   # Materialise the map: XLA would otherwise fuse the kernel map's last steps into the gathers and
-  # reductions below and recompute them for each of the C channels (the TPC trunk's first pool at
-  # batch 64, layer alone, one core: forward+backward 69 -> 31 ms).
+  # reductions below and recompute them for each of the C channels (a probe: the TPC trunk's
+  # first pool at batch 64, layer alone, one core, forward+backward 69 -> 31 ms; the whole pool
+  # change in BENCHMARKS.md, scripts/profile_sparse_trunk.py).
   out_map = _materialise(out_map)
   if disjoint:
     return _gather_max_disjoint(features, out_map)
@@ -409,17 +410,23 @@ def _materialise(a: jax.Array) -> jax.Array:
                      mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
 
 
+def _with_zero_row(features: jax.Array, out_map: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """([N_in + 1, C] features with a zero row N_in (spconv's 0 init), the map with -1 -> N_in)."""
+  n_in, c = features.shape
+  x = jnp.concatenate([features, jnp.zeros((1, c), features.dtype)], 0)
+  return x, jnp.where(out_map < 0, n_in, out_map)
+
+
 def _max_over_offsets(features: jax.Array, out_map: jax.Array) -> jax.Array:
   """max(0, max_k x[out_map[:, k]]) [N_out, C] alone (-1 entries read 0; NaNs never win).
 
   A running max, one [N_out, C] row gather per offset. Without the winner this loop is the
-  fastest form XLA gives here (the first pool of the TPC trunk at batch 64, one core: 6.6 ms,
-  against 23 ms for `_running_max`'s gathered block reduced by max alone).
+  fastest form XLA gives here (a probe, the first pool of the TPC trunk at batch 64, one core:
+  6.6 ms, against 23 ms for `_running_max`'s gathered block reduced by max alone).
   """
   n_in, c = features.shape
   n_out, k = out_map.shape
-  x = jnp.concatenate([features, jnp.zeros((1, c), features.dtype)], 0)  # row n_in: spconv's 0 init
-  maps = jnp.where(out_map < 0, n_in, out_map)
+  x, maps = _with_zero_row(features, out_map)
 
   def step(t, best):
     v = _take_rows(x, lax.dynamic_index_in_dim(maps, t, axis=1, keepdims=False))
@@ -438,15 +445,14 @@ def _running_max(features: jax.Array, out_map: jax.Array) -> tuple[jax.Array, ja
   picks an input only when it is strictly above 0, as a running max from spconv's 0 init would.
 
   All K offsets are gathered at once, [rows, K + 1, C], and reduced with max and argmax: XLA
-  fuses the gather into the reductions (one block: 7.5 ms against 44 ms for a loop over the
-  offsets that carries the running winner, the TPC trunk's first pool at batch 64, one core).
+  fuses the gather into the reductions (a probe, the TPC trunk's first pool at batch 64, one
+  core: one block 7.5 ms, against 44 ms for a loop over the offsets carrying the running winner).
   Above ``POOL_BLOCK_ELEMENTS`` gathered numbers it steps over blocks of output rows (a loop,
   ~3x slower per number, but the memory stays bounded).
   """
   n_in, c = features.shape
   n_out, k = out_map.shape
-  x = jnp.concatenate([features, jnp.zeros((1, c), features.dtype)], 0)  # row n_in: spconv's 0 init
-  maps = jnp.where(out_map < 0, n_in, out_map)
+  x, maps = _with_zero_row(features, out_map)
 
   def block(rows_map):  # [r, K] -> ([r, C] max, [r, C] winning row)
     r = rows_map.shape[0]
