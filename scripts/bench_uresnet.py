@@ -92,7 +92,28 @@ KEEP_FREED_MEMORY = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
 # so fresh scratch is faulted in 2 MiB pages instead of 4 KiB ones (needs THP "madvise" or
 # "always" in /sys/kernel/mm/transparent_hugepage/enabled).
 HUGE_PAGES = "glibc.malloc.hugetlb=1"
-MALLOC_TUNABLES = {"default": None, "keep": KEEP_FREED_MEMORY, "hugepages": HUGE_PAGES}
+# ``--malloc jemalloc`` / ``tcmalloc``: another allocator preloaded into both workers (Debian's
+# libjemalloc2 / libtcmalloc-minimal4). Both keep large freed blocks in the process for reuse
+# (jemalloc returns dirty pages to the kernel after ``dirty_decay_ms``, 10 s by default).
+MALLOC_ENVS = {
+    "default": {},
+    "keep": {"GLIBC_TUNABLES": KEEP_FREED_MEMORY},
+    "hugepages": {"GLIBC_TUNABLES": HUGE_PAGES},
+    "jemalloc": {"LD_PRELOAD": "libjemalloc.so.2"},
+    "tcmalloc": {"LD_PRELOAD": "libtcmalloc_minimal.so.4"},
+}
+
+
+def _malloc_env(name: str) -> dict[str, str]:
+  """The environment of ``--malloc name``; a clear error when a preloaded library is missing."""
+  env = dict(MALLOC_ENVS[name])
+  lib = env.get("LD_PRELOAD")
+  if lib:
+    import ctypes.util  # pylint: disable=g-import-not-at-top
+    if ctypes.util.find_library(lib.split(".so")[0].removeprefix("lib")) is None:
+      raise SystemExit(f"--malloc {name}: {lib} is not installed (Debian/Ubuntu: "
+                       f"{'libjemalloc2' if 'jemalloc' in lib else 'libtcmalloc-minimal4'})")
+  return env
 
 
 # --- worker side -------------------------------------------------------------------------
@@ -375,10 +396,13 @@ TORCH_PEER_DEFAULTS = dict(num_classes=3, initial_filters=8, depth=6, first_kern
                            bn_epsilon=1e-5)
 
 
+COMPUTATION_ONLY_FIELDS = ("small_map_convs", "fused_batch_norm")
+
+
 def _torch_config(overrides: dict) -> dict:
   """``--model`` overrides → the torch peer's configuration (ValueError if it has no peer)."""
-  # small_map_convs changes how recoil_jax computes, not what: the peer has nothing to match.
-  overrides = {k: v for k, v in overrides.items() if k != "small_map_convs"}
+  # These change how recoil_jax computes, not what: the peer has nothing to match.
+  overrides = {k: v for k, v in overrides.items() if k not in COMPUTATION_ONLY_FIELDS}
   unknown = sorted(set(overrides) - set(TORCH_PEER_DEFAULTS))
   if unknown:
     raise ValueError(f"the torch peer does not implement the UResNet field(s) {unknown}")
@@ -792,11 +816,12 @@ def main() -> None:
   p.add_argument("--rounds", type=int, default=1,
                  help="subprocesses per implementation and setting, alternating recoil_jax, "
                  "peer, recoil_jax, …; s/step is the median over the rounds")
-  p.add_argument("--malloc", choices=tuple(MALLOC_TUNABLES), default="default",
+  p.add_argument("--malloc", choices=tuple(MALLOC_ENVS), default="default",
                  help="keep: every worker (recoil_jax and the peer) runs with GLIBC_TUNABLES "
                  "that keep freed memory in the process, so a step does not page in fresh "
                  "scratch memory (BENCHMARKS.md: faster steps, but fragmentation can double "
-                 "the peak memory)")
+                 "the peak memory); hugepages: glibc advises huge pages; jemalloc / tcmalloc: "
+                 "that allocator preloaded into every worker")
   p.add_argument("--steps-per-call", type=int, default=1,
                  help="recoil_jax train mode: this many steps (on copies of the input) in one "
                  "compiled call, unrolled; s/step, faults and system time are per step. XLA:CPU "
@@ -836,8 +861,7 @@ def main() -> None:
   if args.steps_per_call < 1:
     raise SystemExit("--steps-per-call must be >= 1")
   peers, peer_note = _resolve_peers(args.peers, model)
-  tunables = MALLOC_TUNABLES[args.malloc]
-  malloc_env = {"GLIBC_TUNABLES": tunables} if tunables else {}
+  malloc_env = _malloc_env(args.malloc)
 
   from recoil_jax import io  # pylint: disable=g-import-not-at-top
   from recoil_jax.studies.sbnd import model as uresnet  # pylint: disable=g-import-not-at-top
@@ -921,8 +945,8 @@ def main() -> None:
   if args.steps_per_call > 1:
     print(f"\nrecoil_jax train steps per compiled call: {args.steps_per_call} (unrolled; the peer "
           "and the trainer run one per call); figures per step.")
-  print(f"\nmalloc: {args.malloc}" + (f" (GLIBC_TUNABLES={tunables})" if malloc_env
-                                      else "") + "; minor page faults and system seconds "
+  print(f"\nmalloc: {args.malloc}" + (" (" + " ".join(f"{k}={v}" for k, v in malloc_env.items())
+                                       + ")" if malloc_env else "") + "; minor page faults and system seconds "
         "per timed step (recoil_jax / torch):")
   for entry in report["single"]:
     r, pr = entry["result"], entry.get("peers", {}).get("torch", {})

@@ -32,9 +32,18 @@ def bench():
 def test_peer_defaults_are_recoil_jax_defaults(bench):
   fields = {f.name: f.default for f in dataclasses.fields(uresnet.UResNet)}
   assert {k: fields[k] for k in bench.TORCH_PEER_DEFAULTS} == bench.TORCH_PEER_DEFAULTS
-  # Everything else is no part of the architecture (small_map_convs: the same function).
-  assert set(fields) - set(bench.TORCH_PEER_DEFAULTS) <= {"dtype", "bn_axis_name", "parent",
-                                                          "name", "small_map_convs"}
+  # Everything else is no part of the architecture (small_map_convs, fused_batch_norm: the
+  # same function computed differently).
+  assert set(fields) - set(bench.TORCH_PEER_DEFAULTS) <= {
+      "dtype", "bn_axis_name", "parent", "name", *bench.COMPUTATION_ONLY_FIELDS}
+
+
+def test_malloc_settings_and_a_missing_allocator(bench, monkeypatch):
+  assert bench._malloc_env("default") == {}  # pylint: disable=protected-access
+  assert "GLIBC_TUNABLES" in bench._malloc_env("keep")  # pylint: disable=protected-access
+  monkeypatch.setitem(bench.MALLOC_ENVS, "jemalloc", {"LD_PRELOAD": "libno_such_alloc.so.9"})
+  with pytest.raises(SystemExit, match="libno_such_alloc.so.9 is not installed"):
+    bench._malloc_env("jemalloc")  # pylint: disable=protected-access
 
 
 def test_cosmictagger_parameter_count(bench):

@@ -413,3 +413,35 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match=f"UResNet.{field}="):
       jax.eval_shape(functools.partial(bad.init, train=False), jax.random.PRNGKey(0),
                      jax.ShapeDtypeStruct((1, 3, 16, 32), jnp.float32))
+
+
+@pytest.mark.parametrize("variant", [{}, {"upsampling": "convolutional", "residual": False}])
+def test_fused_batch_norm_equals_flax_batch_norm(variant):
+  """fused_batch_norm (closed-form BN + LeakyReLU gradient) vs flax's BatchNorm: same logits,
+  batch statistics and parameter gradients, on the whole small network."""
+  x = _images(11)
+  labels = jax.random.randint(jax.random.PRNGKey(12), (B, P, H, W), 0, 3)
+  results = []
+  for fused in (True, False):
+    model, variables, _ = _small(fused_batch_norm=fused, **variant)
+    # Non-trivial BN parameters and running statistics (γ = 1, β = 0 hide sign errors).
+    rng = np.random.default_rng(1)
+    variables = jax.tree.map(lambda v: v + jnp.asarray(rng.normal(size=v.shape) * 0.2,
+                                                       v.dtype), variables)
+
+    def loss_fn(params, model=model, variables=variables):
+      logits, state = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                                  x, train=True, mutable=["batch_stats"])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), (logits,
+                                                                                      state)
+
+    results.append(jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables["params"]))
+  ((loss_a, (logits_a, state_a)), grads_a), ((loss_b, (logits_b, state_b)), grads_b) = results
+  # float32 through ~10 normalised stages: differences are rounding of the reductions.
+  np.testing.assert_allclose(logits_a, logits_b, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(loss_a, loss_b, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  assert jax.tree.structure(grads_a) == jax.tree.structure(grads_b)
+  for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * float(np.abs(b).max()) + 1e-7)

@@ -74,6 +74,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from recoil_jax.nn import batch_norm
 from recoil_jax.ops import conv as conv_ops
 from recoil_jax.ops import pool as pool_ops
 
@@ -109,6 +110,7 @@ class _Norm:
   dtype: Any
   bn_axis_name: str | None
   small_map_convs: bool = True
+  fused_batch_norm: bool = True
 
 
 def _conv(features: int, kernel: int, norm: _Norm, name: str) -> nn.Conv:
@@ -122,10 +124,21 @@ def _conv(features: int, kernel: int, norm: _Norm, name: str) -> nn.Conv:
                  name=name)
 
 
-def _batch_norm(norm: _Norm, name: str) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not norm.train, momentum=norm.bn_momentum,
-                      epsilon=norm.bn_epsilon, dtype=norm.dtype, param_dtype=jnp.float32,
-                      axis_name=norm.bn_axis_name, name=name)
+def _batch_norm(norm: _Norm, name: str, activate: bool):
+  """BatchNorm, then LeakyReLU if ``activate``: [..., C] → [..., C].
+
+  Both forms have the same variables and statistics; the fused one (the default) has a
+  closed-form gradient with fewer passes over the activations (`recoil_jax/nn/batch_norm.py`).
+  """
+  if norm.fused_batch_norm:
+    return batch_norm.BatchNormAct(
+        use_running_average=not norm.train, momentum=norm.bn_momentum, epsilon=norm.bn_epsilon,
+        activation_slope=norm.leaky_slope if activate else None, dtype=norm.dtype,
+        axis_name=norm.bn_axis_name, name=name)
+  bn = nn.BatchNorm(use_running_average=not norm.train, momentum=norm.bn_momentum,
+                    epsilon=norm.bn_epsilon, dtype=norm.dtype, param_dtype=jnp.float32,
+                    axis_name=norm.bn_axis_name, name=name)
+  return (lambda x: nn.leaky_relu(bn(x), norm.leaky_slope)) if activate else bn
 
 
 class Block(nn.Module):
@@ -139,8 +152,7 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     x = _conv(self.features, self.kernel, self.norm, "conv")(x)
-    x = _batch_norm(self.norm, "bn")(x)
-    return nn.leaky_relu(x, self.norm.leaky_slope) if self.activate else x
+    return _batch_norm(self.norm, "bn", self.activate)(x)
 
 
 class ResidualBlock(nn.Module):
@@ -237,7 +249,7 @@ class UpLevel(nn.Module):
                            dtype=self.norm.dtype, param_dtype=jnp.float32,
                            kernel_init=nn.initializers.xavier_uniform(),
                            bias_init=nn.initializers.zeros, name="upconv")(x)
-      x = nn.leaky_relu(_batch_norm(self.norm, "upconv_bn")(x), self.norm.leaky_slope)
+      x = _batch_norm(self.norm, "upconv_bn", activate=True)(x)
     if self.connections == "sum":
       x = x + skip
     else:  # "concat": concatenate, then Block(1×1, 2F → F).
@@ -331,6 +343,10 @@ class UResNet(nn.Module):
       than the kernel, and compute convolutions on maps with few positions as patch matmuls
       (``recoil_jax.ops.conv.small_map_conv``; exact). False: plain ``lax`` convolutions
       (a benchmark baseline).
+    fused_batch_norm: BatchNorm (+ LeakyReLU) with a closed-form gradient
+      (``recoil_jax.nn.batch_norm``; same variables and statistics as flax's). False:
+      ``flax.linen.BatchNorm`` and ``nn.leaky_relu`` differentiated by autodiff (a benchmark
+      baseline; equal to float32 rounding).
   """
 
   num_classes: int = 3
@@ -351,6 +367,7 @@ class UResNet(nn.Module):
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
   small_map_convs: bool = True
+  fused_batch_norm: bool = True
 
   def _check(self, images: jax.Array) -> None:
     if self.connections not in CONNECTIONS:
@@ -386,7 +403,7 @@ class UResNet(nn.Module):
     """
     self._check(images)
     norm = _Norm(train, self.leaky_slope, self.bn_momentum, self.bn_epsilon, self.dtype,
-                 self.bn_axis_name, self.small_map_convs)
+                 self.bn_axis_name, self.small_map_convs, self.fused_batch_norm)
     x = jnp.moveaxis(images, 1, 0)[..., None].astype(self.dtype)  # [P, B, H, W, 1]
 
     encoder = nn.vmap(PlaneEncoder, **_PER_PLANE)(
