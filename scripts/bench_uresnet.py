@@ -93,14 +93,16 @@ KEEP_FREED_MEMORY = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
 # "always" in /sys/kernel/mm/transparent_hugepage/enabled).
 HUGE_PAGES = "glibc.malloc.hugetlb=1"
 # ``--malloc jemalloc`` / ``tcmalloc``: another allocator preloaded into both workers (Debian's
-# libjemalloc2 / libtcmalloc-minimal4). Both keep large freed blocks in the process for reuse
-# (jemalloc returns dirty pages to the kernel after ``dirty_decay_ms``, 10 s by default).
+# libjemalloc2 / libtcmalloc-minimal4), each with its defaults except tcmalloc's release rate.
+# (jemalloc returns dirty pages to the kernel after ``dirty_decay_ms``, 10 s by default.)
 MALLOC_ENVS = {
     "default": {},
     "keep": {"GLIBC_TUNABLES": KEEP_FREED_MEMORY},
     "hugepages": {"GLIBC_TUNABLES": HUGE_PAGES},
     "jemalloc": {"LD_PRELOAD": "libjemalloc.so.2"},
-    "tcmalloc": {"LD_PRELOAD": "libtcmalloc_minimal.so.4"},
+    # Release rate 0: tcmalloc never hands freed pages back to the kernel (its default returns
+    # them gradually, and a step then faults part of its scratch in again).
+    "tcmalloc": {"LD_PRELOAD": "libtcmalloc_minimal.so.4", "TCMALLOC_RELEASE_RATE": "0"},
 }
 
 
