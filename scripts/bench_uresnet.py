@@ -786,8 +786,20 @@ def _machine() -> dict:
       cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
   except (OSError, StopIteration):
     pass
-  return {"cpu": cpu, "cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
+  return {"cpu": cpu, "vector_extensions": _vector_extensions(),
+          "cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
           "python": platform.python_version(), "load_average_at_start": os.getloadavg()}
+
+
+def _vector_extensions() -> list[str]:
+  """The CPU's SIMD extensions that matter to XLA's and PyTorch's kernels (AVX-512 or AVX2
+  only changes their ratio: the same VM type ran either on different days)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      flags = next(l for l in f if l.startswith("flags")).split()
+  except (OSError, StopIteration):
+    return []
+  return [x for x in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if x in flags]
 
 
 def main() -> None:
@@ -869,7 +881,8 @@ def main() -> None:
   from recoil_jax.studies.sbnd import model as uresnet  # pylint: disable=g-import-not-at-top
   report = {"machine": _machine(), "model": model, "batch": args.batch, "rounds": args.rounds,
             "peers": peers, "single": [], "scaling": []}
-  print(f"# UResNet benchmark — {report['machine']['cpu']}, {report['machine']['cpus']} CPUs, "
+  print(f"# UResNet benchmark — {report['machine']['cpu']} "
+        f"({' '.join(report['machine']['vector_extensions'])}), {report['machine']['cpus']} CPUs, "
         f"load average at start {report['machine']['load_average_at_start']}")
   print(f"model overrides: {model or 'none (paper configuration, Table 1)'}; batch {args.batch}; "
         "inputs: random sparse images (timing does not depend on content)")
