@@ -415,7 +415,11 @@ def test_bad_inputs_raise_clear_errors():
                      jax.ShapeDtypeStruct((1, 3, 16, 32), jnp.float32))
 
 
-@pytest.mark.parametrize("variant", [{}, {"upsampling": "convolutional", "residual": False}])
+# The second variant (BN + LeakyReLU after a ConvTranspose, plain blocks) is slow-marked:
+# ~11 s, and tests/test_batch_norm.py covers each BatchNorm form on its own.
+@pytest.mark.parametrize("variant", [
+    {}, pytest.param({"upsampling": "convolutional", "residual": False},
+                     marks=pytest.mark.slow)])
 def test_fused_batch_norm_equals_flax_batch_norm(variant):
   """fused_batch_norm (closed-form BN + LeakyReLU gradient) vs flax's BatchNorm: same logits,
   batch statistics and parameter gradients, on the whole small network."""

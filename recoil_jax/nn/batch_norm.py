@@ -122,7 +122,7 @@ def _bwd(epsilon, slope, axis_name, residuals, cotangents):
       if axis_name not in _varying_axes(bias):
         d_bias = lax.psum(d_bias, axis_name)
   dx = ((scale * inv) * (g - g_mean - x_hat * gx_mean)).astype(x.dtype)
-  return dx, d_scale, d_bias
+  return dx, d_scale.astype(scale.dtype), d_bias.astype(bias.dtype)
 
 
 batch_norm_act = jax.custom_vjp(_batch_norm_act, nondiff_argnums=(3, 4, 5))
