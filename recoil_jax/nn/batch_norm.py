@@ -1,4 +1,4 @@
-"""BatchNorm (+ optional LeakyReLU) with a hand-written gradient: fewer passes over activations.
+"""BatchNorm (+ optional LeakyReLU) with a hand-written gradient that keeps less for the backward pass.
 
 `BatchNormAct` is `flax.linen.BatchNorm` followed by an optional LeakyReLU, with the same
 variables (params ``scale`` / ``bias``, batch_stats ``mean`` / ``var``), the same statistics

@@ -128,7 +128,7 @@ def _batch_norm(norm: _Norm, name: str, activate: bool):
   """BatchNorm, then LeakyReLU if ``activate``: [..., C] → [..., C].
 
   Both forms have the same variables and statistics; the fused one (the default) has a
-  closed-form gradient with fewer passes over the activations (`recoil_jax/nn/batch_norm.py`).
+  closed-form gradient that keeps less for the backward pass (`recoil_jax/nn/batch_norm.py`).
   """
   if norm.fused_batch_norm:
     return batch_norm.BatchNormAct(
