@@ -16,28 +16,22 @@ from conftest import REPO_ROOT, subprocess_env
 from recoil_jax.nn import batch_norm
 
 
-class FlaxReference(nn.Module):
+class Norm(nn.Module):
+  """BatchNorm (momentum 0.9) then LeakyReLU(slope) unless None: ours (fused) or flax's."""
   slope: float | None
   train: bool
   axis_name: str | None = None
+  fused: bool = True
 
   @nn.compact
   def __call__(self, x):
+    if self.fused:
+      return batch_norm.BatchNormAct(use_running_average=not self.train, momentum=0.9,
+                                     epsilon=1e-5, activation_slope=self.slope,
+                                     axis_name=self.axis_name, name="bn")(x)
     y = nn.BatchNorm(use_running_average=not self.train, momentum=0.9, epsilon=1e-5,
                      axis_name=self.axis_name, name="bn")(x)
     return y if self.slope is None else nn.leaky_relu(y, self.slope)
-
-
-class Fused(nn.Module):
-  slope: float | None
-  train: bool
-  axis_name: str | None = None
-
-  @nn.compact
-  def __call__(self, x):
-    return batch_norm.BatchNormAct(use_running_average=not self.train, momentum=0.9,
-                                   epsilon=1e-5, activation_slope=self.slope,
-                                   axis_name=self.axis_name, name="bn")(x)
 
 
 def _inputs(shape=(2, 5, 7, 4), seed=0):
@@ -57,7 +51,7 @@ def _perturbed(variables, seed=1):
 @pytest.mark.parametrize("slope", [None, 0.01, 0.3])
 def test_training_mode_matches_flax_values_gradients_and_running_stats(slope):
   x, r = _inputs()
-  ref, new = FlaxReference(slope, True), Fused(slope, True)
+  ref, new = Norm(slope, True, fused=False), Norm(slope, True)
   variables = _perturbed(ref.init(jax.random.PRNGKey(0), x))
   assert jax.tree.structure(variables) == jax.tree.structure(new.init(jax.random.PRNGKey(0), x))
 
@@ -69,11 +63,12 @@ def test_training_mode_matches_flax_values_gradients_and_running_stats(slope):
       functools.partial(loss, ref), argnums=(0, 1), has_aux=True)(variables["params"], x)
   (l_new, (y_new, s_new)), g_new = jax.jit(jax.value_and_grad(
       functools.partial(loss, new), argnums=(0, 1), has_aux=True))(variables["params"], x)
-  # float32, |x| ~ 3, 70 elements per channel: differences are float32 rounding of sums.
-  np.testing.assert_allclose(y_new, y_ref, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(l_new, l_ref, rtol=1e-5, atol=1e-4)
+  # float32, |x| ~ 3, 70 elements per channel: differences are float32 rounding of sums
+  # (measured: outputs 5e-7, gradients 3e-7 of each leaf's largest entry).
+  np.testing.assert_allclose(y_new, y_ref, rtol=1e-6, atol=2e-6)
+  np.testing.assert_allclose(l_new, l_ref, rtol=1e-6, atol=1e-5)
   for a, b in zip(jax.tree.leaves(g_new), jax.tree.leaves(g_ref)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()))
   for a, b in zip(jax.tree.leaves(s_new), jax.tree.leaves(s_ref)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
@@ -94,7 +89,7 @@ def test_gradient_agrees_with_finite_differences_in_float64():
 
 def test_eval_mode_matches_flax():
   x, _ = _inputs()
-  ref, new = FlaxReference(0.01, False), Fused(0.01, False)
+  ref, new = Norm(0.01, False, fused=False), Norm(0.01, False)
   variables = _perturbed(ref.init(jax.random.PRNGKey(0), x))
   np.testing.assert_allclose(new.apply(variables, x), ref.apply(variables, x), rtol=1e-6,
                              atol=1e-6)
@@ -102,9 +97,9 @@ def test_eval_mode_matches_flax():
 
 def test_bfloat16_input_keeps_its_dtype_and_float32_statistics():
   x, _ = _inputs()
-  variables = Fused(0.01, True).init(jax.random.PRNGKey(0), x)
-  y, state = Fused(0.01, True).apply(variables, x.astype(jnp.bfloat16), mutable=["batch_stats"])
-  y_ref, _ = Fused(0.01, True).apply(variables, x, mutable=["batch_stats"])
+  variables = Norm(0.01, True).init(jax.random.PRNGKey(0), x)
+  y, state = Norm(0.01, True).apply(variables, x.astype(jnp.bfloat16), mutable=["batch_stats"])
+  y_ref, _ = Norm(0.01, True).apply(variables, x, mutable=["batch_stats"])
   assert y.dtype == jnp.bfloat16
   assert state["batch_stats"]["bn"]["mean"].dtype == jnp.float32
   np.testing.assert_allclose(y.astype(jnp.float32), y_ref, atol=0.05)  # bfloat16: 8-bit mantissa
@@ -122,7 +117,7 @@ def test_synchronised_statistics_match_flax():
   (the trainer sums those over devices). A named vmap stands in for the devices."""
   x, r = _inputs(shape=(4, 3, 5, 3))
   x, r = x.reshape(2, 2, 3, 5, 3), r.reshape(2, 2, 3, 5, 3)  # [members, local batch, ...]
-  ref, new = FlaxReference(0.01, True, "batch"), Fused(0.01, True, "batch")
+  ref, new = Norm(0.01, True, "batch", fused=False), Norm(0.01, True, "batch")
   variables = _perturbed(ref.init(jax.random.PRNGKey(0), x[0]))
 
   def grads(module):

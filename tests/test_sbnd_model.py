@@ -447,5 +447,13 @@ def test_fused_batch_norm_equals_flax_batch_norm(variant):
   for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   assert jax.tree.structure(grads_a) == jax.tree.structure(grads_b)
-  for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):
-    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * float(np.abs(b).max()) + 1e-7)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(grads_a), jax.tree.leaves(grads_b)):
+    a, b, name = np.asarray(a), np.asarray(b), jax.tree_util.keystr(path)
+    if name.endswith(("['conv']['bias']", "['upconv']['bias']")):
+      # A bias before BatchNorm cancels in the normalisation: its gradient is 0 up to rounding
+      # (~1e-8 measured for both forms).
+      assert np.abs(a).max() < 1e-6 and np.abs(b).max() < 1e-6, name
+      continue
+    # Measured: at most 1e-6 of the leaf's largest entry (float32 sums in another order).
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()),
+                               err_msg=name)
