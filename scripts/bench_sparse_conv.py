@@ -695,9 +695,9 @@ def main() -> None:
   electron_recoil.simulate_electron_recoils(2, 50.0, num_tracks=n_sim)
   sim_rate = n_sim / (time.perf_counter() - t0)
 
-  from bench_uresnet import _vector_extensions  # pylint: disable=g-import-not-at-top
+  from bench_uresnet import vector_extensions  # pylint: disable=g-import-not-at-top
   report = {"machine": {"cpus": os.cpu_count(), "affinity": allowed,
-                        "vector_extensions": _vector_extensions(),
+                        "vector_extensions": vector_extensions(),
                         "platform": platform.platform(), "python": platform.python_version()},
             "batch": args.batch, "cores": args.cores, "children_pinned_to": cpus,
             "active_voxels_per_event": float(np.mean(nvox)),

@@ -786,12 +786,12 @@ def _machine() -> dict:
       cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
   except (OSError, StopIteration):
     pass
-  return {"cpu": cpu, "vector_extensions": _vector_extensions(),
+  return {"cpu": cpu, "vector_extensions": vector_extensions(),
           "cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
           "python": platform.python_version(), "load_average_at_start": os.getloadavg()}
 
 
-def _vector_extensions() -> list[str]:
+def vector_extensions() -> list[str]:
   """The CPU's SIMD extensions that matter to XLA's and PyTorch's kernels (AVX-512 or AVX2
   only changes their ratio: the same VM type ran either on different days)."""
   try:
